@@ -1,0 +1,163 @@
+//! Differentiating a closure with respect to [`Params`], and nothing else.
+//!
+//! [`value_and_grad`] makes a fresh tape, turns each param into a leaf of it, runs the
+//! closure and walks the tape back from the loss. The closure sees the params as a
+//! [`ParamTensors`]; everything else it uses (inputs, labels, BatchNorm's running
+//! statistics) enters as a constant, with no node and no gradient.
+
+use std::collections::BTreeMap;
+
+use crate::tape::Tape;
+use crate::{Error, Float, Grads, Params, Result, Tensor};
+
+/// The params as tensors, as a closure passed to [`value_and_grad`] sees them: tracked
+/// leaves of the tape (or constants, when a model is evaluated without gradients).
+pub struct ParamTensors<A: Float> {
+    tensors: BTreeMap<String, Tensor<A>>,
+}
+
+impl<A: Float> ParamTensors<A> {
+    /// The params as constants: for evaluating a model with no tape at all.
+    pub fn constants(params: &Params<A>) -> Self {
+        let tensors = params
+            .iter_shared()
+            .map(|(path, value)| (path.clone(), Tensor::from_shared(value.clone())))
+            .collect();
+        ParamTensors { tensors }
+    }
+
+    pub(crate) fn leaves(params: &Params<A>, tape: &Tape<A>) -> Self {
+        let tensors = params
+            .iter_shared()
+            .map(|(path, value)| {
+                let leaf = tape.leaf_shared(Some(path.clone()), value.clone());
+                (path.clone(), leaf)
+            })
+            .collect();
+        ParamTensors { tensors }
+    }
+
+    /// The param at `path`; an error naming it if there is none.
+    pub fn get(&self, path: &str) -> Result<&Tensor<A>> {
+        self.tensors.get(path).ok_or_else(|| Error::MissingVariable {
+            collection: "params".into(),
+            path: path.into(),
+        })
+    }
+
+    /// Paths in order.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// The number of params.
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// These params plus `frozen` ones read as constants: frozen params take part in the
+    /// computation but are not leaves, so they get no gradient entry at all.
+    /// An error naming the paths if both sets have a path in common.
+    pub fn with_frozen(&self, frozen: &Params<A>) -> Result<Self> {
+        let shared: Vec<String> = frozen
+            .paths()
+            .filter(|p| self.tensors.contains_key(*p))
+            .map(String::from)
+            .collect();
+        if !shared.is_empty() {
+            return Err(Error::KeyMismatch {
+                op: "ParamTensors::with_frozen",
+                missing: Vec::new(),
+                unexpected: shared,
+            });
+        }
+        let mut tensors = self.tensors.clone();
+        for (path, value) in frozen.iter_shared() {
+            tensors.insert(path.clone(), Tensor::from_shared(value.clone()));
+        }
+        Ok(ParamTensors { tensors })
+    }
+}
+
+/// The value of `f(params)` (a one-element loss) and its gradient with respect to every
+/// param, keyed exactly like `params`. JAX: `jax.value_and_grad(f)(params)`.
+///
+/// A param the loss does not depend on gets a zero gradient, as in JAX.
+///
+/// ```
+/// use tapegrad::{value_and_grad, Params};
+/// use ndarray::arr1;
+///
+/// let mut params = Params::<f64>::new();
+/// params.insert("w", arr1(&[1.0, 2.0]).into_dyn());
+/// // loss = sum(w^2), so d loss / d w = 2w.
+/// let (loss, grads) = value_and_grad(&params, |p| Ok(p.get("w")?.square().sum_all()))?;
+/// assert_eq!(loss, 5.0);
+/// assert_eq!(grads.get("w").unwrap().as_slice().unwrap(), &[2.0, 4.0]);
+/// # Ok::<(), tapegrad::Error>(())
+/// ```
+///
+/// Only `Params` can be differentiated; any other collection does not compile here:
+///
+/// ```compile_fail
+/// use tapegrad::{value_and_grad, Collection};
+/// let batch_stats = Collection::<f64>::new();
+/// let _ = value_and_grad(&batch_stats, |p| Ok(p.get("mean")?.sum_all()));
+/// ```
+pub fn value_and_grad<A, F>(params: &Params<A>, f: F) -> Result<(A, Grads<A>)>
+where
+    A: Float,
+    F: FnOnce(&ParamTensors<A>) -> Result<Tensor<A>>,
+{
+    let (value, (), grads) = value_and_grad_with_aux(params, |p| Ok((f(p)?, ())))?;
+    Ok((value, grads))
+}
+
+/// The gradient of `f(params)` with respect to every param. JAX: `jax.grad(f)(params)`.
+pub fn grad<A, F>(params: &Params<A>, f: F) -> Result<Grads<A>>
+where
+    A: Float,
+    F: FnOnce(&ParamTensors<A>) -> Result<Tensor<A>>,
+{
+    value_and_grad(params, f).map(|(_, grads)| grads)
+}
+
+/// Like [`value_and_grad`] for a closure that returns `(loss, aux)`: `aux` is passed
+/// through untouched (typically the updated `batch_stats` of a mutable apply, or logits).
+/// JAX: `jax.value_and_grad(f, has_aux=True)`.
+pub fn value_and_grad_with_aux<A, X, F>(params: &Params<A>, f: F) -> Result<(A, X, Grads<A>)>
+where
+    A: Float,
+    F: FnOnce(&ParamTensors<A>) -> Result<(Tensor<A>, X)>,
+{
+    let tape = Tape::new();
+    let leaves = ParamTensors::leaves(params, &tape);
+    let (loss, aux) = f(&leaves)?;
+    if loss.len() != 1 {
+        return Err(Error::NotScalar {
+            op: "value_and_grad",
+            shape: loss.shape().into(),
+        });
+    }
+    if loss.tape().is_some_and(|t| !t.same_as(&tape)) {
+        return Err(Error::DifferentTapes {
+            op: "value_and_grad",
+        });
+    }
+    let value = loss.item()?;
+    let mut gradients = loss.backward()?;
+    let grads = leaves
+        .tensors
+        .iter()
+        .map(|(path, leaf)| {
+            let id = leaf.node_id().expect("params are leaves");
+            (path.clone(), gradients.take(id, leaf.shape()))
+        })
+        .collect();
+    Ok((value, aux, Grads::from_map(grads)))
+}

@@ -1,0 +1,338 @@
+//! Ordered maps from slash paths to arrays: a [`Collection`] of variables, the [`Params`]
+//! (the one collection that gradients and optimizers see) and the [`Grads`] that mirror them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use ndarray::ArrayD;
+
+use crate::{Error, Float, Result};
+
+/// One collection of variables: an ordered map from a slash path (`"Dense_0/kernel"`) to an
+/// array. Iteration is in path order, so it is deterministic.
+///
+/// Arrays are held behind `Arc`: reading a variable into a tensor shares it without a copy,
+/// and writing (`get_mut`) copies only if a tensor still shares it.
+pub struct Collection<A: Float> {
+    entries: BTreeMap<String, Arc<ArrayD<A>>>,
+}
+
+impl<A: Float> Clone for Collection<A> {
+    fn clone(&self) -> Self {
+        Collection {
+            entries: self.entries.clone(),
+        }
+    }
+}
+
+impl<A: Float> Default for Collection<A> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<A: Float> PartialEq for Collection<A> {
+    /// Equal when the paths are the same and every array is equal element for element
+    /// (and so, for the bit-for-bit checks of the property suites, with no NaN).
+    fn eq(&self, other: &Self) -> bool {
+        self.entries.len() == other.entries.len()
+            && self
+                .entries
+                .iter()
+                .zip(&other.entries)
+                .all(|((ka, a), (kb, b))| ka == kb && a.shape() == b.shape() && a == b)
+    }
+}
+
+impl<A: Float> Collection<A> {
+    /// An empty collection.
+    pub fn new() -> Self {
+        Collection {
+            entries: BTreeMap::new(),
+        }
+    }
+
+    /// Inserts or replaces the array at `path`, returning the old one.
+    pub fn insert(&mut self, path: impl Into<String>, value: ArrayD<A>) -> Option<ArrayD<A>> {
+        self.insert_shared(path.into(), Arc::new(value))
+            .map(Arc::unwrap_or_clone)
+    }
+
+    pub(crate) fn insert_shared(
+        &mut self,
+        path: String,
+        value: Arc<ArrayD<A>>,
+    ) -> Option<Arc<ArrayD<A>>> {
+        self.entries.insert(path, value)
+    }
+
+    /// The array at `path`.
+    pub fn get(&self, path: &str) -> Option<&ArrayD<A>> {
+        self.entries.get(path).map(|a| &**a)
+    }
+
+    pub(crate) fn get_shared(&self, path: &str) -> Option<&Arc<ArrayD<A>>> {
+        self.entries.get(path)
+    }
+
+    /// The array at `path`, for writing in place.
+    pub fn get_mut(&mut self, path: &str) -> Option<&mut ArrayD<A>> {
+        self.entries.get_mut(path).map(Arc::make_mut)
+    }
+
+    /// Removes and returns the array at `path`.
+    pub fn remove(&mut self, path: &str) -> Option<ArrayD<A>> {
+        self.entries.remove(path).map(Arc::unwrap_or_clone)
+    }
+
+    /// Whether `path` is present.
+    pub fn contains(&self, path: &str) -> bool {
+        self.entries.contains_key(path)
+    }
+
+    /// The number of variables.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are no variables.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The total number of scalars over all variables.
+    pub fn size(&self) -> usize {
+        self.entries.values().map(|a| a.len()).sum()
+    }
+
+    /// Paths in order.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    /// `(path, array)` pairs in path order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &ArrayD<A>)> {
+        self.entries.iter().map(|(k, v)| (k.as_str(), &**v))
+    }
+
+    pub(crate) fn iter_shared(&self) -> impl Iterator<Item = (&String, &Arc<ArrayD<A>>)> {
+        self.entries.iter()
+    }
+
+    /// `(path, array)` pairs in path order, for writing in place.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&str, &mut ArrayD<A>)> {
+        self.entries
+            .iter_mut()
+            .map(|(k, v)| (k.as_str(), Arc::make_mut(v)))
+    }
+
+    /// Every array converted to another element type (e.g. `f64` reference values to `f32`).
+    pub fn cast<B: Float>(&self) -> Collection<B> {
+        self.iter()
+            .map(|(k, v)| (k.to_string(), v.mapv(|x| B::of(x.as_f64()))))
+            .collect()
+    }
+}
+
+impl<A: Float> FromIterator<(String, ArrayD<A>)> for Collection<A> {
+    fn from_iter<I: IntoIterator<Item = (String, ArrayD<A>)>>(iter: I) -> Self {
+        Collection {
+            entries: iter.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
+        }
+    }
+}
+
+impl<A: Float> fmt::Debug for Collection<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.entries.iter().map(|(k, v)| (k, v.shape())))
+            .finish()
+    }
+}
+
+/// The `params` collection: the only variables that are differentiated and optimized.
+///
+/// `Params` is its own type, not a `Collection` with a name, so that the compiler enforces
+/// the design: [`value_and_grad`](crate::value_and_grad) and the optimizers take `&Params`,
+/// and nothing else converts into it implicitly. (It reads like a collection through
+/// `Deref`.)
+#[derive(Clone, Default, PartialEq)]
+pub struct Params<A: Float>(Collection<A>);
+
+impl<A: Float> Params<A> {
+    /// Empty params.
+    pub fn new() -> Self {
+        Params(Collection::new())
+    }
+
+    /// Params from a collection of arrays (e.g. read from a checkpoint).
+    pub fn from_collection(collection: Collection<A>) -> Self {
+        Params(collection)
+    }
+
+    /// The underlying collection.
+    pub fn into_collection(self) -> Collection<A> {
+        self.0
+    }
+
+    /// Splits into `(selected, rest)` by a predicate on the path: e.g. the frozen part and
+    /// the trainable part. Flax NNX: a `wrt` filter; optax: `masked`.
+    ///
+    /// ```
+    /// use tapegrad::Params;
+    /// use ndarray::ArrayD;
+    /// let mut p = Params::<f64>::new();
+    /// p.insert("Embed_0/embedding", ArrayD::zeros(vec![4, 2]));
+    /// p.insert("Dense_0/kernel", ArrayD::zeros(vec![2, 3]));
+    /// let (frozen, trainable) = p.partition(|path| path.starts_with("Embed_0/"));
+    /// assert_eq!(frozen.paths().collect::<Vec<_>>(), ["Embed_0/embedding"]);
+    /// assert_eq!(trainable.paths().collect::<Vec<_>>(), ["Dense_0/kernel"]);
+    /// ```
+    pub fn partition(&self, mut select: impl FnMut(&str) -> bool) -> (Params<A>, Params<A>) {
+        let (mut selected, mut rest) = (Params::new(), Params::new());
+        for (path, value) in self.0.iter_shared() {
+            let side = if select(path) { &mut selected } else { &mut rest };
+            side.0.insert_shared(path.clone(), Arc::clone(value));
+        }
+        (selected, rest)
+    }
+
+    /// The union of two disjoint sets of params (undoes [`Params::partition`]); an error
+    /// naming the shared paths if they overlap.
+    pub fn merged(&self, other: &Params<A>) -> Result<Params<A>> {
+        let shared: Vec<String> = other
+            .paths()
+            .filter(|p| self.contains(p))
+            .map(String::from)
+            .collect();
+        if !shared.is_empty() {
+            return Err(Error::KeyMismatch {
+                op: "Params::merged",
+                missing: Vec::new(),
+                unexpected: shared,
+            });
+        }
+        let mut out = self.clone();
+        for (path, value) in other.0.iter_shared() {
+            out.0.insert_shared(path.clone(), Arc::clone(value));
+        }
+        Ok(out)
+    }
+}
+
+impl<A: Float> std::ops::Deref for Params<A> {
+    type Target = Collection<A>;
+    fn deref(&self) -> &Collection<A> {
+        &self.0
+    }
+}
+
+impl<A: Float> std::ops::DerefMut for Params<A> {
+    fn deref_mut(&mut self) -> &mut Collection<A> {
+        &mut self.0
+    }
+}
+
+impl<A: Float> FromIterator<(String, ArrayD<A>)> for Params<A> {
+    fn from_iter<I: IntoIterator<Item = (String, ArrayD<A>)>>(iter: I) -> Self {
+        Params(iter.into_iter().collect())
+    }
+}
+
+impl<A: Float> fmt::Debug for Params<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Params{:?}", self.0)
+    }
+}
+
+/// Gradients keyed exactly like the [`Params`] they were taken with respect to: the same
+/// paths, each gradient with its parameter's shape. No other collection can appear here,
+/// because only params become leaves of the tape.
+#[derive(Clone, Default, PartialEq)]
+pub struct Grads<A: Float> {
+    entries: BTreeMap<String, ArrayD<A>>,
+}
+
+impl<A: Float> Grads<A> {
+    pub(crate) fn from_map(entries: BTreeMap<String, ArrayD<A>>) -> Self {
+        Grads { entries }
+    }
+
+    /// The gradient for the param at `path`.
+    pub fn get(&self, path: &str) -> Option<&ArrayD<A>> {
+        self.entries.get(path)
+    }
+
+    /// Paths in order.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    /// `(path, gradient)` pairs in path order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &ArrayD<A>)> {
+        self.entries.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// The number of gradients.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The L2 norm over all gradients, as for gradient clipping.
+    pub fn global_norm(&self) -> A {
+        self.entries
+            .values()
+            .flat_map(|g| g.iter())
+            .map(|&x| x * x)
+            .sum::<A>()
+            .sqrt()
+    }
+
+    /// Checks that the gradients are keyed exactly like `params`, with matching shapes;
+    /// `op` names the caller in the error.
+    pub fn check_matches(&self, params: &Collection<A>, op: &'static str) -> Result<()> {
+        let missing: Vec<String> = params
+            .paths()
+            .filter(|p| !self.entries.contains_key(*p))
+            .map(String::from)
+            .collect();
+        let unexpected: Vec<String> = self
+            .paths()
+            .filter(|p| !params.contains(p))
+            .map(String::from)
+            .collect();
+        if !missing.is_empty() || !unexpected.is_empty() {
+            return Err(Error::KeyMismatch {
+                op,
+                missing,
+                unexpected,
+            });
+        }
+        for (path, grad) in self.iter() {
+            let param = params.get(path).expect("keys checked equal");
+            if grad.shape() != param.shape() {
+                return Err(Error::VariableShape {
+                    collection: "params".into(),
+                    path: path.into(),
+                    stored: param.shape().into(),
+                    expected: grad.shape().into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<A: Float> fmt::Debug for Grads<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.entries.iter().map(|(k, v)| (k, v.shape())))
+            .finish()
+    }
+}

@@ -1,0 +1,207 @@
+//! One error type for the whole crate. Each variant names the op or the variable it concerns,
+//! with the shapes involved, and its documentation says the usual cause and the fix.
+
+use std::fmt;
+
+/// A shape, printed as `[2, 3]`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Shape(pub Vec<usize>);
+
+impl fmt::Debug for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+impl From<&[usize]> for Shape {
+    fn from(s: &[usize]) -> Self {
+        Shape(s.to_vec())
+    }
+}
+
+/// Shorthand for `std::result::Result<T, tapegrad::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in tapegrad.
+///
+/// Errors never leave stored state half-changed: an op that fails records nothing, and an
+/// `apply`, an optimizer step or a merge that fails leaves the caller's variables as they were.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Two operands' shapes do not fit the op: not broadcastable (NumPy rules), inner
+    /// dimensions of a matmul differ, or concatenated arrays differ off the concat axis.
+    ///
+    /// Fix: check the shapes printed; a missing `reshape` or `transpose` is the usual cause.
+    #[error("{op}: incompatible shapes {lhs} and {rhs}{}", detail_suffix(.detail))]
+    IncompatibleShapes {
+        /// The op that was called.
+        op: &'static str,
+        /// The first operand's shape.
+        lhs: Shape,
+        /// The second operand's shape.
+        rhs: Shape,
+        /// What the op needed, in words.
+        detail: String,
+    },
+
+    /// An argument does not fit the tensor it is applied to: a reshape to a different number
+    /// of elements, an axis out of range or repeated, a permutation that is not one, an empty
+    /// concat, a slice out of bounds, an input of the wrong rank.
+    ///
+    /// Fix: the message names the op, the tensor's shape and what was asked.
+    #[error("{op}: {detail} (tensor shape {shape})")]
+    InvalidArgument {
+        /// The op that was called.
+        op: &'static str,
+        /// The shape of the tensor the op was applied to.
+        shape: Shape,
+        /// What was wrong, in words.
+        detail: String,
+    },
+
+    /// An integer index (an embedding id, a class label) is out of range.
+    ///
+    /// Fix: ids must be `< len`; check the vocabulary size or the number of classes.
+    #[error("{op}: index {index} out of range for length {len}")]
+    IndexOutOfRange {
+        /// The op that was called.
+        op: &'static str,
+        /// The offending index.
+        index: usize,
+        /// The number of valid indices.
+        len: usize,
+    },
+
+    /// `backward` was called on a tensor with more than one element.
+    ///
+    /// Fix: reduce to a scalar loss first (`mean_all`, `sum_all`), or pass an explicit
+    /// cotangent with [`Tensor::backward_with`](crate::Tensor::backward_with).
+    #[error("{op}: expected a scalar (one element), got shape {shape}")]
+    NotScalar {
+        /// The op that was called.
+        op: &'static str,
+        /// The tensor's shape.
+        shape: Shape,
+    },
+
+    /// Tensors recorded on two different tapes were combined, or a gradient was asked of a
+    /// tensor from another tape.
+    ///
+    /// Fix: do all the work of one differentiation inside one `value_and_grad` closure; a
+    /// tensor kept from an earlier step must be `detach`ed (it is a constant now).
+    #[error("{op}: tensors from different tapes")]
+    DifferentTapes {
+        /// The op that was called.
+        op: &'static str,
+    },
+
+    /// A module wrote a variable of a collection that the `apply` call did not declare mutable.
+    /// As in Flax: "Cannot update variable … because collection … is immutable".
+    ///
+    /// Fix: pass the collection in `mutable` (e.g. `Mutable::only(["batch_stats"])`), or run
+    /// the layer in evaluation mode, where it does not write.
+    #[error(
+        "cannot update variable \"{path}\" because collection \"{collection}\" is immutable; \
+         declare it mutable in apply (e.g. Mutable::only([\"{collection}\"]))"
+    )]
+    ImmutableCollection {
+        /// The collection written to.
+        collection: String,
+        /// The variable's path inside the collection.
+        path: String,
+    },
+
+    /// A module read a variable that the given variables do not hold.
+    ///
+    /// Fix: create the variables with the same model's `init`; a renamed layer or a changed
+    /// architecture changes the paths. For a parameter missing inside `value_and_grad`, check
+    /// that frozen params were added back with `ParamTensors::with_frozen`.
+    #[error("variable \"{collection}/{path}\" does not exist; was it created by init of this model?")]
+    MissingVariable {
+        /// The collection read from.
+        collection: String,
+        /// The variable's path inside the collection.
+        path: String,
+    },
+
+    /// A stored variable's shape differs from what the module asks for (or a value written
+    /// to a variable differs from its stored shape).
+    ///
+    /// Fix: the variables come from a model of other sizes; re-run `init` or fix the sizes.
+    #[error("variable \"{collection}/{path}\" has shape {stored}, but the module expects {expected}")]
+    VariableShape {
+        /// The collection.
+        collection: String,
+        /// The variable's path inside the collection.
+        path: String,
+        /// The shape stored in the variables.
+        stored: Shape,
+        /// The shape the module asked for or wrote.
+        expected: Shape,
+    },
+
+    /// A module asked for a random stream (e.g. `"dropout"`) that the `apply` call did not
+    /// provide.
+    ///
+    /// Fix: pass it, e.g. `Apply::train().rng("dropout", seed)`, or run in evaluation mode.
+    #[error("module at \"{path}\" needs the RNG stream \"{stream}\", which apply was not given")]
+    MissingRng {
+        /// The stream's name.
+        stream: String,
+        /// The module path that asked.
+        path: String,
+    },
+
+    /// Two keyed trees that must have the same keys do not (gradients against params, a
+    /// merge of updates into variables, optimizer state against params).
+    ///
+    /// Fix: compute the gradients from the same params you update; the lists name every key.
+    #[error("{op}: keys differ; missing {missing:?}, unexpected {unexpected:?}")]
+    KeyMismatch {
+        /// The operation that compared the trees.
+        op: &'static str,
+        /// Keys expected but absent.
+        missing: Vec<String>,
+        /// Keys present but not expected.
+        unexpected: Vec<String>,
+    },
+}
+
+fn detail_suffix(detail: &str) -> String {
+    if detail.is_empty() {
+        String::new()
+    } else {
+        format!(" ({detail})")
+    }
+}
+
+impl Error {
+    pub(crate) fn invalid(op: &'static str, shape: &[usize], detail: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            op,
+            shape: shape.into(),
+            detail: detail.into(),
+        }
+    }
+
+    pub(crate) fn incompatible(
+        op: &'static str,
+        lhs: &[usize],
+        rhs: &[usize],
+        detail: impl Into<String>,
+    ) -> Self {
+        Error::IncompatibleShapes {
+            op,
+            lhs: lhs.into(),
+            rhs: rhs.into(),
+            detail: detail.into(),
+        }
+    }
+}

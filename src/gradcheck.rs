@@ -1,0 +1,303 @@
+//! A public gradient checker: reverse-mode gradients against central finite differences,
+//! in `f64`.
+//!
+//! For each param the checker compares the tape's gradient with
+//! `(f(p + eps·d) - f(p - eps·d)) / 2eps`:
+//!
+//! * **full Jacobian** when the param and the output are small (`size × outputs` at most
+//!   [`GradCheckOptions::full_jacobian_max`]): every entry `J[o, i]`, the analytic rows from
+//!   one backward pass per output, the numeric columns from two evaluations per input;
+//! * **random directions** otherwise, as JAX's `check_grads` does: for a random direction
+//!   `t` and a random output cotangent `c`, `<t, Jᵀc>` from one backward pass against the
+//!   finite-difference JVP `<c, (f(p + eps t) - f(p - eps t)) / 2eps>`, two evaluations.
+//!
+//! The cotangent is random and non-uniform, never a plain sum: under a sum, errors that
+//! cancel across outputs (as in a normalisation layer, whose outputs sum to a constant) go
+//! unseen.
+//!
+//! # Tolerances
+//! The defaults are PyTorch's `gradcheck` defaults in `f64`: `eps = 1e-6`, `atol = 1e-5`,
+//! `rtol = 1e-3`; an entry passes when `|analytic - numeric| <= atol + rtol·|numeric|`.
+//! Why they are safe: central differences have truncation error `O(eps²·f''')`, about
+//! `1e-12` for smooth functions of order-one inputs, and rounding error about
+//! `ulp(|f|) / eps`, `2e-10·|f|`; both are several orders below `atol`. A wrong VJP, in
+//! contrast, is wrong by the size of the gradient itself, so the check separates the two
+//! cases with room to spare. Keep inputs away from kinks (`relu` at 0, `abs` at 0, ties of
+//! `max`) by more than `eps`, or the finite difference straddles the kink.
+
+use std::fmt;
+
+use ndarray::{ArrayD, Zip};
+
+use crate::autodiff::ParamTensors;
+use crate::tape::Tape;
+use crate::{Error, Params, Result, SplitMix64, Tensor};
+
+/// How [`check_grads`] checks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GradCheckOptions {
+    /// The finite-difference step.
+    pub eps: f64,
+    /// Absolute tolerance.
+    pub atol: f64,
+    /// Relative tolerance (relative to the numeric value).
+    pub rtol: f64,
+    /// The largest `param size × output size` checked entry by entry; beyond it, random
+    /// directions.
+    pub full_jacobian_max: usize,
+    /// How many random directions per param in directional mode.
+    pub directions: usize,
+    /// Seed of the random cotangent and directions.
+    pub seed: u64,
+}
+
+impl Default for GradCheckOptions {
+    fn default() -> Self {
+        GradCheckOptions {
+            eps: 1e-6,
+            atol: 1e-5,
+            rtol: 1e-3,
+            full_jacobian_max: 4096,
+            directions: 4,
+            seed: 0,
+        }
+    }
+}
+
+/// How one param was checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckMode {
+    /// Every Jacobian entry.
+    FullJacobian,
+    /// Random directions.
+    Directional,
+}
+
+/// The result for one param.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamCheck {
+    /// The param's path.
+    pub path: String,
+    /// How it was checked.
+    pub mode: CheckMode,
+    /// How many comparisons were made.
+    pub compared: usize,
+    /// The worst `|analytic - numeric|`.
+    pub max_abs_error: f64,
+    /// The worst `|analytic - numeric| / max(|analytic|, |numeric|)` (0 where both are 0).
+    pub max_rel_error: f64,
+    /// Whether every comparison was within `atol + rtol·|numeric|`.
+    pub passed: bool,
+}
+
+/// What [`check_grads`] found, one entry per param in path order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GradCheckReport {
+    /// One entry per param.
+    pub params: Vec<ParamCheck>,
+}
+
+impl GradCheckReport {
+    /// Whether every param passed.
+    pub fn passed(&self) -> bool {
+        self.params.iter().all(|p| p.passed)
+    }
+
+    /// The entry for `path`.
+    pub fn get(&self, path: &str) -> Option<&ParamCheck> {
+        self.params.iter().find(|p| p.path == path)
+    }
+}
+
+impl fmt::Display for GradCheckReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<32} {:<9} {:>8} {:>12} {:>12}  result",
+            "param", "mode", "compared", "max abs err", "max rel err"
+        )?;
+        for p in &self.params {
+            let mode = match p.mode {
+                CheckMode::FullJacobian => "jacobian",
+                CheckMode::Directional => "direction",
+            };
+            writeln!(
+                f,
+                "{:<32} {:<9} {:>8} {:>12.3e} {:>12.3e}  {}",
+                p.path,
+                mode,
+                p.compared,
+                p.max_abs_error,
+                p.max_rel_error,
+                if p.passed { "ok" } else { "FAILED" }
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Accumulates comparisons of analytic against numeric values for one param.
+struct Tally {
+    atol: f64,
+    rtol: f64,
+    compared: usize,
+    max_abs: f64,
+    max_rel: f64,
+    passed: bool,
+}
+
+impl Tally {
+    fn new(options: &GradCheckOptions) -> Self {
+        Tally {
+            atol: options.atol,
+            rtol: options.rtol,
+            compared: 0,
+            max_abs: 0.0,
+            max_rel: 0.0,
+            passed: true,
+        }
+    }
+
+    fn compare(&mut self, analytic: f64, numeric: f64) {
+        let err = (analytic - numeric).abs();
+        let scale = analytic.abs().max(numeric.abs());
+        let rel = if scale > 0.0 { err / scale } else { err };
+        self.compared += 1;
+        // NaN fails every comparison and poisons the maxima, as it should.
+        self.max_abs = if err.is_nan() { err } else { self.max_abs.max(err) };
+        self.max_rel = if rel.is_nan() { rel } else { self.max_rel.max(rel) };
+        if !(err <= self.atol + self.rtol * numeric.abs()) {
+            self.passed = false;
+        }
+    }
+
+    fn finish(self, path: &str, mode: CheckMode) -> ParamCheck {
+        ParamCheck {
+            path: path.to_string(),
+            mode,
+            compared: self.compared,
+            max_abs_error: self.max_abs,
+            max_rel_error: self.max_rel,
+            passed: self.passed,
+        }
+    }
+}
+
+fn normal_array(rng: &mut SplitMix64, shape: &[usize]) -> ArrayD<f64> {
+    ArrayD::from_shape_simple_fn(shape, || rng.normal())
+}
+
+fn flat(a: &ArrayD<f64>) -> Vec<f64> {
+    a.iter().copied().collect()
+}
+
+fn dot(a: &ArrayD<f64>, b: &ArrayD<f64>) -> f64 {
+    Zip::from(a).and(b).fold(0.0, |acc, &x, &y| acc + x * y)
+}
+
+/// Checks the gradients of `f` with respect to every param against central finite
+/// differences, in `f64`. `f` may return a tensor of any shape.
+///
+/// Errors (never panics) if `f` fails at the given params or returns a tensor from another
+/// tape; a wrong gradient is not an error but a failed entry of the report.
+///
+/// ```
+/// use tapegrad::gradcheck::{check_grads, GradCheckOptions};
+/// use tapegrad::Params;
+/// use ndarray::arr1;
+///
+/// let mut params = Params::new();
+/// params.insert("x", arr1(&[0.5, 1.5, 2.5]).into_dyn());
+/// let report = check_grads(&params, |p| Ok(p.get("x")?.log().tanh()), &GradCheckOptions::default())?;
+/// assert!(report.passed(), "{report}");
+/// # Ok::<(), tapegrad::Error>(())
+/// ```
+pub fn check_grads<F>(
+    params: &Params<f64>,
+    f: F,
+    options: &GradCheckOptions,
+) -> Result<GradCheckReport>
+where
+    F: Fn(&ParamTensors<f64>) -> Result<Tensor<f64>>,
+{
+    check_grads_with_frozen(params, &Params::new(), f, options)
+}
+
+/// [`check_grads`] where `f` also reads `frozen` params (as constants, never perturbed).
+/// Used by the collection-aware checks of models.
+pub(crate) fn check_grads_with_frozen<F>(
+    params: &Params<f64>,
+    frozen: &Params<f64>,
+    f: F,
+    options: &GradCheckOptions,
+) -> Result<GradCheckReport>
+where
+    F: Fn(&ParamTensors<f64>) -> Result<Tensor<f64>>,
+{
+    // Analytic side: one tape, the params as leaves.
+    let tape = Tape::new();
+    let leaves = ParamTensors::leaves(params, &tape).with_frozen(frozen)?;
+    let output = f(&leaves)?;
+    if output.tape().is_some_and(|t| !t.same_as(&tape)) {
+        return Err(Error::DifferentTapes { op: "check_grads" });
+    }
+    let mut rng = SplitMix64::new(options.seed);
+    let cotangent = normal_array(&mut rng, output.shape());
+    let jt_c = output.backward_with(&cotangent)?;
+
+    // Numeric side: the function at perturbed params, with no tape.
+    let evaluate = |perturbed: &Params<f64>| -> Result<ArrayD<f64>> {
+        let out = f(&ParamTensors::constants(perturbed).with_frozen(frozen)?)?;
+        Ok(out.value().clone())
+    };
+    let perturbed = |path: &str, step: &ArrayD<f64>| -> Params<f64> {
+        let mut p = params.clone();
+        *p.get_mut(path).expect("path comes from params") += step;
+        p
+    };
+    let eps = options.eps;
+
+    let mut report = Vec::new();
+    for path in params.paths() {
+        let leaf = leaves.get(path)?;
+        let size = leaf.len();
+        let mut tally = Tally::new(options);
+        let mode = if size * output.len() <= options.full_jacobian_max {
+            // Analytic Jacobian rows: one backward pass per output element.
+            let mut rows: Vec<Vec<f64>> = Vec::with_capacity(output.len());
+            for o in 0..output.len() {
+                let mut e_o = vec![0.0; output.len()];
+                e_o[o] = 1.0;
+                let e_o = ArrayD::from_shape_vec(output.shape(), e_o).expect("same length");
+                rows.push(flat(&output.backward_with(&e_o)?.wrt(leaf)?));
+            }
+            // Numeric Jacobian columns: two evaluations per input element.
+            for i in 0..size {
+                let mut step = vec![0.0; size];
+                step[i] = eps;
+                let step = ArrayD::from_shape_vec(leaf.shape(), step).expect("same length");
+                let plus = flat(&evaluate(&perturbed(path, &step))?);
+                let minus = flat(&evaluate(&perturbed(path, &-&step))?);
+                for (o, row) in rows.iter().enumerate() {
+                    // A perturbed output of another length compares as NaN: a failure.
+                    let p = plus.get(o).copied().unwrap_or(f64::NAN);
+                    let m = minus.get(o).copied().unwrap_or(f64::NAN);
+                    tally.compare(row[i], (p - m) / (2.0 * eps));
+                }
+            }
+            CheckMode::FullJacobian
+        } else {
+            let analytic_vjp = jt_c.wrt(leaf)?;
+            for _ in 0..options.directions {
+                let t = normal_array(&mut rng, leaf.shape());
+                let plus = evaluate(&perturbed(path, &(&t * eps)))?;
+                let minus = evaluate(&perturbed(path, &(&t * -eps)))?;
+                let numeric = (dot(&cotangent, &plus) - dot(&cotangent, &minus)) / (2.0 * eps);
+                tally.compare(dot(&t, &analytic_vjp), numeric);
+            }
+            CheckMode::Directional
+        };
+        report.push(tally.finish(path, mode));
+    }
+    Ok(GradCheckReport { params: report })
+}

@@ -1,0 +1,68 @@
+//! # tapegrad
+//!
+//! A tape-based reverse-mode automatic-differentiation engine on [`ndarray`], with
+//! Flax-style variable collections, in which non-trainable state (BatchNorm's running
+//! statistics, frozen embeddings, counters: what PyTorch keeps with `register_buffer`) is
+//! excluded from gradients by construction.
+//!
+//! * A [`Tape`] records the ops applied to tracked [`Tensor`]s; backward walks it once in
+//!   reverse.
+//! * [`value_and_grad`] differentiates a closure with respect to [`Params`] only, and returns
+//!   [`Grads`] keyed exactly like them.
+//! * [`gradcheck`] checks any gradient against central finite differences.
+//!
+//! ```
+//! use tapegrad::{value_and_grad, Params, Tensor};
+//! use ndarray::{arr1, arr2};
+//!
+//! // A linear model y = x w + b and a squared-error loss.
+//! let mut params = Params::<f64>::new();
+//! params.insert("w", arr2(&[[0.5], [-1.0]]).into_dyn());
+//! params.insert("b", arr1(&[0.1]).into_dyn());
+//! let x = Tensor::constant(arr2(&[[1.0, 2.0], [3.0, 4.0]]).into_dyn());
+//! let y = Tensor::constant(arr2(&[[1.0], [0.0]]).into_dyn());
+//!
+//! let (loss, grads) = value_and_grad(&params, |p| {
+//!     let prediction = x.matmul(p.get("w")?)?.add(p.get("b")?)?;
+//!     tapegrad::mse(&prediction, &y)
+//! })?;
+//! assert!(loss > 0.0);
+//! assert_eq!(grads.paths().collect::<Vec<_>>(), ["b", "w"]);
+//! assert_eq!(grads.get("w").unwrap().shape(), &[2, 1]);
+//! # Ok::<(), tapegrad::Error>(())
+//! ```
+//!
+//! ## Errors: `Result` for every op that can fail
+//!
+//! Ops whose success depends on their inputs' shapes (binary ops, matmul, reshape,
+//! reductions over axes, gathers) return [`Result`]; ops that cannot fail (elementwise
+//! unary ops, full reductions, scalar arithmetic) return a [`Tensor`] directly, so the
+//! signature tells which is which. We chose `Result` over panics because a shape is user
+//! input: it comes from the data and the configuration, and a training program should be
+//! able to report a bad one and carry on (a notebook kernel, a server) rather than abort.
+//! `?` keeps the cost of that choice to one character per fallible call. The errors name the
+//! op and the shapes (see [`Error`]). Panics are left for broken internal invariants.
+
+#![warn(missing_docs)]
+
+mod autodiff;
+mod collection;
+mod error;
+mod float;
+pub mod gradcheck;
+mod ops;
+mod rng;
+mod shape;
+mod tape;
+mod tensor;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use autodiff::{grad, value_and_grad, value_and_grad_with_aux, ParamTensors};
+pub use collection::{Collection, Grads, Params};
+pub use error::{Error, Result, Shape};
+pub use float::Float;
+pub use ops::{mse, one_hot, softmax_cross_entropy};
+pub use rng::SplitMix64;
+pub use tape::{Gradients, Tape, TapeEntry};
+pub use tensor::Tensor;

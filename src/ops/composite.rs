@@ -1,0 +1,86 @@
+//! Composites: functions built from primitives only, so they need no VJP of their own and
+//! the gradient checker covers them through their parts.
+
+use crate::{Error, Float, Result, Tensor};
+
+impl<A: Float> Tensor<A> {
+    /// `log(sum(exp(x)))` over `axis`, computed stably: the maximum is subtracted first.
+    ///
+    /// The maximum enters through [`Tensor::detach`]: mathematically the result does not
+    /// depend on the shift, so no gradient needs to flow through it (and none flows through
+    /// ties of the maximum).
+    pub fn logsumexp(&self, axis: usize, keep_dims: bool) -> Result<Tensor<A>> {
+        let max = self.max_axes(&[axis], true)?.detach();
+        let lse = self
+            .sub(&max)?
+            .exp()
+            .sum_axes(&[axis], true)?
+            .log()
+            .add(&max)?;
+        if keep_dims {
+            Ok(lse)
+        } else {
+            let mut shape = self.shape().to_vec();
+            shape.remove(axis);
+            lse.reshape(&shape)
+        }
+    }
+
+    /// `x - logsumexp(x)` over `axis`: log-probabilities, stable for large logits.
+    pub fn log_softmax(&self, axis: usize) -> Result<Tensor<A>> {
+        self.sub(&self.logsumexp(axis, true)?)
+    }
+
+    /// `exp(x) / sum(exp(x))` over `axis`, as `exp(log_softmax(x))`.
+    pub fn softmax(&self, axis: usize) -> Result<Tensor<A>> {
+        Ok(self.log_softmax(axis)?.exp())
+    }
+
+    /// Biased variance over `axes` (divides by `n`, as `jnp.var` and BatchNorm do):
+    /// `mean((x - mean(x))^2)`, the two-pass form.
+    pub fn var_axes(&self, axes: &[usize], keep_dims: bool) -> Result<Tensor<A>> {
+        let centred = self.sub(&self.mean_axes(axes, true)?)?;
+        centred.square().mean_axes(axes, keep_dims)
+    }
+}
+
+/// Mean softmax cross-entropy of `logits (batch, classes)` against integer `labels`:
+/// `(1/B) Σ_b [logsumexp(logits[b]) - logits[b, labels[b]]]`.
+///
+/// PyTorch: `F.cross_entropy(logits, labels)`; optax:
+/// `softmax_cross_entropy_with_integer_labels(logits, labels).mean()`.
+///
+/// ```
+/// use tapegrad::{softmax_cross_entropy, Tensor};
+/// // Uniform logits over 4 classes: the loss is ln 4 whatever the label.
+/// let logits = Tensor::from_vec(&[2, 4], vec![0.0f64; 8])?;
+/// let loss = softmax_cross_entropy(&logits, &[0, 3])?;
+/// assert!((loss.item()? - 4f64.ln()).abs() < 1e-12);
+/// # Ok::<(), tapegrad::Error>(())
+/// ```
+pub fn softmax_cross_entropy<A: Float>(logits: &Tensor<A>, labels: &[usize]) -> Result<Tensor<A>> {
+    let &[batch, classes] = logits.shape() else {
+        return Err(Error::invalid(
+            "softmax_cross_entropy",
+            logits.shape(),
+            "expected logits of shape (batch, classes)",
+        ));
+    };
+    if labels.len() != batch {
+        return Err(Error::incompatible(
+            "softmax_cross_entropy",
+            logits.shape(),
+            &[labels.len()],
+            "one label per row of logits",
+        ));
+    }
+    let targets = crate::one_hot(labels, classes)?;
+    let picked = logits.log_softmax(1)?.mul(&targets)?.sum_all();
+    Ok(picked.mul_scalar(A::of(-1.0 / batch.max(1) as f64)))
+}
+
+/// Mean squared error `mean((prediction - target)^2)`, broadcasting.
+/// PyTorch: `F.mse_loss(prediction, target)`.
+pub fn mse<A: Float>(prediction: &Tensor<A>, target: &Tensor<A>) -> Result<Tensor<A>> {
+    Ok(prediction.sub(target)?.square().mean_all())
+}

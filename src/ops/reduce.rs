@@ -1,0 +1,97 @@
+//! Reductions over any set of axes, with or without keeping the reduced axes as size 1.
+
+use ndarray::{ArrayD, Axis, IxDyn, Zip};
+
+use crate::shape::{check_axes, keep_dims_shape, reshaped};
+use crate::tensor::record_unary;
+use crate::{Error, Float, Result, Tensor};
+
+/// The gradient of a reduction's output, given back the reduced axes as size 1 and then
+/// broadcast to the input's shape.
+fn spread<A: Float>(g: &ArrayD<A>, keep_shape: &[usize], input_shape: &[usize]) -> ArrayD<A> {
+    let g = reshaped(g.clone(), keep_shape);
+    g.broadcast(IxDyn(input_shape))
+        .expect("a keep-dims shape broadcasts to its input shape")
+        .to_owned()
+}
+
+impl<A: Float> Tensor<A> {
+    /// Sum over `axes`; with `keep_dims` the reduced axes stay as size 1.
+    /// PyTorch: `x.sum(dim=axes, keepdim=keep_dims)`.
+    ///
+    /// ```
+    /// use tapegrad::Tensor;
+    /// let x = Tensor::from_vec(&[2, 3], vec![1.0f64, 2.0, 3.0, 4.0, 5.0, 6.0])?;
+    /// assert_eq!(x.sum_axes(&[0], false)?.value().as_slice().unwrap(), &[5.0, 7.0, 9.0]);
+    /// assert_eq!(x.sum_axes(&[1], true)?.shape(), &[2, 1]);
+    /// assert!(x.sum_axes(&[2], false).is_err()); // axis out of range
+    /// # Ok::<(), tapegrad::Error>(())
+    /// ```
+    pub fn sum_axes(&self, axes: &[usize], keep_dims: bool) -> Result<Tensor<A>> {
+        let axes = check_axes("sum", self.shape(), axes)?;
+        let keep_shape = keep_dims_shape(self.shape(), &axes);
+        let mut value = self.value().clone();
+        for &axis in axes.iter().rev() {
+            value = value.sum_axis(Axis(axis));
+        }
+        if keep_dims {
+            value = reshaped(value, &keep_shape);
+        }
+        let input_shape = self.shape().to_vec();
+        Ok(record_unary("sum", self, value, move |g| {
+            spread(g, &keep_shape, &input_shape)
+        }))
+    }
+
+    /// Sum of all elements, as a 0-d tensor.
+    pub fn sum_all(&self) -> Tensor<A> {
+        let value = ArrayD::from_elem(IxDyn(&[]), self.value().sum());
+        let input_shape = self.shape().to_vec();
+        record_unary("sum", self, value, move |g| {
+            ArrayD::from_elem(IxDyn(&input_shape), g.sum())
+        })
+    }
+
+    /// Mean over `axes` (composed: a sum times `1/n`).
+    pub fn mean_axes(&self, axes: &[usize], keep_dims: bool) -> Result<Tensor<A>> {
+        let sum = self.sum_axes(axes, keep_dims)?;
+        let count: usize = axes.iter().map(|&a| self.shape()[a]).product();
+        Ok(sum.mul_scalar(A::of(1.0 / count as f64)))
+    }
+
+    /// Mean of all elements, as a 0-d tensor.
+    pub fn mean_all(&self) -> Tensor<A> {
+        self.sum_all().mul_scalar(A::of(1.0 / self.len().max(1) as f64))
+    }
+
+    /// Maximum over `axes`. Where several elements tie for the maximum the gradient is split
+    /// evenly among them (as JAX does), so it still sums to the output's gradient.
+    pub fn max_axes(&self, axes: &[usize], keep_dims: bool) -> Result<Tensor<A>> {
+        let axes = check_axes("max", self.shape(), axes)?;
+        if axes.iter().any(|&a| self.shape()[a] == 0) {
+            return Err(Error::invalid("max", self.shape(), "reduction over an empty axis"));
+        }
+        let keep_shape = keep_dims_shape(self.shape(), &axes);
+        let mut value = self.value().clone();
+        for &axis in axes.iter().rev() {
+            value = value.fold_axis(Axis(axis), A::neg_infinity(), |&m, &x| m.max(x));
+        }
+        let max_keep = reshaped(value.clone(), &keep_shape);
+        if keep_dims {
+            value = max_keep.clone();
+        }
+        let x = self.shared_value();
+        Ok(record_unary("max", self, value, move |g| {
+            let max = max_keep.broadcast(x.raw_dim()).expect("keep-dims shape broadcasts");
+            let is_max = Zip::from(&*x)
+                .and(&max)
+                .map_collect(|&x, &m| if x == m { A::one() } else { A::zero() });
+            let mut ties = is_max.clone();
+            for &axis in axes.iter().rev() {
+                ties = ties.sum_axis(Axis(axis));
+            }
+            let share = &spread(g, &keep_shape, x.shape()) / &reshaped(ties, &keep_shape);
+            is_max * share
+        }))
+    }
+}

@@ -1,0 +1,247 @@
+//! `Tensor<A>`: a shared array value and, when tracked, its node on a tape.
+
+use std::fmt;
+use std::sync::Arc;
+
+use ndarray::{ArrayD, IxDyn};
+
+use crate::tape::{Gradients, Node, NodeKind, Tape};
+use crate::{Error, Float, Result};
+
+/// A value (an `ArrayD<A>`, shared, never copied when a tensor is cloned) and, if tracked,
+/// its node on a [`Tape`].
+///
+/// A tensor is *tracked* when it is a leaf of a tape (a parameter being differentiated) or
+/// the result of an op with at least one tracked input. Everything else is a *constant*:
+/// inputs, labels, buffers such as BatchNorm's running statistics, and the result of an op
+/// on constants alone. Constants carry no node and cost the tape nothing.
+///
+/// ```
+/// use tapegrad::Tensor;
+/// use ndarray::arr2;
+///
+/// let x = Tensor::constant(arr2(&[[1.0f64, -2.0], [3.0, -4.0]]).into_dyn());
+/// let y = x.relu().sum_all();
+/// assert!(!y.is_tracked());
+/// assert_eq!(y.item()?, 4.0);
+/// # Ok::<(), tapegrad::Error>(())
+/// ```
+pub struct Tensor<A: Float> {
+    value: Arc<ArrayD<A>>,
+    node: Option<(Tape<A>, usize)>,
+}
+
+impl<A: Float> Clone for Tensor<A> {
+    fn clone(&self) -> Self {
+        Tensor {
+            value: Arc::clone(&self.value),
+            node: self.node.clone(),
+        }
+    }
+}
+
+impl<A: Float> Tensor<A> {
+    /// A constant: no node, no gradient. PyTorch: a tensor with `requires_grad=False`.
+    pub fn constant(value: ArrayD<A>) -> Self {
+        Self::from_shared(Arc::new(value))
+    }
+
+    /// A 0-d constant.
+    pub fn scalar(x: A) -> Self {
+        Self::constant(ArrayD::from_elem(IxDyn(&[]), x))
+    }
+
+    /// A constant from a shape and row-major data; an error if the lengths differ.
+    ///
+    /// ```
+    /// let t = tapegrad::Tensor::from_vec(&[2, 2], vec![1.0f32, 2.0, 3.0, 4.0])?;
+    /// assert_eq!(t.shape(), &[2, 2]);
+    /// assert!(tapegrad::Tensor::from_vec(&[3], vec![1.0f32]).is_err());
+    /// # Ok::<(), tapegrad::Error>(())
+    /// ```
+    pub fn from_vec(shape: &[usize], data: Vec<A>) -> Result<Self> {
+        let n = data.len();
+        ArrayD::from_shape_vec(IxDyn(shape), data)
+            .map(Self::constant)
+            .map_err(|_| Error::invalid("from_vec", shape, format!("{n} values given")))
+    }
+
+    pub(crate) fn from_shared(value: Arc<ArrayD<A>>) -> Self {
+        Tensor { value, node: None }
+    }
+
+    pub(crate) fn tracked(value: Arc<ArrayD<A>>, tape: Tape<A>, id: usize) -> Self {
+        Tensor {
+            value,
+            node: Some((tape, id)),
+        }
+    }
+
+    /// The value.
+    pub fn value(&self) -> &ArrayD<A> {
+        &self.value
+    }
+
+    /// The value as a shared handle (no copy).
+    pub fn shared_value(&self) -> Arc<ArrayD<A>> {
+        Arc::clone(&self.value)
+    }
+
+    /// The value's shape.
+    pub fn shape(&self) -> &[usize] {
+        self.value.shape()
+    }
+
+    /// The number of dimensions.
+    pub fn ndim(&self) -> usize {
+        self.value.ndim()
+    }
+
+    /// The number of elements.
+    pub fn len(&self) -> usize {
+        self.value.len()
+    }
+
+    /// Whether the tensor has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.value.is_empty()
+    }
+
+    /// Whether the tensor has a node on a tape.
+    pub fn is_tracked(&self) -> bool {
+        self.node.is_some()
+    }
+
+    /// The tape this tensor is recorded on, if tracked.
+    pub fn tape(&self) -> Option<&Tape<A>> {
+        self.node.as_ref().map(|(tape, _)| tape)
+    }
+
+    /// The node's id on its tape, if tracked.
+    pub fn node_id(&self) -> Option<usize> {
+        self.node.as_ref().map(|(_, id)| *id)
+    }
+
+    pub(crate) fn node(&self) -> Option<(&Tape<A>, usize)> {
+        self.node.as_ref().map(|(tape, id)| (tape, *id))
+    }
+
+    /// The single element of a one-element tensor. PyTorch: `.item()`.
+    pub fn item(&self) -> Result<A> {
+        match self.value.iter().next() {
+            Some(&x) if self.len() == 1 => Ok(x),
+            _ => Err(Error::NotScalar {
+                op: "item",
+                shape: self.shape().into(),
+            }),
+        }
+    }
+
+    /// The same value as a constant: gradients stop here. PyTorch: `.detach()`;
+    /// JAX: `lax.stop_gradient`.
+    pub fn detach(&self) -> Tensor<A> {
+        Self::from_shared(self.shared_value())
+    }
+
+    /// Reverse mode from a one-element tensor (the loss): the gradient of it with respect
+    /// to every leaf it depends on. A non-scalar is an error; see [`Tensor::backward_with`].
+    pub fn backward(&self) -> Result<Gradients<A>> {
+        if self.len() != 1 {
+            return Err(Error::NotScalar {
+                op: "backward",
+                shape: self.shape().into(),
+            });
+        }
+        self.backward_with(&ArrayD::ones(self.shape()))
+    }
+
+    /// Reverse mode seeded with an explicit cotangent of this tensor's shape: the result
+    /// holds `J^T cotangent` for each leaf. PyTorch: `y.backward(gradient=cotangent)`.
+    pub fn backward_with(&self, cotangent: &ArrayD<A>) -> Result<Gradients<A>> {
+        if cotangent.shape() != self.shape() {
+            return Err(Error::incompatible(
+                "backward_with",
+                self.shape(),
+                cotangent.shape(),
+                "the cotangent must have the output's shape",
+            ));
+        }
+        let (tape, root) = match &self.node {
+            Some((tape, id)) => (tape.clone(), *id),
+            // A constant depends on no leaf: an empty tape yields no gradients.
+            None => return Ok(Gradients::none()),
+        };
+        Ok(tape.backward_from(root, cotangent.clone()))
+    }
+}
+
+/// Records the result of an op. `value` is the forward result; `vjp` maps the output's
+/// gradient to one gradient per input. If no input is tracked nothing is recorded and the
+/// result is a constant (the VJP is dropped unused). Inputs tracked on different tapes are
+/// an error.
+pub(crate) fn record<A: Float>(
+    op: &'static str,
+    inputs: &[&Tensor<A>],
+    value: ArrayD<A>,
+    vjp: impl Fn(&ArrayD<A>, &[bool]) -> Vec<Option<ArrayD<A>>> + 'static,
+) -> Result<Tensor<A>> {
+    let mut tape: Option<&Tape<A>> = None;
+    for t in inputs {
+        if let Some((other, _)) = t.node() {
+            match tape {
+                Some(first) if !first.same_as(other) => return Err(Error::DifferentTapes { op }),
+                _ => tape = Some(other),
+            }
+        }
+    }
+    let value = Arc::new(value);
+    let Some(tape) = tape else {
+        return Ok(Tensor::from_shared(value));
+    };
+    let id = tape.push(Node {
+        kind: NodeKind::Op {
+            op,
+            inputs: inputs.iter().map(|t| t.node_id()).collect(),
+            vjp: Box::new(vjp),
+        },
+        shape: value.shape().to_vec(),
+    });
+    Ok(Tensor::tracked(value, tape.clone(), id))
+}
+
+/// [`record`] for a one-input op, which cannot mix tapes and so cannot fail.
+pub(crate) fn record_unary<A: Float>(
+    op: &'static str,
+    input: &Tensor<A>,
+    value: ArrayD<A>,
+    vjp: impl Fn(&ArrayD<A>) -> ArrayD<A> + 'static,
+) -> Tensor<A> {
+    let value = Arc::new(value);
+    let Some((tape, input_id)) = input.node() else {
+        return Tensor::from_shared(value);
+    };
+    let id = tape.push(Node {
+        kind: NodeKind::Op {
+            op,
+            inputs: vec![Some(input_id)],
+            vjp: Box::new(move |g, _| vec![Some(vjp(g))]),
+        },
+        shape: value.shape().to_vec(),
+    });
+    Tensor::tracked(value, tape.clone(), id)
+}
+
+impl<A: Float> fmt::Debug for Tensor<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.node_id() {
+            Some(id) => write!(f, "Tensor(%{id}, {:?})", self.value),
+            None => write!(f, "Tensor(const, {:?})", self.value),
+        }
+    }
+}
+
+impl<A: Float> fmt::Display for Tensor<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.value, f)
+    }
+}

@@ -1,0 +1,106 @@
+//! Proptest strategies for shapes and arrays (feature `testing`), so users write property
+//! suites like ours: draw shapes including 0-d scalars, size-1 and broadcast dimensions, and
+//! values in the domain where the function under test is smooth.
+//!
+//! ```
+//! use proptest::prelude::*;
+//! use tapegrad::testing::{arrays, shape};
+//!
+//! proptest!(|(x in shape(3, 4).prop_flat_map(|s| arrays::<f64>(s, -1.0..1.0)))| {
+//!     prop_assert!(x.ndim() <= 3);
+//!     prop_assert!(x.iter().all(|v| (-1.0..1.0).contains(v)));
+//! });
+//! ```
+
+use ndarray::{ArrayD, IxDyn};
+use proptest::collection::vec;
+use proptest::prelude::*;
+
+use crate::Float;
+
+/// Shapes of rank `0..=max_rank` with dimensions `1..=max_dim` (size-1 dimensions are
+/// frequent, since they are where broadcasting bugs hide). Shrinks toward lower rank and
+/// smaller dimensions.
+pub fn shape(max_rank: usize, max_dim: usize) -> impl Strategy<Value = Vec<usize>> {
+    vec(1..=max_dim.max(1), 0..=max_rank)
+}
+
+/// Shapes of rank `min_rank..=max_rank` with dimensions `1..=max_dim`.
+pub fn shape_with_rank(
+    min_rank: usize,
+    max_rank: usize,
+    max_dim: usize,
+) -> impl Strategy<Value = Vec<usize>> {
+    vec(1..=max_dim.max(1), min_rank..=max_rank)
+}
+
+/// A pair of shapes that broadcast together (NumPy rules): the second is a suffix of the
+/// first's rank with some dimensions set to 1, and the first may have 1s where the second
+/// does not, so broadcasting goes both ways. Either order of the pair is drawn.
+pub fn broadcast_pair(
+    max_rank: usize,
+    max_dim: usize,
+) -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
+    shape(max_rank, max_dim)
+        .prop_flat_map(|full| {
+            let rank = full.len();
+            (
+                Just(full),
+                0..=rank,
+                vec(any::<bool>(), rank),
+                vec(any::<bool>(), rank),
+                any::<bool>(),
+            )
+        })
+        .prop_map(|(full, suffix_len, ones_a, ones_b, swap)| {
+            let rank = full.len();
+            let a: Vec<usize> = full
+                .iter()
+                .zip(&ones_a)
+                .zip(&ones_b)
+                // Only one side of a dimension may be squeezed to 1.
+                .map(|((&n, &one_a), &one_b)| if one_a && !one_b { 1 } else { n })
+                .collect();
+            let b: Vec<usize> = full[rank - suffix_len..]
+                .iter()
+                .zip(&ones_b[rank - suffix_len..])
+                .map(|(&n, &one)| if one { 1 } else { n })
+                .collect();
+            if swap { (b, a) } else { (a, b) }
+        })
+}
+
+/// Arrays of the given shape with values drawn from `values` (an `f64` strategy, converted
+/// to `A`).
+pub fn arrays<A: Float>(
+    shape: Vec<usize>,
+    values: impl Strategy<Value = f64>,
+) -> impl Strategy<Value = ArrayD<A>> {
+    let n: usize = shape.iter().product();
+    vec(values, n).prop_map(move |v| {
+        ArrayD::from_shape_vec(IxDyn(&shape), v.into_iter().map(A::of).collect())
+            .expect("n elements for the shape")
+    })
+}
+
+/// Values in `[-hi, -lo] ∪ [lo, hi]`: away from zero, for `relu`, `abs` and division.
+pub fn away_from_zero(lo: f64, hi: f64) -> impl Strategy<Value = f64> {
+    prop_oneof![lo..=hi, -hi..=-lo]
+}
+
+/// Arrays of the given shape whose values are pairwise at least `gap` apart, in a random
+/// order: for `max` and sorting, which are smooth only away from ties.
+pub fn distinct_arrays<A: Float>(shape: Vec<usize>, gap: f64) -> impl Strategy<Value = ArrayD<A>> {
+    let n: usize = shape.iter().product();
+    (
+        Just((0..n).collect::<Vec<usize>>()).prop_shuffle(),
+        vec(0.0..gap * 0.5, n),
+    )
+        .prop_map(move |(order, jitter)| {
+            let values = order
+                .iter()
+                .zip(&jitter)
+                .map(|(&rank, &j)| A::of((rank as f64 - n as f64 / 2.0) * gap * 1.5 + j));
+            ArrayD::from_shape_vec(IxDyn(&shape), values.collect()).expect("n elements")
+        })
+}
