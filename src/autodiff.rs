@@ -39,10 +39,12 @@ impl<A: Float> ParamTensors<A> {
 
     /// The param at `path`; an error naming it if there is none.
     pub fn get(&self, path: &str) -> Result<&Tensor<A>> {
-        self.tensors.get(path).ok_or_else(|| Error::MissingVariable {
-            collection: "params".into(),
-            path: path.into(),
-        })
+        self.tensors
+            .get(path)
+            .ok_or_else(|| Error::MissingVariable {
+                collection: "params".into(),
+                path: path.into(),
+            })
     }
 
     /// Paths in order.

@@ -72,10 +72,6 @@ impl<A: Float> Collection<A> {
         self.entries.get(path).map(|a| &**a)
     }
 
-    pub(crate) fn get_shared(&self, path: &str) -> Option<&Arc<ArrayD<A>>> {
-        self.entries.get(path)
-    }
-
     /// The array at `path`, for writing in place.
     pub fn get_mut(&mut self, path: &str) -> Option<&mut ArrayD<A>> {
         self.entries.get_mut(path).map(Arc::make_mut)
@@ -192,7 +188,11 @@ impl<A: Float> Params<A> {
     pub fn partition(&self, mut select: impl FnMut(&str) -> bool) -> (Params<A>, Params<A>) {
         let (mut selected, mut rest) = (Params::new(), Params::new());
         for (path, value) in self.0.iter_shared() {
-            let side = if select(path) { &mut selected } else { &mut rest };
+            let side = if select(path) {
+                &mut selected
+            } else {
+                &mut rest
+            };
             side.0.insert_shared(path.clone(), Arc::clone(value));
         }
         (selected, rest)

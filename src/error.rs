@@ -123,7 +123,9 @@ pub enum Error {
     /// Fix: create the variables with the same model's `init`; a renamed layer or a changed
     /// architecture changes the paths. For a parameter missing inside `value_and_grad`, check
     /// that frozen params were added back with `ParamTensors::with_frozen`.
-    #[error("variable \"{collection}/{path}\" does not exist; was it created by init of this model?")]
+    #[error(
+        "variable \"{collection}/{path}\" does not exist; was it created by init of this model?"
+    )]
     MissingVariable {
         /// The collection read from.
         collection: String,
@@ -135,7 +137,9 @@ pub enum Error {
     /// to a variable differs from its stored shape).
     ///
     /// Fix: the variables come from a model of other sizes; re-run `init` or fix the sizes.
-    #[error("variable \"{collection}/{path}\" has shape {stored}, but the module expects {expected}")]
+    #[error(
+        "variable \"{collection}/{path}\" has shape {stored}, but the module expects {expected}"
+    )]
     VariableShape {
         /// The collection.
         collection: String,

@@ -164,11 +164,19 @@ impl Tally {
         let rel = if scale > 0.0 { err / scale } else { err };
         self.compared += 1;
         // NaN fails every comparison and poisons the maxima, as it should.
-        self.max_abs = if err.is_nan() { err } else { self.max_abs.max(err) };
-        self.max_rel = if rel.is_nan() { rel } else { self.max_rel.max(rel) };
-        if !(err <= self.atol + self.rtol * numeric.abs()) {
-            self.passed = false;
-        }
+        self.max_abs = if err.is_nan() {
+            err
+        } else {
+            self.max_abs.max(err)
+        };
+        self.max_rel = if rel.is_nan() {
+            rel
+        } else {
+            self.max_rel.max(rel)
+        };
+        let within = err <= self.atol + self.rtol * numeric.abs();
+        // A NaN error is never within tolerance.
+        self.passed &= within;
     }
 
     fn finish(self, path: &str, mode: CheckMode) -> ParamCheck {

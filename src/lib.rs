@@ -58,7 +58,12 @@ mod tensor;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use autodiff::{grad, value_and_grad, value_and_grad_with_aux, ParamTensors};
+/// The README's code, compiled and run by `cargo test` so that it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
+pub use autodiff::{ParamTensors, grad, value_and_grad, value_and_grad_with_aux};
 pub use collection::{Collection, Grads, Params};
 pub use error::{Error, Result, Shape};
 pub use float::Float;

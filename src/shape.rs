@@ -57,7 +57,11 @@ pub(crate) fn check_axes(op: &'static str, shape: &[usize], axes: &[usize]) -> R
     sorted.sort_unstable();
     sorted.dedup();
     if sorted.len() != axes.len() {
-        return Err(Error::invalid(op, shape, format!("repeated axis in {axes:?}")));
+        return Err(Error::invalid(
+            op,
+            shape,
+            format!("repeated axis in {axes:?}"),
+        ));
     }
     if let Some(&bad) = sorted.iter().find(|&&a| a >= shape.len()) {
         return Err(Error::invalid(
@@ -96,7 +100,10 @@ mod tests {
 
     #[test]
     fn broadcast_follows_numpy() {
-        assert_eq!(broadcast_shape("t", &[2, 1, 3], &[4, 1]).unwrap(), vec![2, 4, 3]);
+        assert_eq!(
+            broadcast_shape("t", &[2, 1, 3], &[4, 1]).unwrap(),
+            vec![2, 4, 3]
+        );
         assert_eq!(broadcast_shape("t", &[], &[5]).unwrap(), vec![5]);
         assert!(broadcast_shape("t", &[2, 3], &[3, 2]).is_err());
     }

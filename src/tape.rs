@@ -266,7 +266,9 @@ impl<A: Float> Gradients<A> {
                 .get(x)
                 .cloned()
                 .unwrap_or_else(|| ArrayD::zeros(x.shape()))),
-            _ => Err(Error::DifferentTapes { op: "Gradients::wrt" }),
+            _ => Err(Error::DifferentTapes {
+                op: "Gradients::wrt",
+            }),
         }
     }
 

@@ -33,7 +33,8 @@ impl<A: Float> Tensor<A> {
     /// let a = Tensor::constant(arr2(&[[1.0f64], [2.0]]).into_dyn()); // (2, 1)
     /// let b = Tensor::constant(arr1(&[10.0, 20.0, 30.0]).into_dyn()); // (3,)
     /// assert_eq!(a.add(&b)?.shape(), &[2, 3]);
-    /// assert!(a.add(&Tensor::constant(arr1(&[1.0, 2.0, 3.0, 4.0]).into_dyn()).transpose()?).is_err());
+    /// let c = Tensor::constant(arr2(&[[1.0, 2.0], [3.0, 4.0]]).into_dyn()); // (2, 2)
+    /// assert!(b.add(&c).is_err()); // 3 against 2: not broadcastable
     /// # Ok::<(), tapegrad::Error>(())
     /// ```
     pub fn add(&self, other: &Tensor<A>) -> Result<Tensor<A>> {
@@ -47,7 +48,10 @@ impl<A: Float> Tensor<A> {
     pub fn sub(&self, other: &Tensor<A>) -> Result<Tensor<A>> {
         let value = zip_broadcast("sub", self.value(), other.value(), |x, y| x - y)?;
         record("sub", &[self, other], value, |g, needs| {
-            vec![needs[0].then(|| g.clone()), needs[1].then(|| g.mapv(|x| -x))]
+            vec![
+                needs[0].then(|| g.clone()),
+                needs[1].then(|| g.mapv(|x| -x)),
+            ]
         })
     }
 
@@ -122,7 +126,11 @@ impl<A: Float> Tensor<A> {
     /// `mask ? on_true : on_false` elementwise, broadcasting all three. `mask` is read as a
     /// constant (nonzero is true); gradients flow to the branch that was chosen.
     /// JAX: `jnp.where`; PyTorch: `torch.where`.
-    pub fn select(mask: &Tensor<A>, on_true: &Tensor<A>, on_false: &Tensor<A>) -> Result<Tensor<A>> {
+    pub fn select(
+        mask: &Tensor<A>,
+        on_true: &Tensor<A>,
+        on_false: &Tensor<A>,
+    ) -> Result<Tensor<A>> {
         let shape = broadcast_shape(
             "select",
             &broadcast_shape("select", mask.shape(), on_true.shape())?,
@@ -176,7 +184,12 @@ impl<A: Float> Tensor<A> {
         self.compare("eq", other, |x, y| x == y)
     }
 
-    fn compare(&self, op: &'static str, other: &Tensor<A>, test: fn(A, A) -> bool) -> Result<Tensor<A>> {
+    fn compare(
+        &self,
+        op: &'static str,
+        other: &Tensor<A>,
+        test: fn(A, A) -> bool,
+    ) -> Result<Tensor<A>> {
         let mask = zip_broadcast(op, self.value(), other.value(), |x, y| {
             if test(x, y) { A::one() } else { A::zero() }
         })?;

@@ -61,7 +61,8 @@ impl<A: Float> Tensor<A> {
 
     /// Mean of all elements, as a 0-d tensor.
     pub fn mean_all(&self) -> Tensor<A> {
-        self.sum_all().mul_scalar(A::of(1.0 / self.len().max(1) as f64))
+        self.sum_all()
+            .mul_scalar(A::of(1.0 / self.len().max(1) as f64))
     }
 
     /// Maximum over `axes`. Where several elements tie for the maximum the gradient is split
@@ -69,7 +70,11 @@ impl<A: Float> Tensor<A> {
     pub fn max_axes(&self, axes: &[usize], keep_dims: bool) -> Result<Tensor<A>> {
         let axes = check_axes("max", self.shape(), axes)?;
         if axes.iter().any(|&a| self.shape()[a] == 0) {
-            return Err(Error::invalid("max", self.shape(), "reduction over an empty axis"));
+            return Err(Error::invalid(
+                "max",
+                self.shape(),
+                "reduction over an empty axis",
+            ));
         }
         let keep_shape = keep_dims_shape(self.shape(), &axes);
         let mut value = self.value().clone();
@@ -82,7 +87,9 @@ impl<A: Float> Tensor<A> {
         }
         let x = self.shared_value();
         Ok(record_unary("max", self, value, move |g| {
-            let max = max_keep.broadcast(x.raw_dim()).expect("keep-dims shape broadcasts");
+            let max = max_keep
+                .broadcast(x.raw_dim())
+                .expect("keep-dims shape broadcasts");
             let is_max = Zip::from(&*x)
                 .and(&max)
                 .map_collect(|&x, &m| if x == m { A::one() } else { A::zero() });

@@ -90,8 +90,8 @@ impl<A: Float> Tensor<A> {
         }
         for t in &tensors[1..] {
             let same_rank = t.ndim() == first.ndim();
-            let agree = same_rank
-                && (0..t.ndim()).all(|d| d == axis || t.shape()[d] == first.shape()[d]);
+            let agree =
+                same_rank && (0..t.ndim()).all(|d| d == axis || t.shape()[d] == first.shape()[d]);
             if !agree {
                 return Err(Error::incompatible(
                     "concat",
@@ -156,7 +156,11 @@ impl<A: Float> Tensor<A> {
     /// ```
     pub fn gather_rows(&self, ids: &ArrayD<usize>) -> Result<Tensor<A>> {
         let [rows, width] = *self.shape() else {
-            return Err(Error::invalid("gather_rows", self.shape(), "expected a 2-D table"));
+            return Err(Error::invalid(
+                "gather_rows",
+                self.shape(),
+                "expected a 2-D table",
+            ));
         };
         if let Some(&bad) = ids.iter().find(|&&id| id >= rows) {
             return Err(Error::IndexOutOfRange {

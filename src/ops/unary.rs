@@ -96,21 +96,33 @@ impl<A: Float> Tensor<A> {
 
     /// `x^n` for an integer `n`.
     pub fn powi(&self, n: i32) -> Tensor<A> {
-        self.unary("powi", move |x| x.powi(n), move |x, _| A::of(n.into()) * x.powi(n - 1))
+        self.unary(
+            "powi",
+            move |x| x.powi(n),
+            move |x, _| A::of(n.into()) * x.powi(n - 1),
+        )
     }
 
     /// `x^p` for a real `p`; smooth for `x > 0`.
     pub fn powf(&self, p: A) -> Tensor<A> {
-        self.unary("powf", move |x| x.powf(p), move |x, _| p * x.powf(p - A::one()))
+        self.unary(
+            "powf",
+            move |x| x.powf(p),
+            move |x, _| p * x.powf(p - A::one()),
+        )
     }
 
     /// `x + c` for a scalar `c`.
     pub fn add_scalar(&self, c: A) -> Tensor<A> {
-        record_unary("add_scalar", self, self.value().mapv(|x| x + c), |g| g.clone())
+        record_unary("add_scalar", self, self.value().mapv(|x| x + c), |g| {
+            g.clone()
+        })
     }
 
     /// `c * x` for a scalar `c`.
     pub fn mul_scalar(&self, c: A) -> Tensor<A> {
-        record_unary("mul_scalar", self, self.value().mapv(|x| x * c), move |g| g * c)
+        record_unary("mul_scalar", self, self.value().mapv(|x| x * c), move |g| {
+            g * c
+        })
     }
 }
