@@ -37,6 +37,12 @@ impl<A: Float> ParamTensors<A> {
         ParamTensors { tensors }
     }
 
+    /// The tape the tracked params are leaves of (`None` for constants): for inspecting
+    /// what a computation recorded.
+    pub fn tape(&self) -> Option<&Tape<A>> {
+        self.tensors.values().find_map(Tensor::tape)
+    }
+
     /// The param at `path`; an error naming it if there is none.
     pub fn get(&self, path: &str) -> Result<&Tensor<A>> {
         self.tensors
@@ -106,10 +112,19 @@ impl<A: Float> ParamTensors<A> {
 ///
 /// Only `Params` can be differentiated; any other collection does not compile here:
 ///
-/// ```compile_fail
-/// use tapegrad::{value_and_grad, Collection};
-/// let batch_stats = Collection::<f64>::new();
-/// let _ = value_and_grad(&batch_stats, |p| Ok(p.get("mean")?.sum_all()));
+/// ```compile_fail,E0308
+/// use tapegrad::{value_and_grad, Variables};
+/// let variables = Variables::<f64>::new();
+/// // Asking for gradients with respect to batch_stats:
+/// let batch_stats = variables.collection("batch_stats").unwrap();
+/// let _ = value_and_grad(batch_stats, |p| Ok(p.get("mean")?.sum_all()));
+/// ```
+///
+/// ```compile_fail,E0308
+/// use tapegrad::{value_and_grad, Variables};
+/// let variables = Variables::<f64>::new();
+/// // Passing every collection where only params may go:
+/// let _ = value_and_grad(&variables, |p| Ok(p.get("Dense_0/kernel")?.sum_all()));
 /// ```
 pub fn value_and_grad<A, F>(params: &Params<A>, f: F) -> Result<(A, Grads<A>)>
 where

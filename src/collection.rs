@@ -72,6 +72,10 @@ impl<A: Float> Collection<A> {
         self.entries.get(path).map(|a| &**a)
     }
 
+    pub(crate) fn get_shared(&self, path: &str) -> Option<&Arc<ArrayD<A>>> {
+        self.entries.get(path)
+    }
+
     /// The array at `path`, for writing in place.
     pub fn get_mut(&mut self, path: &str) -> Option<&mut ArrayD<A>> {
         self.entries.get_mut(path).map(Arc::make_mut)

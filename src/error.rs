@@ -133,6 +133,21 @@ pub enum Error {
         path: String,
     },
 
+    /// A module asked for a `"params"` variable through `Scope::variable`. Params are
+    /// created and read only by `Scope::param`, the one way to a tracked leaf; anything read
+    /// through `variable` is a constant.
+    ///
+    /// Fix: a trainable array is a `param`; a non-trainable one (a fixed embedding, a
+    /// counter) belongs in another collection such as `"state"`.
+    #[error(
+        "variable \"{path}\" cannot be declared in collection \"params\" with Scope::variable: \
+         use Scope::param for a trainable array, or another collection (e.g. \"state\") for a constant one"
+    )]
+    ReservedCollection {
+        /// The variable's path.
+        path: String,
+    },
+
     /// A stored variable's shape differs from what the module asks for (or a value written
     /// to a variable differs from its stored shape).
     ///

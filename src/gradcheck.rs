@@ -31,7 +31,7 @@ use ndarray::{ArrayD, Zip};
 
 use crate::autodiff::ParamTensors;
 use crate::tape::Tape;
-use crate::{Error, Params, Result, SplitMix64, Tensor};
+use crate::{Apply, Error, Module, ModuleExt, Params, Result, SplitMix64, Tensor, Variables};
 
 /// How [`check_grads`] checks.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,12 +95,15 @@ pub struct ParamCheck {
 pub struct GradCheckReport {
     /// One entry per param.
     pub params: Vec<ParamCheck>,
+    /// For [`check_model`]: each non-params collection, and whether it was bit-identical
+    /// after the check (it was held fixed while the params were perturbed).
+    pub held_fixed: Vec<(String, bool)>,
 }
 
 impl GradCheckReport {
-    /// Whether every param passed.
+    /// Whether every param passed and every held-fixed collection stayed unchanged.
     pub fn passed(&self) -> bool {
-        self.params.iter().all(|p| p.passed)
+        self.params.iter().all(|p| p.passed) && self.held_fixed.iter().all(|(_, same)| *same)
     }
 
     /// The entry for `path`.
@@ -131,6 +134,10 @@ impl fmt::Display for GradCheckReport {
                 p.max_rel_error,
                 if p.passed { "ok" } else { "FAILED" }
             )?;
+        }
+        for (collection, unchanged) in &self.held_fixed {
+            let verdict = if *unchanged { "unchanged" } else { "CHANGED" };
+            writeln!(f, "{collection:<32} held fixed: {verdict}")?;
         }
         Ok(())
     }
@@ -307,5 +314,59 @@ where
         };
         report.push(tally.finish(path, mode));
     }
-    Ok(GradCheckReport { params: report })
+    Ok(GradCheckReport {
+        params: report,
+        held_fixed: Vec::new(),
+    })
+}
+
+/// The collection-aware check of a whole model: gradients of `loss(model(x))` with respect
+/// to every param against finite differences, perturbing params only. Every other
+/// collection (`batch_stats`, `state`, …) is read from `variables` as a constant and held
+/// fixed; updates a mutable apply returns are discarded, so perturbed evaluations cannot
+/// leak into running statistics. The report also records that each of those collections
+/// is bit-identical afterwards.
+///
+/// ```
+/// use tapegrad::gradcheck::{check_model, GradCheckOptions};
+/// use tapegrad::nn::{BatchNorm, Mlp};
+/// use tapegrad::{Apply, ModuleExt, Mutable, Tensor};
+///
+/// let model = Mlp::new(&[4], 3).with_batch_norm(BatchNorm::new());
+/// let x = Tensor::from_vec(&[5, 2], (0..10).map(|i| (i as f64 * 0.7).sin()).collect())?;
+/// let variables = model.init(0, &x)?;
+/// let train = Apply::train().mutable(Mutable::only(["batch_stats"]));
+/// let report = check_model(&model, &variables, &x, &train,
+///     |logits| tapegrad::softmax_cross_entropy(logits, &[0, 1, 2, 0, 1]),
+///     &GradCheckOptions::default())?;
+/// assert!(report.passed(), "{report}");
+/// assert_eq!(report.held_fixed, vec![("batch_stats".to_string(), true)]);
+/// # Ok::<(), tapegrad::Error>(())
+/// ```
+pub fn check_model<M, L>(
+    model: &M,
+    variables: &Variables<f64>,
+    input: &M::Input,
+    options: &Apply,
+    loss: L,
+    check: &GradCheckOptions,
+) -> Result<GradCheckReport>
+where
+    M: Module<f64> + ?Sized,
+    L: Fn(&M::Output) -> Result<Tensor<f64>>,
+{
+    let before = variables.clone();
+    let mut report = check_grads(
+        variables.params(),
+        |p| loss(&model.apply_tracked(p, variables, input, options)?.0),
+        check,
+    )?;
+    report.held_fixed = before
+        .buffers()
+        .map(|(name, collection)| {
+            let unchanged = variables.collection(name) == Some(collection);
+            (name.to_string(), unchanged)
+        })
+        .collect();
+    Ok(report)
 }

@@ -50,6 +50,8 @@ mod collection;
 mod error;
 mod float;
 pub mod gradcheck;
+mod module;
+pub mod nn;
 mod ops;
 mod rng;
 mod shape;
@@ -57,6 +59,7 @@ mod tape;
 mod tensor;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod variables;
 
 /// The README's code, compiled and run by `cargo test` so that it cannot rot.
 #[cfg(doctest)]
@@ -67,7 +70,9 @@ pub use autodiff::{ParamTensors, grad, value_and_grad, value_and_grad_with_aux};
 pub use collection::{Collection, Grads, Params};
 pub use error::{Error, Result, Shape};
 pub use float::Float;
+pub use module::{Apply, Initializer, Module, ModuleExt, Scope, Variable};
 pub use ops::{mse, one_hot, softmax_cross_entropy};
 pub use rng::SplitMix64;
 pub use tape::{Gradients, Tape, TapeEntry};
 pub use tensor::Tensor;
+pub use variables::{Mutable, PARAMS, Updates, Variables};

@@ -104,3 +104,84 @@ pub fn distinct_arrays<A: Float>(shape: Vec<usize>, gap: f64) -> impl Strategy<V
             ArrayD::from_shape_vec(IxDyn(&shape), values.collect()).expect("n elements")
         })
 }
+
+/// A small random classification problem for an MLP, optionally with BatchNorm: sizes,
+/// inputs and labels. Shrinks toward fewer, narrower layers and smaller batches.
+#[derive(Debug, Clone)]
+pub struct MlpCase {
+    /// Hidden widths.
+    pub hidden: Vec<usize>,
+    /// Number of classes.
+    pub classes: usize,
+    /// BatchNorm momentum, if the model has BatchNorm.
+    pub batch_norm: Option<f64>,
+    /// Inputs `(batch, d_in)`.
+    pub x: ArrayD<f64>,
+    /// One label per row of `x`.
+    pub labels: Vec<usize>,
+    /// The init seed.
+    pub seed: u64,
+}
+
+impl MlpCase {
+    /// The model this case describes.
+    pub fn model(&self) -> crate::nn::Mlp {
+        let mlp = crate::nn::Mlp::new(&self.hidden, self.classes);
+        match self.batch_norm {
+            Some(momentum) => mlp.with_batch_norm(crate::nn::BatchNorm::new().momentum(momentum)),
+            None => mlp,
+        }
+    }
+
+    /// The model's variables: `init` with `seed`, then every param named `bias` redrawn
+    /// from N(0, 0.5²). Zero biases (the default) with a zero input row put a ReLU exactly on
+    /// its kink, where finite differences are meaningless; random biases make that a
+    /// probability-zero event.
+    pub fn variables(&self) -> crate::Variables<f64> {
+        use crate::ModuleExt;
+        let mut vars = self
+            .model()
+            .init(self.seed, &self.input())
+            .expect("an MlpCase always initialises");
+        let mut rng = crate::SplitMix64::new(self.seed ^ 0xB1A5);
+        for (path, value) in vars.params_mut().iter_mut() {
+            if path.ends_with("/bias") {
+                value.mapv_inplace(|_| 0.5 * rng.normal());
+            }
+        }
+        vars
+    }
+
+    /// The inputs as a constant tensor of element type `A`.
+    pub fn input<A: Float>(&self) -> crate::Tensor<A> {
+        crate::Tensor::constant(self.x.mapv(A::of))
+    }
+}
+
+/// Random [`MlpCase`]s: batch 2 to 6 (BatchNorm needs at least 2), 1 to 4 inputs, 1 or 2
+/// hidden layers of width 1 to 5, 2 to 4 classes, BatchNorm in half the cases.
+pub fn mlp_case() -> impl Strategy<Value = MlpCase> {
+    (
+        2..=6usize,
+        1..=4usize,
+        vec(1..=5usize, 1..=2),
+        2..=4usize,
+        proptest::option::of(0.5..0.99f64),
+        any::<u64>(),
+    )
+        .prop_flat_map(|(batch, d_in, hidden, classes, batch_norm, seed)| {
+            (
+                arrays::<f64>(vec![batch, d_in], -2.0..2.0),
+                vec(0..classes, batch),
+                Just((hidden, classes, batch_norm, seed)),
+            )
+        })
+        .prop_map(|(x, labels, (hidden, classes, batch_norm, seed))| MlpCase {
+            hidden,
+            classes,
+            batch_norm,
+            x,
+            labels,
+            seed,
+        })
+}

@@ -1,0 +1,359 @@
+//! The scope: what a module sees of the variables while it runs.
+//!
+//! A scope has a path (`"Block_0/Dense_1"`) and hands out three things:
+//! * [`Scope::param`]: a trainable array, the only way to a tracked leaf of the tape;
+//! * [`Scope::variable`]: a handle on a variable of any other collection, which reads as a
+//!   constant and is written with a plain array;
+//! * [`Scope::call`] / [`Scope::child`]: sub-scopes for sub-modules, named `Kind_N` by default.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ndarray::ArrayD;
+
+use crate::variables::PARAMS;
+use crate::{Error, Float, Module, Mutable, ParamTensors, Result, SplitMix64, Tensor, Variables};
+
+/// Makes an initial value of a given shape from a random stream. Any closure
+/// `Fn(&mut SplitMix64, &[usize]) -> ArrayD<A>` is one; `tapegrad::nn::init` has the usual.
+pub trait Initializer<A: Float> {
+    /// An array of `shape`.
+    fn init(&self, rng: &mut SplitMix64, shape: &[usize]) -> ArrayD<A>;
+}
+
+impl<A: Float, F: Fn(&mut SplitMix64, &[usize]) -> ArrayD<A>> Initializer<A> for F {
+    fn init(&self, rng: &mut SplitMix64, shape: &[usize]) -> ArrayD<A> {
+        self(rng, shape)
+    }
+}
+
+/// Whether the model is being initialised or applied, with what it reads in each case.
+pub(crate) enum Phase<'a, A: Float> {
+    Init {
+        seed: u64,
+    },
+    Apply {
+        params: &'a ParamTensors<A>,
+        variables: &'a Variables<A>,
+    },
+}
+
+/// State shared by every scope of one `init` or `apply`.
+pub(crate) struct Context<'a, A: Float> {
+    pub(crate) phase: Phase<'a, A>,
+    pub(crate) training: bool,
+    pub(crate) mutable: &'a Mutable,
+    pub(crate) rngs: &'a BTreeMap<String, u64>,
+    /// Init: every variable created. Apply: every variable written.
+    pub(crate) written: RefCell<Variables<A>>,
+    /// How many times each `stream/path` has drawn an RNG, so repeated draws differ.
+    rng_draws: RefCell<BTreeMap<String, u64>>,
+}
+
+impl<'a, A: Float> Context<'a, A> {
+    pub(crate) fn new(
+        phase: Phase<'a, A>,
+        training: bool,
+        mutable: &'a Mutable,
+        rngs: &'a BTreeMap<String, u64>,
+    ) -> Self {
+        Context {
+            phase,
+            training,
+            mutable,
+            rngs,
+            written: RefCell::new(Variables::new()),
+            rng_draws: RefCell::new(BTreeMap::new()),
+        }
+    }
+
+    fn is_initializing(&self) -> bool {
+        matches!(self.phase, Phase::Init { .. })
+    }
+
+    /// The current value of a non-params variable: written in this run, else stored.
+    fn read(&self, collection: &str, path: &str) -> Option<Arc<ArrayD<A>>> {
+        let written = self.written.borrow();
+        if let Some(v) = written
+            .collection(collection)
+            .and_then(|c| c.get_shared(path))
+        {
+            return Some(v.clone());
+        }
+        match &self.phase {
+            Phase::Init { .. } => None,
+            Phase::Apply { variables, .. } => variables
+                .collection(collection)
+                .and_then(|c| c.get_shared(path))
+                .cloned(),
+        }
+    }
+}
+
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}/{name}")
+    }
+}
+
+fn check_shape<A: Float>(
+    collection: &str,
+    path: &str,
+    stored: &ArrayD<A>,
+    expected: &[usize],
+) -> Result<()> {
+    if stored.shape() == expected {
+        Ok(())
+    } else {
+        Err(Error::VariableShape {
+            collection: collection.to_string(),
+            path: path.to_string(),
+            stored: stored.shape().into(),
+            expected: expected.into(),
+        })
+    }
+}
+
+/// What a module sees while it runs: its path, its variables, and whether it is training.
+/// Flax: the module's `self` inside `@nn.compact`.
+pub struct Scope<'a, A: Float> {
+    ctx: &'a Context<'a, A>,
+    path: String,
+    /// Per module kind, how many default-named children this scope has made.
+    counters: BTreeMap<&'static str, usize>,
+}
+
+impl<'a, A: Float> Scope<'a, A> {
+    pub(crate) fn root(ctx: &'a Context<'a, A>) -> Self {
+        Scope {
+            ctx,
+            path: String::new(),
+            counters: BTreeMap::new(),
+        }
+    }
+
+    /// This scope's path (`""` at the root).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Whether the model is in training mode (as given to `apply`). BatchNorm uses batch
+    /// statistics and Dropout drops only in training mode.
+    pub fn is_training(&self) -> bool {
+        self.ctx.training
+    }
+
+    /// Whether this run is `init`. Layers skip state updates then, as Flax's BatchNorm does,
+    /// so that initialisation does not move running statistics.
+    pub fn is_initializing(&self) -> bool {
+        self.ctx.is_initializing()
+    }
+
+    /// A trainable parameter, `params/<path>/<name>` of shape `shape`.
+    ///
+    /// In `init` it is created with `init`, from a random stream derived from the seed and
+    /// the param's full name (so it does not depend on creation order). In `apply` the
+    /// stored value is returned, a tracked leaf when gradients are being taken; a missing
+    /// param or one of another shape is an error naming it.
+    pub fn param(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        init: impl Initializer<A>,
+    ) -> Result<Tensor<A>> {
+        let path = join(&self.path, name);
+        match &self.ctx.phase {
+            Phase::Init { seed } => {
+                let existing = self.ctx.written.borrow().params().get(&path).cloned();
+                let value = match existing {
+                    Some(value) => value, // a shared module: created once
+                    None => {
+                        let mut rng = SplitMix64::for_path(*seed, &join(PARAMS, &path));
+                        let value = init.init(&mut rng, shape);
+                        self.ctx
+                            .written
+                            .borrow_mut()
+                            .insert(PARAMS, path.clone(), value.clone());
+                        value
+                    }
+                };
+                check_shape(PARAMS, &path, &value, shape)?;
+                Ok(Tensor::constant(value))
+            }
+            Phase::Apply { params, .. } => {
+                let tensor = params.get(&path)?;
+                check_shape(PARAMS, &path, tensor.value(), shape)?;
+                Ok(tensor.clone())
+            }
+        }
+    }
+
+    /// A variable of a non-params collection (`"batch_stats"`, `"state"`, …), at
+    /// `<collection>/<path>/<name>`: a constant to read and a plain array to write. In
+    /// `init` it is created with `init`; in `apply` it must exist (a missing variable is an
+    /// error naming it: stricter than Flax, which creates it in a mutable collection,
+    /// because a silently created variable hides a renamed layer).
+    ///
+    /// Asking for `"params"` here is [`Error::ReservedCollection`]: params come only from
+    /// [`Scope::param`].
+    pub fn variable(
+        &mut self,
+        collection: &str,
+        name: &str,
+        shape: &[usize],
+        init: impl Initializer<A>,
+    ) -> Result<Variable<'a, A>> {
+        let path = join(&self.path, name);
+        if collection == PARAMS {
+            return Err(Error::ReservedCollection { path });
+        }
+        let value = match self.ctx.read(collection, &path) {
+            Some(value) => value,
+            None if self.is_initializing() => {
+                let seed = match self.ctx.phase {
+                    Phase::Init { seed } => seed,
+                    Phase::Apply { .. } => unreachable!("initializing"),
+                };
+                let mut rng = SplitMix64::for_path(seed, &join(collection, &path));
+                let value = init.init(&mut rng, shape);
+                self.ctx
+                    .written
+                    .borrow_mut()
+                    .insert(collection, path.clone(), value.clone());
+                Arc::new(value)
+            }
+            None => {
+                return Err(Error::MissingVariable {
+                    collection: collection.to_string(),
+                    path,
+                });
+            }
+        };
+        check_shape(collection, &path, &value, shape)?;
+        Ok(Variable {
+            ctx: self.ctx,
+            collection: collection.to_string(),
+            path,
+        })
+    }
+
+    /// A sub-scope named `name`, for a sub-module called by hand. Two children of the same
+    /// name share their variables.
+    pub fn child(&mut self, name: &str) -> Scope<'a, A> {
+        Scope {
+            ctx: self.ctx,
+            path: join(&self.path, name),
+            counters: BTreeMap::new(),
+        }
+    }
+
+    /// Runs `module` in a child scope with its default name, `Kind_N`, N counting the
+    /// children of that kind in this scope: `Dense_0`, `BatchNorm_0`, `Dense_1`, … (as
+    /// Flax names the sub-modules of a compact module).
+    pub fn call<M: Module<A> + ?Sized>(
+        &mut self,
+        module: &M,
+        input: &M::Input,
+    ) -> Result<M::Output> {
+        let kind = module.kind();
+        let counter = self.counters.entry(kind).or_insert(0);
+        let name = format!("{kind}_{counter}");
+        *counter += 1;
+        module.forward(&mut self.child(&name), input)
+    }
+
+    /// Runs `module` in a child scope named `name`.
+    pub fn call_named<M: Module<A> + ?Sized>(
+        &mut self,
+        name: &str,
+        module: &M,
+        input: &M::Input,
+    ) -> Result<M::Output> {
+        module.forward(&mut self.child(name), input)
+    }
+
+    /// A random stream for this scope, from the seed given to `apply` for `stream` (e.g.
+    /// `"dropout"`); each call draws a fresh one. In `init` it derives from the init seed.
+    /// A stream `apply` was not given is [`Error::MissingRng`].
+    pub fn rng(&mut self, stream: &str) -> Result<SplitMix64> {
+        let seed = match (&self.ctx.phase, self.ctx.rngs.get(stream)) {
+            (_, Some(&seed)) => seed,
+            (Phase::Init { seed }, None) => *seed,
+            (Phase::Apply { .. }, None) => {
+                return Err(Error::MissingRng {
+                    stream: stream.to_string(),
+                    path: self.path.clone(),
+                });
+            }
+        };
+        let key = format!("{stream}:{}", self.path);
+        let mut draws = self.ctx.rng_draws.borrow_mut();
+        let draw = draws.entry(key.clone()).or_insert(0);
+        *draw += 1;
+        Ok(SplitMix64::for_path(seed, &format!("{key}#{draw}")))
+    }
+}
+
+/// A handle on one non-params variable, from [`Scope::variable`].
+///
+/// It reads as a constant [`Tensor`] (no node, no gradient) and is written with a plain
+/// array: a written value is detached by type, so the tape has no edge into a buffer.
+///
+/// ```compile_fail,E0308
+/// # use tapegrad::{Tensor, Variable};
+/// // A tracked tensor cannot be written into a buffer: `set` takes an array.
+/// fn write(v: &Variable<'_, f64>, t: Tensor<f64>) { v.set(t); }
+/// ```
+pub struct Variable<'a, A: Float> {
+    ctx: &'a Context<'a, A>,
+    collection: String,
+    path: String,
+}
+
+impl<A: Float> Variable<'_, A> {
+    /// The current value (as written earlier in this run, else as stored), as a constant.
+    pub fn value(&self) -> Tensor<A> {
+        let value = self
+            .ctx
+            .read(&self.collection, &self.path)
+            .expect("a variable handle exists only for a variable that exists");
+        Tensor::from_shared(value)
+    }
+
+    /// Writes a new value. An error, with nothing written, if the collection is not mutable
+    /// in this `apply` ([`Error::ImmutableCollection`]) or if the shape differs from the
+    /// stored one. In `init` every collection is writable.
+    pub fn set(&self, value: ArrayD<A>) -> Result<()> {
+        if !self.is_mutable() {
+            return Err(Error::ImmutableCollection {
+                collection: self.collection.clone(),
+                path: self.path.clone(),
+            });
+        }
+        let current = self.value();
+        check_shape(&self.collection, &self.path, &value, current.shape())?;
+        self.ctx
+            .written
+            .borrow_mut()
+            .insert(&self.collection, self.path.clone(), value);
+        Ok(())
+    }
+
+    /// Whether [`Variable::set`] may write.
+    pub fn is_mutable(&self) -> bool {
+        self.ctx.is_initializing() || self.ctx.mutable.allows(&self.collection)
+    }
+
+    /// The collection's name.
+    pub fn collection(&self) -> &str {
+        &self.collection
+    }
+
+    /// The path inside the collection.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+}

@@ -1,0 +1,62 @@
+//! `Dense`: `y = x · kernel + bias`.
+
+use crate::nn::init;
+use crate::{Error, Float, Module, Result, Scope, Tensor};
+
+/// A fully connected layer, `y = x · kernel + bias`, with `kernel` of shape `(in, features)`
+/// (the transpose of PyTorch's `nn.Linear.weight`) and `bias` of shape `(features)`.
+/// `in` is the input's last dimension; leading dimensions are kept.
+/// Flax: `nn.Dense(features)`; PyTorch: `nn.Linear(in, features)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dense {
+    /// Output features.
+    pub features: usize,
+    /// Whether to add a bias.
+    pub use_bias: bool,
+}
+
+impl Dense {
+    /// A layer with `features` outputs, LeCun-normal kernel and zero bias (Flax's defaults).
+    pub fn new(features: usize) -> Self {
+        Dense {
+            features,
+            use_bias: true,
+        }
+    }
+
+    /// The same layer with no bias.
+    pub fn without_bias(self) -> Self {
+        Dense {
+            use_bias: false,
+            ..self
+        }
+    }
+}
+
+impl<A: Float> Module<A> for Dense {
+    type Input = Tensor<A>;
+    type Output = Tensor<A>;
+
+    fn kind(&self) -> &'static str {
+        "Dense"
+    }
+
+    fn forward(&self, scope: &mut Scope<'_, A>, x: &Tensor<A>) -> Result<Tensor<A>> {
+        let Some((&inputs, leading)) = x.shape().split_last() else {
+            return Err(Error::invalid(
+                "Dense",
+                x.shape(),
+                "expected at least one dimension",
+            ));
+        };
+        let kernel = scope.param("kernel", &[inputs, self.features], init::lecun_normal())?;
+        let rows: usize = leading.iter().product();
+        let mut y = x.reshape(&[rows, inputs])?.matmul(&kernel)?;
+        if self.use_bias {
+            y = y.add(&scope.param("bias", &[self.features], init::zeros())?)?;
+        }
+        let mut out_shape = leading.to_vec();
+        out_shape.push(self.features);
+        y.reshape(&out_shape)
+    }
+}

@@ -1,0 +1,76 @@
+//! `Sequential`: layers applied one after another.
+
+use crate::{Float, Module, Result, Scope, Tensor};
+
+/// A boxed tensor-to-tensor module, what a [`Sequential`] holds.
+pub type Layer<A> = Box<dyn Module<A, Input = Tensor<A>, Output = Tensor<A>>>;
+
+/// Layers applied in order. Each runs in a child scope with its default name (`Dense_0`,
+/// `BatchNorm_0`, `Dense_1`, …), as in a Flax compact module, so the variable paths are the
+/// ones Flax would give. (Flax's own `nn.Sequential` names its layers `layers_0`, … instead.)
+///
+/// ```
+/// use tapegrad::nn::{Activation, BatchNorm, Dense, Sequential};
+/// use tapegrad::{ModuleExt, Tensor};
+/// let model = Sequential::<f64>::new()
+///     .push(Dense::new(4))
+///     .push(BatchNorm::new())
+///     .push(Activation::Relu)
+///     .push(Dense::new(2));
+/// let vars = model.init(0, &Tensor::from_vec(&[3, 5], vec![0.5; 15])?)?;
+/// assert!(vars.get("batch_stats/BatchNorm_0/mean").is_some());
+/// assert!(vars.get("params/Dense_1/kernel").is_some());
+/// # Ok::<(), tapegrad::Error>(())
+/// ```
+pub struct Sequential<A: Float> {
+    layers: Vec<Layer<A>>,
+}
+
+impl<A: Float> Default for Sequential<A> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<A: Float> Sequential<A> {
+    /// No layers (the identity).
+    pub fn new() -> Self {
+        Sequential { layers: Vec::new() }
+    }
+
+    /// Appends a layer.
+    pub fn push(
+        mut self,
+        layer: impl Module<A, Input = Tensor<A>, Output = Tensor<A>> + 'static,
+    ) -> Self {
+        self.layers.push(Box::new(layer));
+        self
+    }
+
+    /// The number of layers.
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Whether there are no layers.
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+}
+
+impl<A: Float> Module<A> for Sequential<A> {
+    type Input = Tensor<A>;
+    type Output = Tensor<A>;
+
+    fn kind(&self) -> &'static str {
+        "Sequential"
+    }
+
+    fn forward(&self, scope: &mut Scope<'_, A>, x: &Tensor<A>) -> Result<Tensor<A>> {
+        let mut x = x.clone();
+        for layer in &self.layers {
+            x = scope.call(layer.as_ref(), &x)?;
+        }
+        Ok(x)
+    }
+}
