@@ -53,6 +53,7 @@ pub mod gradcheck;
 mod module;
 pub mod nn;
 mod ops;
+pub mod optim;
 mod rng;
 mod shape;
 mod tape;

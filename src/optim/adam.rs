@@ -1,0 +1,132 @@
+//! Adam and AdamW.
+
+use std::collections::BTreeMap;
+
+use ndarray::{ArrayD, Zip};
+
+use crate::optim::{LearningRate, Optimizer};
+use crate::{Float, Grads, Params, Result};
+
+/// Adam with bias correction (Kingma and Ba), PyTorch's defaults: `β = (0.9, 0.999)`,
+/// `ε = 1e-8`. `m ← β₁ m + (1 − β₁) g`, `v ← β₂ v + (1 − β₂) g²`,
+/// `p ← p − lr · m̂ / (√v̂ + ε)` with `m̂ = m / (1 − β₁ᵗ)`, `v̂ = v / (1 − β₂ᵗ)`.
+///
+/// Weight decay is L2 (added to the gradient, `torch.optim.Adam(weight_decay=…)`) or, for
+/// [`Adam::adamw`], decoupled (`p ← p − lr · λ p`, `torch.optim.AdamW`, default `λ = 0.01`).
+#[derive(Debug, Clone)]
+pub struct Adam<A: Float> {
+    learning_rate: LearningRate,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+    decoupled: bool,
+    first: BTreeMap<String, ArrayD<A>>,
+    second: BTreeMap<String, ArrayD<A>>,
+    steps: usize,
+}
+
+impl<A: Float> Adam<A> {
+    /// Adam with PyTorch's defaults and no weight decay.
+    pub fn new(learning_rate: impl Into<LearningRate>) -> Self {
+        Adam {
+            learning_rate: learning_rate.into(),
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decoupled: false,
+            first: BTreeMap::new(),
+            second: BTreeMap::new(),
+            steps: 0,
+        }
+    }
+
+    /// AdamW: decoupled weight decay, PyTorch's default `λ = 0.01`.
+    pub fn adamw(learning_rate: impl Into<LearningRate>) -> Self {
+        Adam {
+            weight_decay: 0.01,
+            decoupled: true,
+            ..Adam::new(learning_rate)
+        }
+    }
+
+    /// The decay rates of the moments.
+    pub fn betas(self, beta1: f64, beta2: f64) -> Self {
+        Adam {
+            beta1,
+            beta2,
+            ..self
+        }
+    }
+
+    /// The term added to the denominator.
+    pub fn eps(self, eps: f64) -> Self {
+        Adam { eps, ..self }
+    }
+
+    /// The weight decay `λ` (L2 for Adam, decoupled for AdamW).
+    pub fn weight_decay(self, weight_decay: f64) -> Self {
+        Adam {
+            weight_decay,
+            ..self
+        }
+    }
+
+    /// The first moment `m` of the param at `path`.
+    pub fn first_moment(&self, path: &str) -> Option<&ArrayD<A>> {
+        self.first.get(path)
+    }
+
+    /// The second moment `v` of the param at `path`.
+    pub fn second_moment(&self, path: &str) -> Option<&ArrayD<A>> {
+        self.second.get(path)
+    }
+}
+
+impl<A: Float> Optimizer<A> for Adam<A> {
+    fn update(&mut self, params: &mut Params<A>, grads: &Grads<A>) -> Result<()> {
+        grads.check_matches(params, "Adam::update")?;
+        let t = self.steps as i32 + 1;
+        let lr = self.learning_rate.at(self.steps);
+        let (b1, b2) = (A::of(self.beta1), A::of(self.beta2));
+        let correction1 = A::of(1.0 - self.beta1.powi(t));
+        let correction2 = A::of(1.0 - self.beta2.powi(t));
+        let (eps, decay) = (A::of(self.eps), A::of(self.weight_decay));
+        for (path, p) in params.iter_mut() {
+            let mut g = grads.get(path).expect("keys checked").clone();
+            if self.weight_decay != 0.0 {
+                if self.decoupled {
+                    p.mapv_inplace(|x| x - A::of(lr) * decay * x);
+                } else {
+                    g.scaled_add(decay, p);
+                }
+            }
+            let m = self
+                .first
+                .entry(path.to_string())
+                .or_insert_with(|| ArrayD::zeros(g.raw_dim()));
+            let v = self
+                .second
+                .entry(path.to_string())
+                .or_insert_with(|| ArrayD::zeros(g.raw_dim()));
+            Zip::from(p)
+                .and(&mut *m)
+                .and(&mut *v)
+                .and(&g)
+                .for_each(|p, m, v, &g| {
+                    *m = b1 * *m + (A::one() - b1) * g;
+                    *v = b2 * *v + (A::one() - b2) * g * g;
+                    let m_hat = *m / correction1;
+                    let v_hat = *v / correction2;
+                    *p -= A::of(lr) * m_hat / (v_hat.sqrt() + eps);
+                });
+        }
+        self.steps += 1;
+        Ok(())
+    }
+
+    fn steps(&self) -> usize {
+        self.steps
+    }
+}

@@ -1,0 +1,192 @@
+//! Optimizers: values against independent computations, key checks, and the guarantee that
+//! frozen params and buffers are untouched by Adam and weight decay.
+
+use ndarray::{ArrayD, arr1};
+use proptest::prelude::*;
+use tapegrad::nn::{BatchNorm, FrozenEmbed, Mlp};
+use tapegrad::optim::{Adam, LearningRate, Optimizer, Sgd};
+use tapegrad::testing::mlp_case;
+use tapegrad::{
+    Apply, Error, Grads, ModuleExt, Mutable, Params, Tensor, softmax_cross_entropy,
+    value_and_grad_with_aux,
+};
+
+fn params(values: &[f64]) -> Params<f64> {
+    [("w".to_string(), arr1(values).into_dyn())]
+        .into_iter()
+        .collect()
+}
+
+/// Gradients of `sum(w^3)`: `3 w^2`, non-constant so that steps differ.
+fn grads_of_cube(p: &Params<f64>) -> Grads<f64> {
+    tapegrad::grad(p, |t| Ok(t.get("w")?.powi(3).sum_all())).unwrap()
+}
+
+#[test]
+fn two_sgd_momentum_steps_equal_the_formula() {
+    let (lr, mu) = (0.1, 0.9);
+    let mut p = params(&[0.5, -1.0]);
+    let mut sgd = Sgd::new(lr).momentum(mu);
+    let (mut w, mut v) = ([0.5f64, -1.0], [0.0f64; 2]);
+    for _ in 0..2 {
+        let g = grads_of_cube(&p);
+        sgd.update(&mut p, &g).unwrap();
+        for i in 0..2 {
+            v[i] = mu * v[i] + 3.0 * w[i] * w[i];
+            w[i] -= lr * v[i];
+        }
+    }
+    assert_eq!(p.get("w").unwrap().as_slice().unwrap(), &w);
+    assert_eq!(sgd.velocity("w").unwrap().as_slice().unwrap(), &v);
+}
+
+#[test]
+fn nesterov_and_weight_decay_follow_pytorch() {
+    let (lr, mu, wd) = (0.05, 0.8, 0.1);
+    let mut p = params(&[2.0]);
+    let mut sgd = Sgd::new(lr).momentum(mu).nesterov(true).weight_decay(wd);
+    let (mut w, mut v) = (2.0f64, 0.0f64);
+    for _ in 0..3 {
+        let g = grads_of_cube(&p);
+        sgd.update(&mut p, &g).unwrap();
+        let g = 3.0 * w * w + wd * w;
+        v = mu * v + g;
+        w -= lr * (g + mu * v);
+    }
+    assert!((p.get("w").unwrap()[[0]] - w).abs() < 1e-14);
+}
+
+#[test]
+fn two_adam_steps_equal_the_formula() {
+    let (lr, b1, b2, eps) = (0.01, 0.9, 0.999, 1e-8);
+    let mut p = params(&[0.5, -1.0]);
+    let mut adam = Adam::new(lr);
+    let (mut w, mut m, mut v) = ([0.5f64, -1.0], [0.0f64; 2], [0.0f64; 2]);
+    for t in 1..=2 {
+        let g = grads_of_cube(&p);
+        adam.update(&mut p, &g).unwrap();
+        for i in 0..2 {
+            let g = 3.0 * w[i] * w[i];
+            m[i] = b1 * m[i] + (1.0 - b1) * g;
+            v[i] = b2 * v[i] + (1.0 - b2) * g * g;
+            let m_hat = m[i] / (1.0 - b1.powi(t));
+            let v_hat = v[i] / (1.0 - b2.powi(t));
+            w[i] -= lr * m_hat / (v_hat.sqrt() + eps);
+        }
+    }
+    for i in 0..2 {
+        assert!((p.get("w").unwrap()[[i]] - w[i]).abs() < 1e-15);
+        assert!((adam.first_moment("w").unwrap()[[i]] - m[i]).abs() < 1e-15);
+    }
+}
+
+#[test]
+fn adamw_decays_a_param_whose_gradient_is_zero() {
+    // The pitfall our types remove: a "frozen" param left in the optimizer's params moves
+    // under weight decay even with a zero gradient.
+    let mut p = params(&[1.0]);
+    let zero: Grads<f64> =
+        tapegrad::grad(&p, |t| Ok(t.get("w")?.mul_scalar(0.0).sum_all())).unwrap();
+    Adam::adamw(0.1).update(&mut p, &zero).unwrap();
+    assert!(p.get("w").unwrap()[[0]] < 1.0);
+}
+
+#[test]
+fn grads_keyed_unlike_params_are_an_error_and_nothing_moves() {
+    let mut p = params(&[1.0]);
+    p.insert("extra", arr1(&[3.0]).into_dyn());
+    let before = p.clone();
+    let grads = grads_of_cube(&params(&[1.0])); // has "w" only
+    let err = Sgd::new(0.1).update(&mut p, &grads).unwrap_err();
+    assert!(
+        matches!(&err, Error::KeyMismatch { missing, .. } if missing == &["extra".to_string()]),
+        "{err}"
+    );
+    assert!(Adam::new(0.1).update(&mut p, &grads).is_err());
+    assert_eq!(p, before);
+}
+
+#[test]
+fn schedules_drive_the_learning_rate() {
+    let mut sgd = Sgd::<f64>::new(LearningRate::Step {
+        initial: 1.0,
+        gamma: 0.1,
+        every: 1,
+    });
+    let mut p = params(&[1.0]);
+    assert_eq!(sgd.current_learning_rate(), 1.0);
+    let g = grads_of_cube(&p);
+    sgd.update(&mut p, &g).unwrap(); // w = 1 - 1·3 = -2
+    assert_eq!(p.get("w").unwrap()[[0]], -2.0);
+    assert!((sgd.current_learning_rate() - 0.1).abs() < 1e-15);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Over random models and random sequences of steps (mutable forward, value_and_grad,
+    /// optimizer update, merge): every non-params collection is bit-identical across each
+    /// optimizer update and changes only at the merge, to exactly the apply's output;
+    /// frozen params never change, under Adam with weight decay or SGD with weight decay.
+    #[test]
+    fn only_trainable_params_move(case in mlp_case(), steps in 1..5usize, adam in any::<bool>(), freeze in any::<bool>()) {
+        let model = case.model();
+        let mut vars = case.variables();
+        let x = case.input();
+        let (frozen, mut trainable) = vars.params().partition(|p| freeze && p.starts_with("Dense_0/"));
+        let mut optimizer: Box<dyn Optimizer<f64>> = if adam {
+            Box::new(Adam::adamw(0.05).weight_decay(0.5))
+        } else {
+            Box::new(Sgd::new(0.1).momentum(0.9).weight_decay(0.5))
+        };
+        let train = Apply::train().mutable(Mutable::only(["batch_stats"]));
+        for _ in 0..steps {
+            let (_, updates, grads) = value_and_grad_with_aux(&trainable, |p| {
+                let (logits, updates) = model.apply_tracked(&p.with_frozen(&frozen)?, &vars, &x, &train)?;
+                Ok((softmax_cross_entropy(&logits, &case.labels)?, updates))
+            }).unwrap();
+            let buffers_before = vars.clone();
+            optimizer.update(&mut trainable, &grads).unwrap();
+            prop_assert_eq!(&vars, &buffers_before); // the update saw only `trainable`
+            let expected_stats = updates.collection("batch_stats").cloned();
+            vars.merge(updates).unwrap();
+            prop_assert_eq!(vars.collection("batch_stats").cloned(), expected_stats);
+            vars = vars.with_params(trainable.merged(&frozen).unwrap());
+        }
+        let (frozen_after, _) = vars.params().partition(|p| freeze && p.starts_with("Dense_0/"));
+        prop_assert_eq!(frozen_after, frozen);
+    }
+}
+
+#[test]
+fn a_frozen_table_in_state_is_untouched_by_adamw_across_many_steps() {
+    use tapegrad::{Module, Result, Scope};
+    struct Model;
+    impl Module<f64> for Model {
+        type Input = ArrayD<usize>;
+        type Output = Tensor<f64>;
+        fn kind(&self) -> &'static str {
+            "Model"
+        }
+        fn forward(&self, scope: &mut Scope<'_, f64>, ids: &ArrayD<usize>) -> Result<Tensor<f64>> {
+            let rows = scope.call(&FrozenEmbed::new(5, 2), ids)?;
+            let h = rows.reshape(&[ids.shape()[0], 2 * ids.shape()[1]])?;
+            scope.call(&Mlp::new(&[4], 2).with_batch_norm(BatchNorm::new()), &h)
+        }
+    }
+    let ids = ndarray::arr2(&[[0usize, 1], [2, 1], [4, 0]]).into_dyn();
+    let mut vars = Model.init(0, &ids).unwrap();
+    let table = vars.collection("state").cloned();
+    let mut adam = Adam::adamw(0.1).weight_decay(1.0);
+    let train = Apply::train().mutable(Mutable::only(["batch_stats"]));
+    for _ in 0..50 {
+        let (_, updates, grads) = value_and_grad_with_aux(vars.params(), |p| {
+            let (logits, updates) = Model.apply_tracked(p, &vars, &ids, &train)?;
+            Ok((softmax_cross_entropy(&logits, &[0, 1, 1])?, updates))
+        })
+        .unwrap();
+        adam.update(vars.params_mut(), &grads).unwrap();
+        vars.merge(updates).unwrap();
+    }
+    assert_eq!(vars.collection("state").cloned(), table);
+}
