@@ -99,6 +99,33 @@ impl<A: Float> Variables<A> {
         &self.others
     }
 
+    /// The variables of the sub-module at `prefix` (e.g. `"Dense_0"`), in every collection,
+    /// with the prefix removed: what that sub-module's own `apply` takes.
+    /// Flax: `{"params": variables["params"]["Dense_0"], ...}`.
+    ///
+    /// ```
+    /// use tapegrad::{nn, ModuleExt, Tensor};
+    /// let x = Tensor::from_vec(&[2, 3], vec![1.0f64; 6])?;
+    /// let vars = nn::Mlp::new(&[4], 2).init(0, &x)?;
+    /// let first = vars.subtree("Dense_0");
+    /// assert_eq!(first.params().paths().collect::<Vec<_>>(), ["bias", "kernel"]);
+    /// # Ok::<(), tapegrad::Error>(())
+    /// ```
+    pub fn subtree(&self, prefix: &str) -> Variables<A> {
+        let prefix = format!("{}/", prefix.trim_end_matches('/'));
+        let mut out = Variables::new();
+        for name in self.collection_names() {
+            let collection = self.collection(name).expect("listed names exist");
+            for (path, value) in collection.iter_shared() {
+                if let Some(rest) = path.strip_prefix(&prefix) {
+                    out.collection_entry(name)
+                        .insert_shared(rest.to_string(), value.clone());
+                }
+            }
+        }
+        out
+    }
+
     /// Replaces the params (e.g. after loading a checkpoint), keeping the other collections.
     pub fn with_params(mut self, params: Params<A>) -> Self {
         self.params = params;

@@ -1,4 +1,4 @@
-//! Optimizers over [`Params`](crate::Params) alone.
+//! Optimizers over [`Params`] alone.
 //!
 //! Every optimizer's update is `update(&mut Params, &Grads)`: no signature gives an optimizer
 //! access to `batch_stats`, `state` or frozen params, so weight decay and Adam's moments can
