@@ -21,7 +21,11 @@ impl<A: Float> ParamTensors<A> {
     pub fn constants(params: &Params<A>) -> Self {
         let tensors = params
             .iter_shared()
-            .map(|(path, value)| (path.clone(), Tensor::from_shared(value.clone())))
+            .map(|(path, value)| {
+                let constant =
+                    Tensor::from_shared(value.clone()).with_label(format!("params/{path}"));
+                (path.clone(), constant)
+            })
             .collect();
         ParamTensors { tensors }
     }
@@ -86,7 +90,8 @@ impl<A: Float> ParamTensors<A> {
         }
         let mut tensors = self.tensors.clone();
         for (path, value) in frozen.iter_shared() {
-            tensors.insert(path.clone(), Tensor::from_shared(value.clone()));
+            let constant = Tensor::from_shared(value.clone()).with_label(format!("params/{path}"));
+            tensors.insert(path.clone(), constant);
         }
         Ok(ParamTensors { tensors })
     }

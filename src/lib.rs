@@ -47,6 +47,7 @@
 
 mod autodiff;
 mod collection;
+mod dot;
 mod error;
 mod float;
 pub mod gradcheck;
@@ -74,6 +75,6 @@ pub use float::Float;
 pub use module::{Apply, Initializer, Module, ModuleExt, Scope, Variable};
 pub use ops::{mse, one_hot, softmax_cross_entropy};
 pub use rng::SplitMix64;
-pub use tape::{Gradients, Tape, TapeEntry};
+pub use tape::{Gradients, Operand, Tape, TapeEntry};
 pub use tensor::Tensor;
 pub use variables::{Mutable, PARAMS, Updates, Variables};

@@ -9,6 +9,7 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use ndarray::ArrayD;
 
@@ -23,13 +24,33 @@ pub(crate) type Vjp<A> = Box<dyn Fn(&ArrayD<A>, &[bool]) -> Vec<Option<ArrayD<A>
 pub(crate) enum NodeKind<A: Float> {
     /// A tensor we differentiate with respect to (a parameter), optionally named by its path.
     Leaf { name: Option<String> },
-    /// The result of an op; `inputs[i]` is the node of the op's i-th input, or `None` for a
-    /// constant input.
+    /// The result of an op, with one operand per input of the op.
     Op {
         op: &'static str,
-        inputs: Vec<Option<usize>>,
+        inputs: Vec<Operand>,
         vjp: Vjp<A>,
     },
+}
+
+/// An input of a recorded op: another node, or a constant, which has no node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operand {
+    /// The node with this id.
+    Node(usize),
+    /// A constant, labelled with where it came from when known: a variable's full name such
+    /// as `batch_stats/BatchNorm_0/mean` (also for constants computed from it), or a label
+    /// given with [`Tensor::with_label`].
+    Constant(Option<Arc<str>>),
+}
+
+impl Operand {
+    /// The node id, if the operand is a node.
+    pub fn node(&self) -> Option<usize> {
+        match self {
+            Operand::Node(id) => Some(*id),
+            Operand::Constant(_) => None,
+        }
+    }
 }
 
 pub(crate) struct Node<A: Float> {
@@ -160,9 +181,9 @@ impl<A: Float> Tape<A> {
             };
             // An intermediate gradient is consumed here and released.
             let Some(g) = grads[id].take() else { continue };
-            let needs: Vec<bool> = inputs.iter().map(Option::is_some).collect();
+            let needs: Vec<bool> = inputs.iter().map(|i| i.node().is_some()).collect();
             for (input, contribution) in inputs.iter().zip(vjp(&g, &needs)) {
-                if let (Some(parent), Some(c)) = (input, contribution) {
+                if let (Operand::Node(parent), Some(c)) = (input, contribution) {
                     accumulate(&mut grads[*parent], c, &nodes[*parent].shape);
                 }
             }
@@ -193,8 +214,8 @@ pub struct TapeEntry {
     pub op: &'static str,
     /// A leaf's name (a param's path), if it has one.
     pub name: Option<String>,
-    /// The node of each input, `None` for a constant input.
-    pub inputs: Vec<Option<usize>>,
+    /// The op's inputs: nodes, or constants with where they came from.
+    pub inputs: Vec<Operand>,
     /// The shape of the node's value.
     pub shape: Vec<usize>,
 }
@@ -209,7 +230,11 @@ impl fmt::Display for TapeEntry {
             let args: Vec<String> = self
                 .inputs
                 .iter()
-                .map(|i| i.map_or_else(|| "const".to_string(), |i| format!("%{i}")))
+                .map(|input| match input {
+                    Operand::Node(id) => format!("%{id}"),
+                    Operand::Constant(Some(label)) => format!("const \"{label}\""),
+                    Operand::Constant(None) => "const".to_string(),
+                })
                 .collect();
             write!(f, "({})", args.join(", "))?;
         }

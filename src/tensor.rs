@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ndarray::{ArrayD, IxDyn};
 
-use crate::tape::{Gradients, Node, NodeKind, Tape};
+use crate::tape::{Gradients, Node, NodeKind, Operand, Tape};
 use crate::{Error, Float, Result};
 
 /// A value (an `ArrayD<A>`, shared, never copied when a tensor is cloned) and, if tracked,
@@ -29,6 +29,8 @@ use crate::{Error, Float, Result};
 pub struct Tensor<A: Float> {
     value: Arc<ArrayD<A>>,
     node: Option<(Tape<A>, usize)>,
+    /// Where a constant came from (a variable's full name), shown when the tape is printed.
+    label: Option<Arc<str>>,
 }
 
 impl<A: Float> Clone for Tensor<A> {
@@ -36,6 +38,7 @@ impl<A: Float> Clone for Tensor<A> {
         Tensor {
             value: Arc::clone(&self.value),
             node: self.node.clone(),
+            label: self.label.clone(),
         }
     }
 }
@@ -67,13 +70,38 @@ impl<A: Float> Tensor<A> {
     }
 
     pub(crate) fn from_shared(value: Arc<ArrayD<A>>) -> Self {
-        Tensor { value, node: None }
+        Tensor {
+            value,
+            node: None,
+            label: None,
+        }
     }
 
     pub(crate) fn tracked(value: Arc<ArrayD<A>>, tape: Tape<A>, id: usize) -> Self {
         Tensor {
             value,
             node: Some((tape, id)),
+            label: None,
+        }
+    }
+
+    /// The same tensor labelled `label`: a constant's label is shown where it enters the tape
+    /// (in [`Tape::to_dot`] and when a tape is printed), and constants computed from it keep
+    /// it. tapegrad labels the variables it hands out with their full names.
+    pub fn with_label(mut self, label: impl Into<Arc<str>>) -> Self {
+        self.label = Some(label.into());
+        self
+    }
+
+    /// The label, if any.
+    pub fn label(&self) -> Option<&str> {
+        self.label.as_deref()
+    }
+
+    pub(crate) fn operand(&self) -> Operand {
+        match &self.node {
+            Some((_, id)) => Operand::Node(*id),
+            None => Operand::Constant(self.label.clone()),
         }
     }
 
@@ -196,12 +224,17 @@ pub(crate) fn record<A: Float>(
     }
     let value = Arc::new(value);
     let Some(tape) = tape else {
-        return Ok(Tensor::from_shared(value));
+        // A constant computed from labelled constants keeps the first label: its provenance.
+        let label = inputs.iter().find_map(|t| t.label.clone());
+        return Ok(Tensor {
+            label,
+            ..Tensor::from_shared(value)
+        });
     };
     let id = tape.push(Node {
         kind: NodeKind::Op {
             op,
-            inputs: inputs.iter().map(|t| t.node_id()).collect(),
+            inputs: inputs.iter().map(|t| t.operand()).collect(),
             vjp: Box::new(vjp),
         },
         shape: value.shape().to_vec(),
@@ -218,12 +251,15 @@ pub(crate) fn record_unary<A: Float>(
 ) -> Tensor<A> {
     let value = Arc::new(value);
     let Some((tape, input_id)) = input.node() else {
-        return Tensor::from_shared(value);
+        return Tensor {
+            label: input.label.clone(),
+            ..Tensor::from_shared(value)
+        };
     };
     let id = tape.push(Node {
         kind: NodeKind::Op {
             op,
-            inputs: vec![Some(input_id)],
+            inputs: vec![Operand::Node(input_id)],
             vjp: Box::new(move |g, _| vec![Some(vjp(g))]),
         },
         shape: value.shape().to_vec(),

@@ -2,7 +2,7 @@
 
 use approx::assert_abs_diff_eq;
 use ndarray::{ArrayD, arr1, arr2};
-use tapegrad::{Error, Params, Tape, Tensor, value_and_grad};
+use tapegrad::{Error, Operand, Params, Tape, Tensor, value_and_grad};
 
 fn leaf(tape: &Tape<f64>, name: &str, v: &[f64]) -> Tensor<f64> {
     tape.leaf(name, arr1(v).into_dyn())
@@ -35,7 +35,10 @@ fn only_ops_with_a_tracked_input_are_recorded() {
     let ops: Vec<_> = tape.entries().iter().map(|e| e.op).collect();
     assert_eq!(ops, ["leaf", "mul", "sum"]);
     // The constant input of the mul shows as "const".
-    assert_eq!(tape.entries()[1].inputs, vec![Some(0), None]);
+    assert_eq!(
+        tape.entries()[1].inputs,
+        vec![Operand::Node(0), Operand::Constant(None)]
+    );
 }
 
 #[test]
@@ -46,7 +49,11 @@ fn append_order_is_topological() {
     let _ = y;
     for entry in tape.entries() {
         assert!(
-            entry.inputs.iter().flatten().all(|&i| i < entry.id),
+            entry
+                .inputs
+                .iter()
+                .filter_map(Operand::node)
+                .all(|i| i < entry.id),
             "{entry}"
         );
     }

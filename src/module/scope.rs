@@ -320,7 +320,7 @@ impl<A: Float> Variable<'_, A> {
             .ctx
             .read(&self.collection, &self.path)
             .expect("a variable handle exists only for a variable that exists");
-        Tensor::from_shared(value)
+        Tensor::from_shared(value).with_label(format!("{}/{}", self.collection, self.path))
     }
 
     /// Writes a new value. An error, with nothing written, if the collection is not mutable
