@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use ndarray::ArrayD;
 
-use crate::shape::sum_to_shape;
+use crate::shape::{broadcast_shape, sum_to_shape};
 use crate::{Error, Float, Result, Tensor};
 
 /// A vector-Jacobian product: given the gradient of the output and which inputs want a
@@ -170,13 +170,13 @@ impl<A: Float> Tape<A> {
     }
 
     /// Reverse-mode sweep from node `root`, seeded with `seed` (the gradient of the root).
-    pub(crate) fn backward_from(&self, root: usize, seed: ArrayD<A>) -> Gradients<A> {
+    pub(crate) fn backward_from(&self, root: usize, seed: ArrayD<A>) -> Result<Gradients<A>> {
         let nodes = self.nodes.borrow();
         let mut grads: Vec<Option<ArrayD<A>>> = Vec::new();
         grads.resize_with(root + 1, || None);
         grads[root] = Some(seed);
         for id in (0..=root).rev() {
-            let NodeKind::Op { inputs, vjp, .. } = &nodes[id].kind else {
+            let NodeKind::Op { op, inputs, vjp } = &nodes[id].kind else {
                 continue; // a leaf keeps its gradient: that is the result
             };
             // An intermediate gradient is consumed here and released.
@@ -184,25 +184,46 @@ impl<A: Float> Tape<A> {
             let needs: Vec<bool> = inputs.iter().map(|i| i.node().is_some()).collect();
             for (input, contribution) in inputs.iter().zip(vjp(&g, &needs)) {
                 if let (Operand::Node(parent), Some(c)) = (input, contribution) {
-                    accumulate(&mut grads[*parent], c, &nodes[*parent].shape);
+                    accumulate(op, &mut grads[*parent], c, &nodes[*parent].shape)?;
                 }
             }
         }
-        Gradients {
+        Ok(Gradients {
             tape: self.clone(),
             grads,
-        }
+        })
     }
 }
 
 /// Adds a contribution into a node's gradient slot, reducing a broadcast first: the single
-/// place where gradients are summed back to shape.
-fn accumulate<A: Float>(slot: &mut Option<ArrayD<A>>, contribution: ArrayD<A>, shape: &[usize]) {
+/// place where gradients are summed back to shape. A contribution that is not a broadcast of
+/// the node's shape can only come from a faulty VJP (a user's `custom_op`): an error naming
+/// the op.
+fn accumulate<A: Float>(
+    op: &'static str,
+    slot: &mut Option<ArrayD<A>>,
+    contribution: ArrayD<A>,
+    shape: &[usize],
+) -> Result<()> {
+    if contribution.shape() != shape
+        && broadcast_shape(op, shape, contribution.shape())
+            .ok()
+            .as_deref()
+            != Some(contribution.shape())
+    {
+        return Err(Error::incompatible(
+            op,
+            shape,
+            contribution.shape(),
+            "the VJP returned a gradient that does not reduce to its input's shape",
+        ));
+    }
     let contribution = sum_to_shape(contribution, shape);
     match slot {
         Some(existing) => *existing += &contribution,
         None => *slot = Some(contribution),
     }
+    Ok(())
 }
 
 /// One node of a tape, as [`Tape::entries`] describes it.

@@ -199,7 +199,7 @@ impl<A: Float> Tensor<A> {
             // A constant depends on no leaf: an empty tape yields no gradients.
             None => return Ok(Gradients::none()),
         };
-        Ok(tape.backward_from(root, cotangent.clone()))
+        tape.backward_from(root, cotangent.clone())
     }
 }
 

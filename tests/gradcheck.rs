@@ -41,20 +41,33 @@ fn directional_mode_is_used_for_large_inputs_and_catches_a_wrong_gradient() {
     assert!(!bad.passed(), "{bad}");
 }
 
+/// Centring, `x - mean(x)`, whose outputs always sum to zero, with a VJP twice too large.
+fn centre_doubled(x: &Tensor<f64>) -> tapegrad::Result<Tensor<f64>> {
+    let value = x.value() - x.value().mean().unwrap();
+    tapegrad::custom_op("centre", &[x], value, |g, _| {
+        vec![Some((g - g.mean().unwrap()) * 2.0)]
+    })
+}
+
 #[test]
 fn a_random_cotangent_catches_what_a_plain_sum_hides() {
-    // Centring, x - mean(x), has outputs that always sum to zero, so under a plain sum every
-    // gradient looks like 0. Dropping the mean's gradient (a classic normalisation bug) gives
-    // the identity Jacobian instead of I - 1/n; a random cotangent sees the difference.
-    let broken = |p: &tapegrad::ParamTensors<f64>| {
-        let x = p.get("x")?;
-        x.sub(&x.mean_axes(&[0], true)?.detach())
-    };
+    let options = GradCheckOptions::default();
+    // Under a plain sum the wrong VJP gives the right (zero) gradient: the bug is hidden.
+    let summed = check_grads(
+        &params(50),
+        |p| Ok(centre_doubled(p.get("x")?)?.sum_all()),
+        &options,
+    )
+    .unwrap();
+    assert!(summed.passed(), "{summed}");
+    // The checker's random cotangent, in directional mode, sees it.
     let options = GradCheckOptions {
         full_jacobian_max: 0,
-        ..GradCheckOptions::default()
+        ..options
     };
-    assert!(!check_grads(&params(50), broken, &options).unwrap().passed());
+    let report = check_grads(&params(50), |p| centre_doubled(p.get("x")?), &options).unwrap();
+    assert_eq!(report.get("x").unwrap().mode, CheckMode::Directional);
+    assert!(!report.passed(), "{report}");
 }
 
 #[test]

@@ -233,3 +233,22 @@ fn value_and_grad_reports_bad_input_instead_of_panicking() {
         Err(Error::DifferentTapes { .. })
     ));
 }
+
+#[test]
+fn a_custom_vjp_of_the_wrong_shape_is_an_error_naming_the_op() {
+    let tape = Tape::<f64>::new();
+    let x = leaf(&tape, "x", &[1.0, 2.0]);
+    let y = tapegrad::custom_op("broken", &[&x], x.value().clone(), |_, _| {
+        vec![Some(ArrayD::zeros(vec![3]))]
+    })
+    .unwrap();
+    let err = y
+        .sum_all()
+        .backward()
+        .err()
+        .expect("a [3] gradient for a [2] input");
+    assert!(
+        err.to_string().contains("broken") && err.to_string().contains("[3]"),
+        "{err}"
+    );
+}

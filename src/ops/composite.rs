@@ -6,11 +6,12 @@ use crate::{Error, Float, Result, Tensor};
 impl<A: Float> Tensor<A> {
     /// `log(sum(exp(x)))` over `axis`, computed stably: the maximum is subtracted first.
     ///
-    /// The maximum enters through [`Tensor::detach`]: mathematically the result does not
-    /// depend on the shift, so no gradient needs to flow through it (and none flows through
-    /// ties of the maximum).
+    /// The maximum is taken of the detached value and enters as a constant: mathematically
+    /// the result does not depend on the shift, so no gradient needs to flow through it (and
+    /// none flows through ties of the maximum).
     pub fn logsumexp(&self, axis: usize, keep_dims: bool) -> Result<Tensor<A>> {
-        let max = self.max_axes(&[axis], true)?.detach();
+        // Taken from the detached value: nothing about the shift is recorded on the tape.
+        let max = self.detach().max_axes(&[axis], true)?;
         let lse = self
             .sub(&max)?
             .exp()

@@ -4,10 +4,12 @@
 
 mod binary;
 mod composite;
+mod custom;
 mod linalg;
 mod reduce;
 mod shape_ops;
 mod unary;
 
 pub use composite::{mse, softmax_cross_entropy};
+pub use custom::custom_op;
 pub use shape_ops::one_hot;
