@@ -21,6 +21,7 @@ use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array2, Axis};
 use plotters::prelude::*;
+use tapegrad::checkpoint::{self, LoadMode};
 use tapegrad::nn::{BatchNorm, Dense, Mlp};
 use tapegrad::optim::{Adam, LearningRate, Optimizer, Sgd};
 use tapegrad::{
@@ -53,6 +54,13 @@ struct Args {
     /// Folder for the plot.
     #[arg(long, default_value = "out")]
     out: PathBuf,
+    /// Save the trained BatchNorm model (every collection) to this safetensors file, then
+    /// reload it and check that it scores the test set bit for bit the same.
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// Start the BatchNorm model from this checkpoint instead of a fresh initialisation.
+    #[arg(long)]
+    resume: Option<PathBuf>,
     /// The data file (CSV with a header, the quality in the last column).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/winequality-red.csv"))]
     data: PathBuf,
@@ -184,10 +192,16 @@ fn train(
     args: &Args,
     data: &Data,
     (train_idx, test_idx): (&[usize], &[usize]),
+    resume: Option<&Path>,
     stats_entries_in_grads: &mut usize,
 ) -> Result<(History, Variables<f32>), Box<dyn Error>> {
     let (x0, _) = data.rows(&train_idx[..2]);
     let mut vars = model.init(args.seed, &x0)?;
+    if let Some(path) = resume {
+        // All or nothing: a checkpoint of another model is refused with every problem listed.
+        checkpoint::load_into(&mut vars, path, LoadMode::Strict)?;
+        println!("resumed from {}", path.display());
+    }
     let batch = args.batch_size as usize;
     let batches_per_epoch = train_idx.len() / batch;
     let mut optimizer = make_optimizer(args, args.epochs * batches_per_epoch);
@@ -322,8 +336,17 @@ fn plot(path: &Path, runs: &[(&str, &History)], baseline: f64) -> Result<(), Box
     Ok(())
 }
 
-fn main() -> Result<(), Box<dyn Error>> {
-    let args = Args::parse();
+fn main() -> std::process::ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), Box<dyn Error>> {
     let started = Instant::now();
     let data = Data::load(&args.data)?;
 
@@ -349,12 +372,14 @@ fn main() -> Result<(), Box<dyn Error>> {
     let without_bn = Mlp::new(&hidden, 6);
     let mut stats_in_grads = 0;
     let split = (train_idx, test_idx);
+    let resume = args.resume.as_deref();
     let (bn_history, bn_vars) = train(
         "MLP with BatchNorm",
         &with_bn,
         &args,
         &data,
         split,
+        resume,
         &mut stats_in_grads,
     )?;
     let (plain_history, _) = train(
@@ -363,6 +388,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         &args,
         &data,
         split,
+        None,
         &mut stats_in_grads,
     )?;
 
@@ -400,6 +426,29 @@ fn main() -> Result<(), Box<dyn Error>> {
         }
     );
     println!("plot written to {}", plot_path.display());
+    if let Some(path) = &args.save {
+        checkpoint::save(&bn_vars, path)?;
+        let (x0, _) = data.rows(&train_idx[..2]);
+        let mut reloaded = with_bn.init(args.seed.wrapping_add(1), &x0)?;
+        checkpoint::load_into(&mut reloaded, path, LoadMode::Strict)?;
+        let (before, after) = (
+            accuracy(&with_bn, &bn_vars, &data, test_idx),
+            accuracy(&with_bn, &reloaded, &data, test_idx),
+        );
+        println!(
+            "saved {} (params and batch_stats); reloaded, it scores {:.1}% on the test set, {}",
+            path.display(),
+            100.0 * after,
+            if before.to_bits() == after.to_bits() {
+                "bit for bit the same"
+            } else {
+                "DIFFERENT"
+            }
+        );
+        if before.to_bits() != after.to_bits() {
+            return Err("the reloaded checkpoint evaluates differently".into());
+        }
+    }
     println!("done in {:.1} s", started.elapsed().as_secs_f64());
     if stats_in_grads != 0 {
         return Err("a gradient reached batch_stats".into());

@@ -178,6 +178,20 @@ pub enum Error {
         path: String,
     },
 
+    /// A checkpoint could not be saved or loaded; `problems` lists everything found wrong
+    /// (missing and unexpected names, shapes, dtypes, a corrupt or truncated file). A load
+    /// that fails changes nothing.
+    ///
+    /// Fix: load into variables made by `init` of the model that was saved; for a file with
+    /// extra tensors use `LoadMode::Lenient`.
+    #[error("checkpoint {path}: {}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Checkpoint {
+        /// The file.
+        path: String,
+        /// Every problem found.
+        problems: Vec<crate::checkpoint::CheckpointProblem>,
+    },
+
     /// Two keyed trees that must have the same keys do not (gradients against params, a
     /// merge of updates into variables, optimizer state against params).
     ///

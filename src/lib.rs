@@ -46,6 +46,7 @@
 #![warn(missing_docs)]
 
 mod autodiff;
+pub mod checkpoint;
 mod collection;
 mod dot;
 mod error;

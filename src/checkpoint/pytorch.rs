@@ -1,0 +1,207 @@
+//! Importing a PyTorch `state_dict` exported to safetensors.
+//!
+//! | PyTorch | tapegrad |
+//! |---|---|
+//! | `Linear.weight` `(out, in)` | `params/<path>/kernel` `(in, out)`, transposed |
+//! | `Linear.bias` | `params/<path>/bias` |
+//! | `BatchNorm1d.weight`, `.bias` | `params/<path>/scale`, `params/<path>/bias` |
+//! | `BatchNorm1d.running_mean`, `.running_var` | `batch_stats/<path>/mean`, `batch_stats/<path>/var` |
+//! | `BatchNorm1d.num_batches_tracked` | dropped: tapegrad's BatchNorm has a fixed momentum and no use for it |
+//! | `Embedding.weight` `(n, d)` | `params/<path>/embedding` |
+//!
+//! Non-persistent buffers (`register_buffer(..., persistent=False)`) are not in a
+//! `state_dict`, by PyTorch's design, so they cannot be imported: the model's `init` values
+//! stay.
+//!
+//! Conventions differ (see the BatchNorm chapter of the guide): PyTorch's `momentum=0.1` is
+//! tapegrad's `momentum(0.9)`, and PyTorch blends the *unbiased* batch variance into
+//! `running_var`. Imported statistics give the same evaluation-mode outputs as PyTorch;
+//! continuing to train updates them with tapegrad's (Flax's) biased convention.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use safetensors::tensor::Dtype;
+
+use crate::checkpoint::file::{Decoded, apply_checked, read_tensors};
+use crate::checkpoint::{CheckpointProblem, LoadMode};
+use crate::{Error, Float, Result, Variables};
+
+/// The kind of a PyTorch layer, which decides how its tensors are renamed and laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TorchLayer {
+    /// `nn.Linear` → `Dense`.
+    Linear,
+    /// `nn.BatchNorm1d` → `BatchNorm`.
+    BatchNorm,
+    /// `nn.Embedding` → `Embed`.
+    Embedding,
+}
+
+/// Which PyTorch module prefix becomes which tapegrad module path.
+///
+/// ```
+/// use tapegrad::checkpoint::{TorchLayer, TorchMapping};
+/// let mapping = TorchMapping::new()
+///     .layer("encoder.fc", "Dense_0", TorchLayer::Linear)
+///     .layer("encoder.bn", "BatchNorm_0", TorchLayer::BatchNorm);
+/// assert_eq!(mapping.layers().len(), 2);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TorchMapping {
+    layers: Vec<(String, String, TorchLayer)>,
+}
+
+impl TorchMapping {
+    /// No layers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Maps the PyTorch module `torch_prefix` (e.g. `"encoder.fc"`) of kind `layer` to the
+    /// tapegrad module path `path` (e.g. `"Dense_0"`).
+    pub fn layer(mut self, torch_prefix: &str, path: &str, layer: TorchLayer) -> Self {
+        self.layers
+            .push((torch_prefix.to_string(), path.to_string(), layer));
+        self
+    }
+
+    /// The layers, as `(torch prefix, tapegrad path, kind)`.
+    pub fn layers(&self) -> &[(String, String, TorchLayer)] {
+        &self.layers
+    }
+
+    /// The mapping of an `nn.Sequential` of `Linear` and `BatchNorm1d` layers (activations
+    /// and dropout have no tensors), derived from the file's names: modules in numeric
+    /// order, a module with `running_mean` is a BatchNorm, one with a 2-D `weight` a Linear;
+    /// they are named `Dense_0`, `BatchNorm_0`, `Dense_1`, … as [`Mlp`](crate::nn::Mlp) and
+    /// [`Sequential`](crate::nn::Sequential) name them.
+    pub fn derive_sequential(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let (tensors, _) = read_tensors(path)?;
+        let mut modules: BTreeMap<Vec<u64>, (String, Vec<&str>)> = BTreeMap::new();
+        for name in tensors.keys() {
+            let Some((prefix, field)) = name.rsplit_once('.') else {
+                return Err(unmappable(path, name));
+            };
+            // Sort "10" after "9": numeric segments compare as numbers.
+            let key = prefix
+                .split('.')
+                .map(|s| s.parse().unwrap_or(u64::MAX))
+                .collect();
+            modules
+                .entry(key)
+                .or_insert_with(|| (prefix.to_string(), Vec::new()))
+                .1
+                .push(field);
+        }
+        let mut mapping = TorchMapping::new();
+        let (mut dense, mut norms) = (0, 0);
+        for (prefix, fields) in modules.values() {
+            if fields.contains(&"running_mean") {
+                mapping =
+                    mapping.layer(prefix, &format!("BatchNorm_{norms}"), TorchLayer::BatchNorm);
+                norms += 1;
+            } else if tensors
+                .get(&format!("{prefix}.weight"))
+                .is_some_and(|w| w.shape.len() == 2)
+            {
+                mapping = mapping.layer(prefix, &format!("Dense_{dense}"), TorchLayer::Linear);
+                dense += 1;
+            } else {
+                return Err(unmappable(path, prefix));
+            }
+        }
+        Ok(mapping)
+    }
+}
+
+fn unmappable(path: &Path, name: &str) -> Error {
+    Error::Checkpoint {
+        path: path.display().to_string(),
+        problems: vec![CheckpointProblem::Name(format!(
+            "{name} (not a Linear or BatchNorm1d of a Sequential)"
+        ))],
+    }
+}
+
+/// Where a PyTorch field goes: `(collection, field name)`, or `None` to drop it.
+fn destination(layer: TorchLayer, field: &str) -> Option<Option<(&'static str, &'static str)>> {
+    Some(match (layer, field) {
+        (TorchLayer::Linear, "weight") => Some(("params", "kernel")),
+        (TorchLayer::Linear, "bias") => Some(("params", "bias")),
+        (TorchLayer::BatchNorm, "weight") => Some(("params", "scale")),
+        (TorchLayer::BatchNorm, "bias") => Some(("params", "bias")),
+        (TorchLayer::BatchNorm, "running_mean") => Some(("batch_stats", "mean")),
+        (TorchLayer::BatchNorm, "running_var") => Some(("batch_stats", "var")),
+        (TorchLayer::BatchNorm, "num_batches_tracked") => None,
+        (TorchLayer::Embedding, "weight") => Some(("params", "embedding")),
+        _ => return None,
+    })
+}
+
+/// Loads a PyTorch `state_dict` saved with `safetensors.torch.save_file` into `variables`
+/// (made by the model's `init`), renaming and transposing as `mapping` and the module
+/// documentation say. `float32` and `float64` tensors are accepted whatever `A` is. As
+/// [`load_into`](crate::checkpoint::load_into): every problem is reported, and on any
+/// problem nothing changes.
+pub fn import_pytorch_into<A: Float>(
+    variables: &mut Variables<A>,
+    path: impl AsRef<Path>,
+    mapping: &TorchMapping,
+    mode: LoadMode,
+) -> Result<()> {
+    let path = path.as_ref();
+    let (tensors, _) = read_tensors(path)?;
+    let mut converted: BTreeMap<String, Decoded> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (name, tensor) in tensors {
+        let found = name.rsplit_once('.').and_then(|(prefix, field)| {
+            let (_, ours, layer) = mapping.layers.iter().find(|(p, _, _)| p == prefix)?;
+            Some((ours, *layer, field))
+        });
+        let Some((ours, layer, field)) = found else {
+            if mode == LoadMode::Strict {
+                problems.push(CheckpointProblem::Unexpected(name));
+            }
+            continue;
+        };
+        match destination(layer, field) {
+            Some(Some((collection, ours_field))) => {
+                let tensor = if layer == TorchLayer::Linear && ours_field == "kernel" {
+                    transposed(tensor)
+                } else {
+                    tensor
+                };
+                converted.insert(format!("{collection}/{ours}/{ours_field}"), tensor);
+            }
+            Some(None) => {} // documented as dropped
+            None => {
+                if mode == LoadMode::Strict {
+                    problems.push(CheckpointProblem::Unexpected(name));
+                }
+            }
+        }
+    }
+    apply_checked(variables, converted, mode, false, path, problems)
+}
+
+/// The transpose of a 2-D tensor (PyTorch's `(out, in)` weight to a `(in, out)` kernel).
+fn transposed(tensor: Decoded) -> Decoded {
+    match (tensor.shape.as_slice(), &tensor.values) {
+        (&[rows, cols], Some(values))
+            if tensor.dtype == Dtype::F32 || tensor.dtype == Dtype::F64 =>
+        {
+            let values = (0..cols)
+                .flat_map(|c| (0..rows).map(move |r| (r, c)))
+                .map(|(r, c)| values[r * cols + c])
+                .collect();
+            Decoded {
+                dtype: tensor.dtype,
+                shape: vec![cols, rows],
+                values: Some(values),
+            }
+        }
+        _ => tensor, // reported as a shape or dtype problem by the checks
+    }
+}
