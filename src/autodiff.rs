@@ -30,7 +30,9 @@ impl<A: Float> ParamTensors<A> {
         ParamTensors { tensors }
     }
 
-    pub(crate) fn leaves(params: &Params<A>, tape: &Tape<A>) -> Self {
+    /// The params as leaves of `tape`, named by their paths: what `value_and_grad` does
+    /// before it calls its closure. For driving a tape by hand (benchmarks, custom loops).
+    pub fn leaves(params: &Params<A>, tape: &Tape<A>) -> Self {
         let tensors = params
             .iter_shared()
             .map(|(path, value)| {

@@ -1,0 +1,57 @@
+//! The training step of the workload at sizes S, M and L (f32), and its forward and
+//! backward halves. `cargo bench --bench train_step`.
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use tapegrad::{Apply, ModuleExt, Mutable, ParamTensors, Tape, softmax_cross_entropy};
+
+#[path = "workload.rs"]
+mod workload;
+use workload::{L, M, S, Workload};
+
+fn train_step(c: &mut Criterion) {
+    let mut group = c.benchmark_group("train_step");
+    for config in [S, M, L] {
+        if config.name == "L" {
+            group.sample_size(20);
+        }
+        let mut w = Workload::new(config);
+        for _ in 0..5 {
+            w.step();
+        }
+        group.bench_function(config.name, |b| b.iter(|| w.step()));
+    }
+    group.finish();
+}
+
+/// Forward alone (the tracked training-mode forward and loss), and backward alone.
+fn halves(c: &mut Criterion) {
+    let mut group = c.benchmark_group("halves");
+    for config in [S, M, L] {
+        if config.name == "L" {
+            group.sample_size(20);
+        }
+        let w = Workload::new(config);
+        let train = Apply::train().mutable(Mutable::only(["batch_stats"]));
+        let forward = || {
+            let tape = Tape::new();
+            let params = ParamTensors::leaves(w.variables.params(), &tape);
+            let (logits, _) = w
+                .model
+                .apply_tracked(&params, &w.variables, &w.x, &train)
+                .unwrap();
+            (softmax_cross_entropy(&logits, &w.labels).unwrap(), params)
+        };
+        group.bench_function(format!("forward/{}", config.name), |b| b.iter(forward));
+        group.bench_function(format!("backward/{}", config.name), |b| {
+            b.iter_batched(
+                forward,
+                |(loss, _params)| loss.backward().unwrap(),
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, train_step, halves);
+criterion_main!(benches);

@@ -1,0 +1,94 @@
+//! The benchmark workload of `../shared/bench/workload.md`, shared by the benches: the MLP
+//! with two BatchNorms, its data (SplitMix64 + Box-Muller, seed 42) and one training step.
+
+use ndarray::ArrayD;
+use tapegrad::nn::{BatchNorm, Mlp};
+use tapegrad::optim::{Optimizer, Sgd};
+use tapegrad::{
+    Apply, ModuleExt, Mutable, SplitMix64, Tensor, Variables, softmax_cross_entropy,
+    value_and_grad_with_aux,
+};
+
+/// A size of the workload: batch, inputs, hidden width, classes.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    pub name: &'static str,
+    pub batch: usize,
+    pub d_in: usize,
+    pub hidden: usize,
+    pub classes: usize,
+}
+
+pub const S: Config = Config {
+    name: "S",
+    batch: 32,
+    d_in: 16,
+    hidden: 64,
+    classes: 4,
+};
+pub const M: Config = Config {
+    name: "M",
+    batch: 128,
+    d_in: 64,
+    hidden: 256,
+    classes: 10,
+};
+pub const L: Config = Config {
+    name: "L",
+    batch: 512,
+    d_in: 256,
+    hidden: 1024,
+    classes: 10,
+};
+
+/// Everything one training step needs.
+pub struct Workload {
+    pub model: Mlp,
+    pub variables: Variables<f32>,
+    pub optimizer: Sgd<f32>,
+    pub x: Tensor<f32>,
+    pub labels: Vec<usize>,
+}
+
+impl Workload {
+    pub fn new(config: Config) -> Self {
+        let mut rng = SplitMix64::new(42);
+        let x: Vec<f32> = (0..config.batch * config.d_in)
+            .map(|_| rng.normal() as f32)
+            .collect();
+        let labels = (0..config.batch)
+            .map(|_| (rng.next_u64() % config.classes as u64) as usize)
+            .collect();
+        let x =
+            Tensor::constant(ArrayD::from_shape_vec(vec![config.batch, config.d_in], x).unwrap());
+        let model = Mlp::new(&[config.hidden, config.hidden], config.classes)
+            .with_batch_norm(BatchNorm::new().momentum(0.9));
+        let variables = model.init(0, &x).unwrap();
+        Workload {
+            model,
+            variables,
+            optimizer: Sgd::new(0.1).momentum(0.9),
+            x,
+            labels,
+        }
+    }
+
+    /// One training step (workload section 5): forward in training mode with batch_stats
+    /// mutable, the loss and its gradient with respect to params, the SGD-momentum update,
+    /// the merge of the new statistics; returns the loss as a host scalar.
+    pub fn step(&mut self) -> f32 {
+        let train = Apply::train().mutable(Mutable::only(["batch_stats"]));
+        let (loss, updates, grads) = value_and_grad_with_aux(self.variables.params(), |p| {
+            let (logits, updates) =
+                self.model
+                    .apply_tracked(p, &self.variables, &self.x, &train)?;
+            Ok((softmax_cross_entropy(&logits, &self.labels)?, updates))
+        })
+        .unwrap();
+        self.optimizer
+            .update(self.variables.params_mut(), &grads)
+            .unwrap();
+        self.variables.merge(updates).unwrap();
+        loss
+    }
+}
