@@ -19,7 +19,10 @@ use crate::{Error, Float, Result, Tensor};
 /// A vector-Jacobian product: given the gradient of the output and which inputs want a
 /// gradient, returns one gradient per input (`None` where not wanted). A returned gradient
 /// may have the op's broadcast output shape; the tape sums it back to the input's shape.
-pub(crate) type Vjp<A> = Box<dyn Fn(&ArrayD<A>, &[bool]) -> Vec<Option<ArrayD<A>>>>;
+///
+/// The output's gradient is passed by value: backward has consumed it, so a rule may reuse
+/// its buffer (an elementwise rule multiplies it in place instead of allocating).
+pub(crate) type Vjp<A> = Box<dyn Fn(ArrayD<A>, &[bool]) -> Vec<Option<ArrayD<A>>>>;
 
 pub(crate) enum NodeKind<A: Float> {
     /// A tensor we differentiate with respect to (a parameter), optionally named by its path.
@@ -182,7 +185,7 @@ impl<A: Float> Tape<A> {
             // An intermediate gradient is consumed here and released.
             let Some(g) = grads[id].take() else { continue };
             let needs: Vec<bool> = inputs.iter().map(|i| i.node().is_some()).collect();
-            for (input, contribution) in inputs.iter().zip(vjp(&g, &needs)) {
+            for (input, contribution) in inputs.iter().zip(vjp(g, &needs)) {
                 if let (Operand::Node(parent), Some(c)) = (input, contribution) {
                     accumulate(op, &mut grads[*parent], c, &nodes[*parent].shape)?;
                 }

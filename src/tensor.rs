@@ -211,7 +211,7 @@ pub(crate) fn record<A: Float>(
     op: &'static str,
     inputs: &[&Tensor<A>],
     value: ArrayD<A>,
-    vjp: impl Fn(&ArrayD<A>, &[bool]) -> Vec<Option<ArrayD<A>>> + 'static,
+    vjp: impl Fn(ArrayD<A>, &[bool]) -> Vec<Option<ArrayD<A>>> + 'static,
 ) -> Result<Tensor<A>> {
     let mut tape: Option<&Tape<A>> = None;
     for t in inputs {
@@ -247,9 +247,18 @@ pub(crate) fn record_unary<A: Float>(
     op: &'static str,
     input: &Tensor<A>,
     value: ArrayD<A>,
-    vjp: impl Fn(&ArrayD<A>) -> ArrayD<A> + 'static,
+    vjp: impl Fn(ArrayD<A>) -> ArrayD<A> + 'static,
 ) -> Tensor<A> {
-    let value = Arc::new(value);
+    record_unary_shared(op, input, Arc::new(value), vjp)
+}
+
+/// [`record_unary`] for a value already shared (e.g. with the VJP, which reads the output).
+pub(crate) fn record_unary_shared<A: Float>(
+    op: &'static str,
+    input: &Tensor<A>,
+    value: Arc<ArrayD<A>>,
+    vjp: impl Fn(ArrayD<A>) -> ArrayD<A> + 'static,
+) -> Tensor<A> {
     let Some((tape, input_id)) = input.node() else {
         return Tensor {
             label: input.label.clone(),

@@ -9,8 +9,8 @@ use crate::{Error, Float, Module, Result, Scope, Tensor};
 /// * batch_stats: `mean` (zeros) and `var` (ones), shape `(features)`.
 ///
 /// **Training mode** normalises with the batch's mean and *biased* variance, and the
-/// gradient flows through both (the full BatchNorm backward, derived by the tape from the
-/// composition). It then writes
+/// gradient flows through both (the full BatchNorm backward: one fused node with a
+/// closed-form VJP, checked against the composite of primitives it replaces). It then writes
 /// `running = momentum · running + (1 - momentum) · batch` into `batch_stats`, with plain
 /// arrays: the running statistics are outputs of the forward pass, never differentiated.
 /// Writing needs `batch_stats` mutable; otherwise the step is
@@ -80,29 +80,27 @@ impl<A: Float> Module<A> for BatchNorm {
         let running_var = scope.variable("batch_stats", "var", &[features], init::ones())?;
         let eps = A::of(self.epsilon);
 
-        let use_running = self.use_running_average.unwrap_or(!scope.is_training());
-        let normalized = if use_running {
-            // Constants only: no node is recorded for the statistics.
-            let inv_std = running_var.value().add_scalar(eps).sqrt().recip();
-            x.sub(&running_mean.value())?.mul(&inv_std)?
-        } else {
-            let batch_axes: Vec<usize> = (0..x.ndim() - 1).collect();
-            let mean = x.mean_axes(&batch_axes, false)?;
-            let centred = x.sub(&mean)?;
-            let var = centred.square().mean_axes(&batch_axes, false)?; // biased
-            if !scope.is_initializing() {
-                // Values, not tensors: the update is detached by type.
-                let m = A::of(self.momentum);
-                let blend = |old: &Tensor<A>, new: &Tensor<A>| {
-                    old.value() * m + &(new.value() * (A::one() - m))
-                };
-                running_mean.set(blend(&running_mean.value(), &mean))?;
-                running_var.set(blend(&running_var.value(), &var))?;
-            }
-            centred.mul(&var.add_scalar(eps).sqrt().recip())?
-        };
         let scale = scope.param("scale", &[features], init::ones())?;
         let bias = scope.param("bias", &[features], init::zeros())?;
-        normalized.mul(&scale)?.add(&bias)
+
+        if self.use_running_average.unwrap_or(!scope.is_training()) {
+            // Constants only in the statistics: no node is recorded for them.
+            let inv_std = running_var.value().add_scalar(eps).sqrt().recip();
+            let normalized = x.sub(&running_mean.value())?.mul(&inv_std)?;
+            return normalized.mul(&scale)?.add(&bias);
+        }
+        // One fused node; its closed-form backward flows through the batch statistics
+        // (see ops/fused.rs, and tests/fused_ops.rs for the check against the composite).
+        let (y, mean, var) = crate::ops::fused::batch_norm_train(x, &scale, &bias, eps)?;
+        if !scope.is_initializing() {
+            // Values, not tensors: the update is detached by type.
+            let m = A::of(self.momentum);
+            let blend = |old: &Tensor<A>, new: ndarray::Array1<A>| {
+                old.value() * m + &(new.into_dyn() * (A::one() - m))
+            };
+            running_mean.set(blend(&running_mean.value(), mean))?;
+            running_var.set(blend(&running_var.value(), var))?;
+        }
+        Ok(y)
     }
 }

@@ -51,10 +51,13 @@ impl<A: Float> Module<A> for Dense {
         };
         let kernel = scope.param("kernel", &[inputs, self.features], init::lecun_normal())?;
         let rows: usize = leading.iter().product();
-        let mut y = x.reshape(&[rows, inputs])?.matmul(&kernel)?;
-        if self.use_bias {
-            y = y.add(&scope.param("bias", &[self.features], init::zeros())?)?;
-        }
+        let x = x.reshape(&[rows, inputs])?;
+        let y = if self.use_bias {
+            let bias = scope.param("bias", &[self.features], init::zeros())?;
+            crate::ops::fused::linear(&x, &kernel, &bias)? // matmul and bias in one node
+        } else {
+            x.matmul(&kernel)?
+        };
         let mut out_shape = leading.to_vec();
         out_shape.push(self.features);
         y.reshape(&out_shape)

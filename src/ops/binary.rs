@@ -24,6 +24,28 @@ fn zip_broadcast<A: Float>(
     Ok(Zip::from(&a).and(&b).map_collect(|&x, &y| f(x, y)))
 }
 
+/// The VJP of `a + b` (or `a - b` with `negate_second`): the gradient passes through, moved
+/// rather than copied where only one input wants it.
+fn pass_through<A: Float>(
+    g: ArrayD<A>,
+    needs: &[bool],
+    negate_second: bool,
+) -> Vec<Option<ArrayD<A>>> {
+    let second = |g: ArrayD<A>| {
+        if negate_second {
+            g.mapv_into(|x| -x)
+        } else {
+            g
+        }
+    };
+    match (needs[0], needs[1]) {
+        (true, true) => vec![Some(g.clone()), Some(second(g))],
+        (true, false) => vec![Some(g), None],
+        (false, true) => vec![None, Some(second(g))],
+        (false, false) => vec![None, None],
+    }
+}
+
 impl<A: Float> Tensor<A> {
     /// `self + other`, broadcasting. PyTorch: `torch.add`; JAX: `jnp.add`.
     ///
@@ -40,7 +62,7 @@ impl<A: Float> Tensor<A> {
     pub fn add(&self, other: &Tensor<A>) -> Result<Tensor<A>> {
         let value = zip_broadcast("add", self.value(), other.value(), |x, y| x + y)?;
         record("add", &[self, other], value, |g, needs| {
-            vec![needs[0].then(|| g.clone()), needs[1].then(|| g.clone())]
+            pass_through(g, needs, false)
         })
     }
 
@@ -59,9 +81,17 @@ impl<A: Float> Tensor<A> {
     pub fn mul(&self, other: &Tensor<A>) -> Result<Tensor<A>> {
         let value = zip_broadcast("mul", self.value(), other.value(), |x, y| x * y)?;
         let (a, b) = (self.shared_value(), other.shared_value());
-        record("mul", &[self, other], value, move |g, needs| {
-            // d(ab)/da = b, d(ab)/db = a.
-            vec![needs[0].then(|| g * &*b), needs[1].then(|| g * &*a)]
+        record("mul", &[self, other], value, move |mut g, needs| {
+            // d(ab)/da = b, d(ab)/db = a. The last gradient reuses g's buffer.
+            let ga = needs[0].then(|| {
+                if needs[1] {
+                    &g * &*b
+                } else {
+                    std::mem::take(&mut g) * &*b
+                }
+            });
+            let gb = needs[1].then(|| g * &*a);
+            vec![ga, gb]
         })
     }
 
@@ -71,14 +101,13 @@ impl<A: Float> Tensor<A> {
         let (a, b) = (self.shared_value(), other.shared_value());
         record("div", &[self, other], value, move |g, needs| {
             // d(a/b)/da = 1/b, d(a/b)/db = -a/b^2.
-            vec![
-                needs[0].then(|| g / &*b),
-                needs[1].then(|| {
-                    let mut gb = &(g * &*a) / &(&*b * &*b);
-                    gb.mapv_inplace(|x| -x);
-                    gb
-                }),
-            ]
+            let ga = needs[0].then(|| &g / &*b);
+            let gb = needs[1].then(|| {
+                let mut gb = &(g * &*a) / &(&*b * &*b);
+                gb.mapv_inplace(|x| -x);
+                gb
+            });
+            vec![ga, gb]
         })
     }
 
@@ -117,8 +146,8 @@ impl<A: Float> Tensor<A> {
             })
             .expect("shapes checked in forward");
             vec![
-                needs[0].then(|| g * &share_of_a),
-                needs[1].then(|| g * &share_of_a.mapv(|s| A::one() - s)),
+                needs[0].then(|| &g * &share_of_a),
+                needs[1].then(|| &g * &share_of_a.mapv(|s| A::one() - s)),
             ]
         })
     }
@@ -152,8 +181,8 @@ impl<A: Float> Tensor<A> {
             .map_collect(|&m, &x, &y| if m != A::zero() { x } else { y });
         record("select", &[on_true, on_false], value, move |g, needs| {
             vec![
-                needs[0].then(|| g * &chosen),
-                needs[1].then(|| g * &chosen.mapv(|m| A::one() - m)),
+                needs[0].then(|| &g * &chosen),
+                needs[1].then(|| &g * &chosen.mapv(|m| A::one() - m)),
             ]
         })
     }

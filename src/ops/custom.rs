@@ -38,7 +38,7 @@ pub fn custom_op<A: Float>(
 ) -> Result<Tensor<A>> {
     let arity = inputs.len();
     record(op, inputs, value, move |g, needs| {
-        let mut grads = vjp(g, needs);
+        let mut grads = vjp(&g, needs);
         // One gradient per input: pad a short answer, drop extras. Shapes are checked by the
         // tape, which reports a gradient that does not reduce to its input's shape.
         grads.resize_with(arity, || None);

@@ -38,7 +38,7 @@ impl<A: Float> Tensor<A> {
         let value = a.dot(&b).into_dyn();
         let (a, b) = (self.shared_value(), other.shared_value());
         record("matmul", &[self, other], value, move |g, needs| {
-            let g = as_matrix(g, "matmul").expect("gradient of a matmul is 2-D");
+            let g = as_matrix(&g, "matmul").expect("gradient of a matmul is 2-D");
             let a = as_matrix(&a, "matmul").expect("checked in forward");
             let b = as_matrix(&b, "matmul").expect("checked in forward");
             vec![

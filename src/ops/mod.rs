@@ -5,6 +5,7 @@
 mod binary;
 mod composite;
 mod custom;
+pub(crate) mod fused;
 mod linalg;
 mod reduce;
 mod shape_ops;

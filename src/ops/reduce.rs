@@ -39,7 +39,7 @@ impl<A: Float> Tensor<A> {
         }
         let input_shape = self.shape().to_vec();
         Ok(record_unary("sum", self, value, move |g| {
-            spread(g, &keep_shape, &input_shape)
+            spread(&g, &keep_shape, &input_shape)
         }))
     }
 
@@ -97,7 +97,7 @@ impl<A: Float> Tensor<A> {
             for &axis in axes.iter().rev() {
                 ties = ties.sum_axis(Axis(axis));
             }
-            let share = &spread(g, &keep_shape, x.shape()) / &reshaped(ties, &keep_shape);
+            let share = &spread(&g, &keep_shape, x.shape()) / &reshaped(ties, &keep_shape);
             is_max * share
         }))
     }

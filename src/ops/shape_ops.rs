@@ -25,7 +25,7 @@ impl<A: Float> Tensor<A> {
         let value = reshaped(self.value().clone(), shape);
         let input_shape = self.shape().to_vec();
         Ok(record_unary("reshape", self, value, move |g| {
-            reshaped(g.clone(), &input_shape)
+            reshaped(g, &input_shape)
         }))
     }
 
@@ -50,7 +50,7 @@ impl<A: Float> Tensor<A> {
         }
         let value = self.value().clone().permuted_axes(IxDyn(axes));
         Ok(record_unary("permute", self, value, move |g| {
-            g.clone().permuted_axes(IxDyn(&inverse))
+            g.permuted_axes(IxDyn(&inverse))
         }))
     }
 
@@ -76,7 +76,7 @@ impl<A: Float> Tensor<A> {
             .broadcast(IxDyn(shape))
             .expect("checked broadcastable")
             .to_owned();
-        Ok(record_unary("broadcast_to", self, value, |g| g.clone()))
+        Ok(record_unary("broadcast_to", self, value, |g| g))
     }
 
     /// Joins tensors along `axis`; all other dimensions must agree.
@@ -136,7 +136,7 @@ impl<A: Float> Tensor<A> {
         let input_shape = self.shape().to_vec();
         Ok(record_unary("slice", self, value, move |g| {
             let mut full = ArrayD::zeros(IxDyn(&input_shape));
-            full.slice_axis_mut(Axis(axis), range).assign(g);
+            full.slice_axis_mut(Axis(axis), range).assign(&g);
             full
         }))
     }
@@ -179,7 +179,7 @@ impl<A: Float> Tensor<A> {
         out_shape.push(width);
         let value = reshaped(picked, &out_shape);
         Ok(record_unary("gather_rows", self, value, move |g| {
-            let g = reshaped(g.clone(), &[flat_ids.len(), width]);
+            let g = reshaped(g, &[flat_ids.len(), width]);
             let mut table = ArrayD::zeros(IxDyn(&[rows, width]));
             for (&id, row) in flat_ids.iter().zip(g.outer_iter()) {
                 let mut target = table.index_axis_mut(Axis(0), id);

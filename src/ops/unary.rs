@@ -3,7 +3,7 @@
 
 use ndarray::Zip;
 
-use crate::tensor::record_unary;
+use crate::tensor::{record_unary, record_unary_shared};
 use crate::{Float, Tensor};
 
 impl<A: Float> Tensor<A> {
@@ -15,20 +15,24 @@ impl<A: Float> Tensor<A> {
         f: impl Fn(A) -> A,
         df: impl Fn(A, A) -> A + 'static,
     ) -> Tensor<A> {
-        let y = self.value().mapv(f);
-        let x_in = self.shared_value();
-        let y_out = std::sync::Arc::new(y.clone());
-        record_unary(op, self, y, move |g| {
-            Zip::from(g)
+        let y = std::sync::Arc::new(self.value().mapv(f));
+        let (x_in, y_out) = (self.shared_value(), y.clone());
+        record_unary_shared(op, self, y, move |mut g| {
+            // In place: the incoming gradient's buffer becomes the outgoing one.
+            Zip::from(&mut g)
                 .and(&*x_in)
                 .and(&*y_out)
-                .map_collect(|&g, &x, &y| g * df(x, y))
+                .for_each(|g, &x, &y| *g = *g * df(x, y));
+            g
         })
     }
 
     /// `-x`.
     pub fn neg(&self) -> Tensor<A> {
-        record_unary("neg", self, self.value().mapv(|x| -x), |g| g.mapv(|x| -x))
+        record_unary("neg", self, self.value().mapv(|x| -x), |mut g| {
+            g.mapv_inplace(|x| -x);
+            g
+        })
     }
 
     /// `e^x`.
