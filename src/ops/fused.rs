@@ -5,25 +5,38 @@
 
 use std::sync::Arc;
 
-use ndarray::{Array1, Array2, ArrayD, ArrayView2, Axis, Ix2, Zip};
+use ndarray::{Array1, ArrayD, ArrayView2, Axis, Ix2, Zip};
 
 use crate::shape::reshaped;
 use crate::tensor::record;
 use crate::{Error, Float, Result, Tensor};
 
-/// The value as a matrix `(rows, last dimension)`, flattening the leading dimensions.
-fn as_rows<A: Float>(op: &'static str, x: &ArrayD<A>) -> Result<Array2<A>> {
-    let Some((&cols, leading)) = x.shape().split_last().filter(|_| x.ndim() >= 1) else {
+/// The value as a matrix view `(rows, last dimension)`, flattening the leading dimensions
+/// (a copy only if the array is not in standard layout).
+fn as_rows<'a, A: Float>(
+    op: &'static str,
+    x: &'a ArrayD<A>,
+) -> Result<ndarray::CowArray<'a, A, Ix2>> {
+    let Some((&cols, leading)) = x.shape().split_last() else {
         return Err(Error::invalid(
             op,
             x.shape(),
             "expected at least one dimension",
         ));
     };
-    let rows = leading.iter().product();
-    reshaped(x.clone(), &[rows, cols])
-        .into_dimensionality::<Ix2>()
-        .map_err(|_| Error::invalid(op, x.shape(), "not reshapeable to rows"))
+    let rows: usize = leading.iter().product();
+    let standard = x.as_standard_layout();
+    let matrix = standard
+        .into_shape_with_order((rows, cols))
+        .map_err(|_| Error::invalid(op, x.shape(), "not reshapeable to rows"))?;
+    Ok(matrix)
+}
+
+fn as_vector<A: Float>(a: &ArrayD<A>) -> Array1<A> {
+    a.view()
+        .into_dimensionality::<ndarray::Ix1>()
+        .expect("checked 1-D")
+        .to_owned()
 }
 
 fn matrix<A: Float>(a: &ArrayD<A>) -> ArrayView2<'_, A> {
@@ -63,47 +76,48 @@ pub(crate) fn batch_norm_train<A: Float>(
     }
     let count = A::of(n as f64);
     let mean = rows.sum_axis(Axis(0)) / count;
-    let mut x_hat = rows;
-    x_hat -= &mean;
-    let var = x_hat.map_axis(Axis(0), |column| {
-        column.iter().map(|&d| d * d).sum::<A>() / count
-    });
+    let mut x_hat = &rows - &mean;
+    // Row by row, so that the accumulation runs along contiguous memory.
+    let mut var = Array1::zeros(features);
+    for row in x_hat.rows() {
+        Zip::from(&mut var).and(&row).for_each(|v, &d| *v += d * d);
+    }
+    var /= count;
     let inv_std = var.mapv(|v| (v + epsilon).sqrt().recip());
     x_hat *= &inv_std;
-    let gamma = scale
-        .value()
-        .view()
-        .into_dimensionality::<ndarray::Ix1>()
-        .expect("checked (features)");
-    let beta = bias
-        .value()
-        .view()
-        .into_dimensionality::<ndarray::Ix1>()
-        .expect("checked (features)");
-    let mut y = &x_hat * &gamma;
-    y += &beta;
+    let gamma = as_vector(scale.value());
+    let beta = as_vector(bias.value());
+    let y = Zip::from(&x_hat)
+        .and_broadcast(&gamma)
+        .and_broadcast(&beta)
+        .map_collect(|&xh, &g, &b| xh * g + b);
     let y = reshaped(y.into_dyn(), x.shape());
 
     let x_hat = Arc::new(x_hat);
-    let gamma = gamma.to_owned();
+    let coefficient = &gamma * &inv_std / count;
     let out_shape = x.shape().to_vec();
     let tensor = record("batch_norm", &[x, scale, bias], y, move |g, needs| {
         let g = reshaped(g, &[n, features])
             .into_dimensionality::<Ix2>()
             .expect("(n, features)");
-        let sum_g = g.sum_axis(Axis(0));
-        let sum_g_xhat = Zip::from(g.columns())
-            .and(x_hat.columns())
-            .map_collect(|g, xh| g.iter().zip(xh).map(|(&g, &xh)| g * xh).sum::<A>());
+        let (mut sum_g, mut sum_g_xhat) = (Array1::zeros(features), Array1::zeros(features));
+        for (g_row, xh_row) in g.rows().into_iter().zip(x_hat.rows()) {
+            Zip::from(&mut sum_g)
+                .and(&mut sum_g_xhat)
+                .and(&g_row)
+                .and(&xh_row)
+                .for_each(|s, sx, &g, &xh| {
+                    *s += g;
+                    *sx += g * xh;
+                });
+        }
         let dx = needs[0].then(|| {
-            let coefficient = &gamma * &inv_std / count;
-            let mut dx = g.clone() * count;
-            dx -= &sum_g;
-            Zip::from(&mut dx)
+            let dx = Zip::from(&g)
                 .and(&*x_hat)
+                .and_broadcast(&sum_g)
                 .and_broadcast(&sum_g_xhat)
-                .for_each(|d, &xh, &s| *d -= xh * s);
-            dx *= &coefficient;
+                .and_broadcast(&coefficient)
+                .map_collect(|&g, &xh, &s, &sx, &c| c * (count * g - s - xh * sx));
             reshaped(dx.into_dyn(), &out_shape)
         });
         vec![

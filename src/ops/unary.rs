@@ -22,7 +22,7 @@ impl<A: Float> Tensor<A> {
             Zip::from(&mut g)
                 .and(&*x_in)
                 .and(&*y_out)
-                .for_each(|g, &x, &y| *g = *g * df(x, y));
+                .for_each(|g, &x, &y| *g *= df(x, y));
             g
         })
     }

@@ -1,8 +1,10 @@
 //! Stochastic gradient descent with momentum, Nesterov and weight decay.
 
-use ndarray::ArrayD;
+use std::collections::BTreeMap;
 
-use crate::optim::momentum::Momentum;
+use ndarray::{ArrayD, Zip};
+
+use crate::optim::momentum::heavy_ball;
 use crate::optim::{LearningRate, Optimizer};
 use crate::{Float, Grads, Params, Result};
 
@@ -33,7 +35,7 @@ pub struct Sgd<A: Float> {
     momentum: f64,
     nesterov: bool,
     weight_decay: f64,
-    state: Momentum<A>,
+    velocities: BTreeMap<String, ArrayD<A>>,
     steps: usize,
 }
 
@@ -45,7 +47,7 @@ impl<A: Float> Sgd<A> {
             momentum: 0.0,
             nesterov: false,
             weight_decay: 0.0,
-            state: Momentum::default(),
+            velocities: BTreeMap::new(),
             steps: 0,
         }
     }
@@ -70,7 +72,7 @@ impl<A: Float> Sgd<A> {
 
     /// The velocity of the param at `path` (after the first step with momentum).
     pub fn velocity(&self, path: &str) -> Option<&ArrayD<A>> {
-        self.state.velocities.get(path)
+        self.velocities.get(path)
     }
 
     /// The learning rate the next step will use.
@@ -83,18 +85,28 @@ impl<A: Float> Optimizer<A> for Sgd<A> {
     fn update(&mut self, params: &mut Params<A>, grads: &Grads<A>) -> Result<()> {
         grads.check_matches(params, "Sgd::update")?;
         let lr = A::of(self.learning_rate.at(self.steps));
-        let (mu, decay) = (A::of(self.momentum), A::of(self.weight_decay));
+        let (mu, decay, nesterov) = (
+            A::of(self.momentum),
+            A::of(self.weight_decay),
+            self.nesterov,
+        );
         for (path, p) in params.iter_mut() {
-            let mut g = grads.get(path).expect("keys checked").clone();
-            if self.weight_decay != 0.0 {
-                g.scaled_add(decay, p);
-            }
-            let direction = if self.momentum != 0.0 {
-                self.state.direction(path, &g, mu, self.nesterov)
+            let g = grads.get(path).expect("keys checked");
+            // One pass per param, in place: no copy of the gradient or the velocity.
+            if self.momentum == 0.0 {
+                Zip::from(p)
+                    .and(g)
+                    .for_each(|p, &g| *p -= lr * (g + decay * *p));
             } else {
-                g
-            };
-            p.scaled_add(-lr, &direction);
+                let v = self
+                    .velocities
+                    .entry(path.to_string())
+                    .or_insert_with(|| ArrayD::zeros(g.raw_dim()));
+                Zip::from(p).and(v).and(g).for_each(|p, v, &g| {
+                    let direction = heavy_ball(v, g + decay * *p, mu, nesterov);
+                    *p -= lr * direction;
+                });
+            }
         }
         self.steps += 1;
         Ok(())
