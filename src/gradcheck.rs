@@ -235,23 +235,9 @@ pub fn check_grads<F>(
 where
     F: Fn(&ParamTensors<f64>) -> Result<Tensor<f64>>,
 {
-    check_grads_with_frozen(params, &Params::new(), f, options)
-}
-
-/// [`check_grads`] where `f` also reads `frozen` params (as constants, never perturbed).
-/// Used by the collection-aware checks of models.
-pub(crate) fn check_grads_with_frozen<F>(
-    params: &Params<f64>,
-    frozen: &Params<f64>,
-    f: F,
-    options: &GradCheckOptions,
-) -> Result<GradCheckReport>
-where
-    F: Fn(&ParamTensors<f64>) -> Result<Tensor<f64>>,
-{
     // Analytic side: one tape, the params as leaves.
     let tape = Tape::new();
-    let leaves = ParamTensors::leaves(params, &tape).with_frozen(frozen)?;
+    let leaves = ParamTensors::leaves(params, &tape);
     let output = f(&leaves)?;
     if output.tape().is_some_and(|t| !t.same_as(&tape)) {
         return Err(Error::DifferentTapes { op: "check_grads" });
@@ -262,7 +248,7 @@ where
 
     // Numeric side: the function at perturbed params, with no tape.
     let evaluate = |perturbed: &Params<f64>| -> Result<ArrayD<f64>> {
-        let out = f(&ParamTensors::constants(perturbed).with_frozen(frozen)?)?;
+        let out = f(&ParamTensors::constants(perturbed))?;
         Ok(out.value().clone())
     };
     let perturbed = |path: &str, step: &ArrayD<f64>| -> Params<f64> {
