@@ -18,14 +18,19 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
+
+mod data;
+mod plot;
+
+use data::Data;
 use indicatif::{ProgressBar, ProgressStyle};
-use ndarray::{Array2, Axis};
-use plotters::prelude::*;
+use ndarray::Axis;
+use plot::{History, plot};
 use tapegrad::checkpoint::{self, LoadMode};
 use tapegrad::nn::{BatchNorm, Dense, Mlp};
 use tapegrad::optim::{Adam, LearningRate, Optimizer, Sgd};
 use tapegrad::{
-    Apply, ModuleExt, Mutable, SplitMix64, Tensor, Variables, softmax_cross_entropy,
+    Apply, ModuleExt, Mutable, SplitMix64, Variables, softmax_cross_entropy,
     value_and_grad_with_aux,
 };
 
@@ -72,54 +77,6 @@ enum OptimizerKind {
     Sgd,
     /// Adam (learning rate scaled by 1/10).
     Adam,
-}
-
-/// Features `(n, 11)` and classes `0..6` (quality 3 to 8).
-struct Data {
-    x: Array2<f32>,
-    y: Vec<usize>,
-}
-
-impl Data {
-    fn load(path: &Path) -> Result<Data, Box<dyn Error>> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let (mut features, mut labels) = (Vec::new(), Vec::new());
-        for (line_no, line) in text.lines().enumerate().skip(1) {
-            let fields: Vec<f32> = line
-                .split(',')
-                .map(str::parse)
-                .collect::<Result<_, _>>()
-                .map_err(|e| format!("{}:{}: {e}", path.display(), line_no + 1))?;
-            let (quality, measurements) = fields.split_last().ok_or("empty line")?;
-            features.extend_from_slice(measurements);
-            labels.push(
-                (*quality as usize)
-                    .checked_sub(3)
-                    .ok_or("quality below 3")?,
-            );
-        }
-        let n = labels.len();
-        Ok(Data {
-            x: Array2::from_shape_vec((n, features.len() / n.max(1)), features)?,
-            y: labels,
-        })
-    }
-
-    fn rows(&self, idx: &[usize]) -> (Tensor<f32>, Vec<usize>) {
-        let x = self.x.select(Axis(0), idx).into_dyn();
-        (
-            Tensor::constant(x),
-            idx.iter().map(|&i| self.y[i]).collect(),
-        )
-    }
-}
-
-/// What one model recorded per epoch.
-#[derive(Default)]
-struct History {
-    train_loss: Vec<f64>,
-    test_accuracy: Vec<f64>,
 }
 
 fn accuracy(model: &Mlp, vars: &Variables<f32>, data: &Data, idx: &[usize]) -> f64 {
@@ -257,83 +214,6 @@ fn train(
         history.test_accuracy.push(test_accuracy);
     }
     Ok((history, vars))
-}
-
-fn plot(path: &Path, runs: &[(&str, &History)], baseline: f64) -> Result<(), Box<dyn Error>> {
-    let root = SVGBackend::new(path, (1000, 420)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let (left, right) = root.split_horizontally(500);
-    let epochs = runs
-        .iter()
-        .map(|(_, h)| h.train_loss.len())
-        .max()
-        .unwrap_or(1);
-    let finite_max = |values: &mut dyn Iterator<Item = f64>| {
-        values.filter(|v| v.is_finite()).fold(0.0, f64::max)
-    };
-    let losses = || runs.iter().flat_map(|(_, h)| h.train_loss.iter().copied());
-    let max_loss = finite_max(&mut losses());
-    let min_loss = losses().filter(|v| v.is_finite()).fold(max_loss, f64::min);
-    let colours = [BLUE, RED];
-
-    let mut chart = ChartBuilder::on(&left)
-        .caption("train loss (cross-entropy)", ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(30)
-        .y_label_area_size(45)
-        // Log scale: the first epoch without BatchNorm is far above the rest.
-        .build_cartesian_2d(1..epochs, (min_loss * 0.9..max_loss * 1.1).log_scale())?;
-    chart.configure_mesh().x_desc("epoch").draw()?;
-    for ((name, history), colour) in runs.iter().zip(colours) {
-        let points = history
-            .train_loss
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| (i + 1, l));
-        chart
-            .draw_series(LineSeries::new(points.filter(|p| p.1.is_finite()), colour))?
-            .label(*name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour));
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE)
-        .border_style(BLACK)
-        .draw()?;
-
-    let mut chart = ChartBuilder::on(&right)
-        .caption("test accuracy (evaluation mode)", ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(30)
-        .y_label_area_size(45)
-        .build_cartesian_2d(1..epochs, 0.0..1.0)?;
-    chart.configure_mesh().x_desc("epoch").draw()?;
-    for ((name, history), colour) in runs.iter().zip(colours) {
-        let points = history
-            .test_accuracy
-            .iter()
-            .enumerate()
-            .map(|(i, &a)| (i + 1, a));
-        chart
-            .draw_series(LineSeries::new(points, colour))?
-            .label(*name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour));
-    }
-    chart
-        .draw_series(LineSeries::new(
-            [(1, baseline), (epochs, baseline)],
-            BLACK.mix(0.5),
-        ))?
-        .label("majority class")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK.mix(0.5)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE)
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
