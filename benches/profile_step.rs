@@ -2,7 +2,7 @@
 //! `cargo bench --bench profile_step -- S 5000` prints the mean time per step.
 //! (Criterion's timings are in `train_step`; this one exists to be profiled.)
 
-#[path = "workload.rs"]
+#[path = "support/workload.rs"]
 mod workload;
 
 fn main() {

@@ -4,7 +4,7 @@
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use tapegrad::{Apply, ModuleExt, Mutable, ParamTensors, Tape, softmax_cross_entropy};
 
-#[path = "workload.rs"]
+#[path = "support/workload.rs"]
 mod workload;
 use workload::{L, M, S, Workload};
 
