@@ -7,8 +7,18 @@
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
+use ndarray::ArrayD;
+
+use crate::collection::require_disjoint;
 use crate::tape::Tape;
 use crate::{Error, Float, Grads, Params, Result, Tensor};
+
+/// A param read as a constant, labelled with its full name for printed tapes.
+fn param_constant<A: Float>(path: &str, value: &Arc<ArrayD<A>>) -> Tensor<A> {
+    Tensor::from_shared(Arc::clone(value)).with_label(format!("params/{path}"))
+}
 
 /// The params as tensors, as a closure passed to [`value_and_grad`] sees them: tracked
 /// leaves of the tape (or constants, when a model is evaluated without gradients).
@@ -21,11 +31,7 @@ impl<A: Float> ParamTensors<A> {
     pub fn constants(params: &Params<A>) -> Self {
         let tensors = params
             .iter_shared()
-            .map(|(path, value)| {
-                let constant =
-                    Tensor::from_shared(value.clone()).with_label(format!("params/{path}"));
-                (path.clone(), constant)
-            })
+            .map(|(path, value)| (path.clone(), param_constant(path, value)))
             .collect();
         ParamTensors { tensors }
     }
@@ -78,22 +84,12 @@ impl<A: Float> ParamTensors<A> {
     /// computation but are not leaves, so they get no gradient entry at all.
     /// An error naming the paths if both sets have a path in common.
     pub fn with_frozen(&self, frozen: &Params<A>) -> Result<Self> {
-        let shared: Vec<String> = frozen
-            .paths()
-            .filter(|p| self.tensors.contains_key(*p))
-            .map(String::from)
-            .collect();
-        if !shared.is_empty() {
-            return Err(Error::KeyMismatch {
-                op: "ParamTensors::with_frozen",
-                missing: Vec::new(),
-                unexpected: shared,
-            });
-        }
+        require_disjoint("ParamTensors::with_frozen", frozen.paths(), |p| {
+            self.tensors.contains_key(p)
+        })?;
         let mut tensors = self.tensors.clone();
         for (path, value) in frozen.iter_shared() {
-            let constant = Tensor::from_shared(value.clone()).with_label(format!("params/{path}"));
-            tensors.insert(path.clone(), constant);
+            tensors.insert(path.clone(), param_constant(path, value));
         }
         Ok(ParamTensors { tensors })
     }

@@ -151,6 +151,25 @@ impl<A: Float> fmt::Debug for Collection<A> {
     }
 }
 
+/// An error naming every path of `incoming` that `present` already holds, if any: joining
+/// two sets of params must never silently let one value shadow another.
+pub(crate) fn require_disjoint<'a>(
+    op: &'static str,
+    incoming: impl Iterator<Item = &'a str>,
+    present: impl Fn(&str) -> bool,
+) -> Result<()> {
+    let shared: Vec<String> = incoming.filter(|p| present(p)).map(String::from).collect();
+    if shared.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::KeyMismatch {
+            op,
+            missing: Vec::new(),
+            unexpected: shared,
+        })
+    }
+}
+
 /// The `params` collection: the only variables that are differentiated and optimized.
 ///
 /// `Params` is its own type, not a `Collection` with a name, so that the compiler enforces
@@ -205,18 +224,7 @@ impl<A: Float> Params<A> {
     /// The union of two disjoint sets of params (undoes [`Params::partition`]); an error
     /// naming the shared paths if they overlap.
     pub fn merged(&self, other: &Params<A>) -> Result<Params<A>> {
-        let shared: Vec<String> = other
-            .paths()
-            .filter(|p| self.contains(p))
-            .map(String::from)
-            .collect();
-        if !shared.is_empty() {
-            return Err(Error::KeyMismatch {
-                op: "Params::merged",
-                missing: Vec::new(),
-                unexpected: shared,
-            });
-        }
+        require_disjoint("Params::merged", other.paths(), |p| self.contains(p))?;
         let mut out = self.clone();
         for (path, value) in other.0.iter_shared() {
             out.0.insert_shared(path.clone(), Arc::clone(value));

@@ -235,6 +235,7 @@ impl<'a, A: Float> Scope<'a, A> {
         check_shape(collection, &path, &value, shape)?;
         Ok(Variable {
             ctx: self.ctx,
+            label: format!("{collection}/{path}").into(),
             collection: collection.to_string(),
             path,
         })
@@ -309,6 +310,8 @@ impl<'a, A: Float> Scope<'a, A> {
 /// ```
 pub struct Variable<'a, A: Float> {
     ctx: &'a Context<'a, A>,
+    /// The full name, built once: every read labels its constant with it.
+    label: Arc<str>,
     collection: String,
     path: String,
 }
@@ -316,11 +319,13 @@ pub struct Variable<'a, A: Float> {
 impl<A: Float> Variable<'_, A> {
     /// The current value (as written earlier in this run, else as stored), as a constant.
     pub fn value(&self) -> Tensor<A> {
-        let value = self
-            .ctx
+        Tensor::from_shared(self.current()).with_label(Arc::clone(&self.label))
+    }
+
+    fn current(&self) -> Arc<ArrayD<A>> {
+        self.ctx
             .read(&self.collection, &self.path)
-            .expect("a variable handle exists only for a variable that exists");
-        Tensor::from_shared(value).with_label(format!("{}/{}", self.collection, self.path))
+            .expect("a variable handle exists only for a variable that exists")
     }
 
     /// Writes a new value. An error, with nothing written, if the collection is not mutable
@@ -333,8 +338,7 @@ impl<A: Float> Variable<'_, A> {
                 path: self.path.clone(),
             });
         }
-        let current = self.value();
-        check_shape(&self.collection, &self.path, &value, current.shape())?;
+        check_shape(&self.collection, &self.path, &value, self.current().shape())?;
         self.ctx
             .written
             .borrow_mut()
