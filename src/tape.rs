@@ -11,7 +11,7 @@ use std::fmt;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use ndarray::ArrayD;
+use ndarray::{ArrayD, Dimension, IxDyn};
 
 use crate::shape::{broadcast_shape, sum_to_shape};
 use crate::{Error, Float, Result, Tensor};
@@ -58,7 +58,8 @@ impl Operand {
 
 pub(crate) struct Node<A: Float> {
     pub(crate) kind: NodeKind<A>,
-    pub(crate) shape: Vec<usize>,
+    /// `IxDyn` keeps up to four dimensions inline: no allocation per node.
+    pub(crate) shape: IxDyn,
 }
 
 /// A Wengert list recording operations on tracked tensors.
@@ -121,7 +122,7 @@ impl<A: Float> Tape<A> {
     ) -> Tensor<A> {
         let id = self.push(Node {
             kind: NodeKind::Leaf { name },
-            shape: value.shape().to_vec(),
+            shape: value.raw_dim(),
         });
         Tensor::tracked(value, self.clone(), id)
     }
@@ -153,14 +154,14 @@ impl<A: Float> Tape<A> {
                     op: "leaf",
                     name: name.clone(),
                     inputs: Vec::new(),
-                    shape: node.shape.clone(),
+                    shape: node.shape.slice().to_vec(),
                 },
                 NodeKind::Op { op, inputs, .. } => TapeEntry {
                     id,
                     op,
                     name: None,
                     inputs: inputs.clone(),
-                    shape: node.shape.clone(),
+                    shape: node.shape.slice().to_vec(),
                 },
             })
             .collect()
@@ -178,16 +179,18 @@ impl<A: Float> Tape<A> {
         let mut grads: Vec<Option<ArrayD<A>>> = Vec::new();
         grads.resize_with(root + 1, || None);
         grads[root] = Some(seed);
+        let mut needs: Vec<bool> = Vec::new(); // reused: no allocation per node
         for id in (0..=root).rev() {
             let NodeKind::Op { op, inputs, vjp } = &nodes[id].kind else {
                 continue; // a leaf keeps its gradient: that is the result
             };
             // An intermediate gradient is consumed here and released.
             let Some(g) = grads[id].take() else { continue };
-            let needs: Vec<bool> = inputs.iter().map(|i| i.node().is_some()).collect();
+            needs.clear();
+            needs.extend(inputs.iter().map(|i| i.node().is_some()));
             for (input, contribution) in inputs.iter().zip(vjp(g, &needs)) {
                 if let (Operand::Node(parent), Some(c)) = (input, contribution) {
-                    accumulate(op, &mut grads[*parent], c, &nodes[*parent].shape)?;
+                    accumulate(op, &mut grads[*parent], c, nodes[*parent].shape.slice())?;
                 }
             }
         }

@@ -213,6 +213,17 @@ pub(crate) fn record<A: Float>(
     value: ArrayD<A>,
     vjp: impl Fn(ArrayD<A>, &[bool]) -> Vec<Option<ArrayD<A>>> + 'static,
 ) -> Result<Tensor<A>> {
+    record_shared(op, inputs, Arc::new(value), vjp)
+}
+
+/// [`record`] for a value the VJP shares (it keeps a clone of the `Arc`, as ReLU's mask
+/// reads the output), so the output is not copied.
+pub(crate) fn record_shared<A: Float>(
+    op: &'static str,
+    inputs: &[&Tensor<A>],
+    value: Arc<ArrayD<A>>,
+    vjp: impl Fn(ArrayD<A>, &[bool]) -> Vec<Option<ArrayD<A>>> + 'static,
+) -> Result<Tensor<A>> {
     let mut tape: Option<&Tape<A>> = None;
     for t in inputs {
         if let Some((other, _)) = t.node() {
@@ -222,7 +233,6 @@ pub(crate) fn record<A: Float>(
             }
         }
     }
-    let value = Arc::new(value);
     let Some(tape) = tape else {
         // A constant computed from labelled constants keeps the first label: its provenance.
         let label = inputs.iter().find_map(|t| t.label.clone());
@@ -237,7 +247,7 @@ pub(crate) fn record<A: Float>(
             inputs: inputs.iter().map(|t| t.operand()).collect(),
             vjp: Box::new(vjp),
         },
-        shape: value.shape().to_vec(),
+        shape: value.raw_dim(),
     });
     Ok(Tensor::tracked(value, tape.clone(), id))
 }
@@ -271,7 +281,7 @@ pub(crate) fn record_unary_shared<A: Float>(
             inputs: vec![Operand::Node(input_id)],
             vjp: Box::new(move |g, _| vec![Some(vjp(g))]),
         },
-        shape: value.shape().to_vec(),
+        shape: value.raw_dim(),
     });
     Tensor::tracked(value, tape.clone(), id)
 }

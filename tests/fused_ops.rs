@@ -77,6 +77,25 @@ proptest! {
     }
 
     #[test]
+    fn batch_norm_with_relu_in_its_node_equals_batch_norm_then_relu(
+        (x, scale, bias) in (2..7usize, 1..5usize).prop_flat_map(|(n, f)| (
+            arrays::<f64>(vec![n, f], -3.0..3.0), arrays::<f64>(vec![f], 0.5..2.0), arrays::<f64>(vec![f], -1.0..1.0))),
+    ) {
+        let params: Params<f64> = [("x".into(), x), ("scale".into(), scale), ("bias".into(), bias)].into_iter().collect();
+        let train = Apply::train().mutable(Mutable::only(["batch_stats"]));
+        let apply = |layer: BatchNorm, p: &ParamTensors<f64>| -> Result<Tensor<f64>> {
+            let x = p.get("x")?;
+            let vars = layer.init(0, &x.detach())?;
+            Ok(layer.apply_tracked(p, &vars, x, &train)?.0)
+        };
+        compare(
+            &params,
+            |p| apply(BatchNorm::new().with_relu(), p),
+            |p| Ok(apply(BatchNorm::new(), p)?.relu()),
+        )?;
+    }
+
+    #[test]
     fn fused_linear_equals_matmul_plus_bias(
         (x, w, b) in (1..5usize, 1..5usize, 1..5usize).prop_flat_map(|(n, i, o)| (
             arrays::<f64>(vec![n, i], -2.0..2.0), arrays::<f64>(vec![i, o], -2.0..2.0), arrays::<f64>(vec![o], -2.0..2.0))),

@@ -93,10 +93,14 @@ impl<'a, A: Float> Context<'a, A> {
 
 fn join(prefix: &str, name: &str) -> String {
     if prefix.is_empty() {
-        name.to_string()
-    } else {
-        format!("{prefix}/{name}")
+        return name.to_string();
     }
+    // Not `format!`: this runs for every param and variable of every apply.
+    let mut path = String::with_capacity(prefix.len() + 1 + name.len());
+    path.push_str(prefix);
+    path.push('/');
+    path.push_str(name);
+    path
 }
 
 fn check_shape<A: Float>(
@@ -235,7 +239,7 @@ impl<'a, A: Float> Scope<'a, A> {
         check_shape(collection, &path, &value, shape)?;
         Ok(Variable {
             ctx: self.ctx,
-            label: format!("{collection}/{path}").into(),
+            label: join(collection, &path).into(),
             collection: collection.to_string(),
             path,
         })

@@ -1,6 +1,7 @@
 //! `BatchNorm` with running statistics in the `batch_stats` collection.
 
 use crate::nn::init;
+use crate::ops::fused::{Then, batch_norm_train};
 use crate::{Error, Float, Module, Result, Scope, Tensor};
 
 /// Batch normalisation over every axis but the last (the features).
@@ -31,6 +32,10 @@ pub struct BatchNorm {
     /// Force evaluation (`Some(true)`) or training (`Some(false)`) behaviour; `None` follows
     /// the mode given to `apply`.
     pub use_running_average: Option<bool>,
+    /// Apply ReLU to the output. In training mode it runs inside the BatchNorm node (one
+    /// pass and one array fewer than a separate ReLU, and the mask is read off the output);
+    /// [`Mlp`](crate::nn::Mlp) sets it when its activation is ReLU. The variables are the same.
+    pub relu: bool,
 }
 
 impl Default for BatchNorm {
@@ -39,6 +44,7 @@ impl Default for BatchNorm {
             momentum: 0.99,
             epsilon: 1e-5,
             use_running_average: None,
+            relu: false,
         }
     }
 }
@@ -57,6 +63,11 @@ impl BatchNorm {
     /// The same layer with another epsilon.
     pub fn epsilon(self, epsilon: f64) -> Self {
         BatchNorm { epsilon, ..self }
+    }
+
+    /// The same layer followed by ReLU (see [`BatchNorm::relu`]).
+    pub fn with_relu(self) -> Self {
+        BatchNorm { relu: true, ..self }
     }
 }
 
@@ -87,19 +98,22 @@ impl<A: Float> Module<A> for BatchNorm {
             // Constants only in the statistics: no node is recorded for them.
             let inv_std = running_var.value().add_scalar(eps).sqrt().recip();
             let normalized = x.sub(&running_mean.value())?.mul(&inv_std)?;
-            return normalized.mul(&scale)?.add(&bias);
+            let y = normalized.mul(&scale)?.add(&bias)?;
+            return Ok(if self.relu { y.relu() } else { y });
         }
         // One fused node; its closed-form backward flows through the batch statistics
-        // (see ops/fused.rs, and tests/fused_ops.rs for the check against the composite).
-        let (y, mean, var) = crate::ops::fused::batch_norm_train(x, &scale, &bias, eps)?;
+        // (see ops/fused/batch_norm.rs, and tests/fused_ops.rs for the check against the
+        // composite).
+        let then = if self.relu { Then::Relu } else { Then::Nothing };
+        let (y, batch) = batch_norm_train(x, &scale, &bias, eps, then)?;
         if !scope.is_initializing() {
             // Values, not tensors: the update is detached by type.
             let m = A::of(self.momentum);
             let blend = |old: &Tensor<A>, new: ndarray::Array1<A>| {
                 old.value() * m + &(new.into_dyn() * (A::one() - m))
             };
-            running_mean.set(blend(&running_mean.value(), mean))?;
-            running_var.set(blend(&running_var.value(), var))?;
+            running_mean.set(blend(&running_mean.value(), batch.mean))?;
+            running_var.set(blend(&running_var.value(), batch.var))?;
         }
         Ok(y)
     }

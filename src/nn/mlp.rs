@@ -74,10 +74,17 @@ impl<A: Float> Module<A> for Mlp {
         let mut x = x.clone();
         for &width in &self.hidden {
             x = scope.call(&Dense::new(width), &x)?;
-            if let Some(bn) = &self.batch_norm {
-                x = scope.call(bn, &x)?;
+            match &self.batch_norm {
+                // ReLU inside the BatchNorm node: same variables, one pass fewer.
+                Some(bn) if self.activation == Activation::Relu => {
+                    x = scope.call(&bn.clone().with_relu(), &x)?;
+                }
+                Some(bn) => {
+                    x = scope.call(bn, &x)?;
+                    x = self.activation.apply(&x);
+                }
+                None => x = self.activation.apply(&x),
             }
-            x = self.activation.apply(&x);
             if let Some(rate) = self.dropout {
                 x = scope.call(&Dropout::new(rate), &x)?;
             }

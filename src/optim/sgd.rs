@@ -92,19 +92,23 @@ impl<A: Float> Optimizer<A> for Sgd<A> {
         );
         for (path, p) in params.iter_mut() {
             let g = grads.get(path).expect("keys checked");
-            // One pass per param, in place: no copy of the gradient or the velocity.
             if self.momentum == 0.0 {
-                Zip::from(p)
-                    .and(g)
-                    .for_each(|p, &g| *p -= lr * (g + decay * *p));
+                for_each_pair(p, g, |p, g| *p -= lr * (g + decay * *p));
+                continue;
+            }
+            if !self.velocities.contains_key(path) {
+                self.velocities
+                    .insert(path.to_string(), ArrayD::zeros(g.raw_dim()));
+            }
+            let v = self.velocities.get_mut(path).expect("inserted above");
+            // One pass per param, in place: no copy of the gradient or the velocity.
+            if nesterov {
+                for_each_triple(p, v, g, |p, v, g| {
+                    *p -= lr * heavy_ball(v, g + decay * *p, mu, true)
+                });
             } else {
-                let v = self
-                    .velocities
-                    .entry(path.to_string())
-                    .or_insert_with(|| ArrayD::zeros(g.raw_dim()));
-                Zip::from(p).and(v).and(g).for_each(|p, v, &g| {
-                    let direction = heavy_ball(v, g + decay * *p, mu, nesterov);
-                    *p -= lr * direction;
+                for_each_triple(p, v, g, |p, v, g| {
+                    *p -= lr * heavy_ball(v, g + decay * *p, mu, false)
                 });
             }
         }
@@ -114,5 +118,31 @@ impl<A: Float> Optimizer<A> for Sgd<A> {
 
     fn steps(&self) -> usize {
         self.steps
+    }
+}
+
+/// `f(p, g)` for each element pair, over plain slices when both are in standard layout (the
+/// loop then vectorises), through `Zip` otherwise.
+fn for_each_pair<A: Float>(p: &mut ArrayD<A>, g: &ArrayD<A>, f: impl Fn(&mut A, A)) {
+    if let (Some(ps), Some(gs)) = (p.as_slice_mut(), g.as_slice()) {
+        ps.iter_mut().zip(gs).for_each(|(p, &g)| f(p, g));
+    } else {
+        Zip::from(p).and(g).for_each(|p, &g| f(p, g));
+    }
+}
+
+/// `f(p, v, g)` for each element triple; as [`for_each_pair`].
+fn for_each_triple<A: Float>(
+    p: &mut ArrayD<A>,
+    v: &mut ArrayD<A>,
+    g: &ArrayD<A>,
+    f: impl Fn(&mut A, &mut A, A),
+) {
+    if let (Some(ps), Some(vs), Some(gs)) = (p.as_slice_mut(), v.as_slice_mut(), g.as_slice()) {
+        for ((p, v), &g) in ps.iter_mut().zip(vs).zip(gs) {
+            f(p, v, g);
+        }
+    } else {
+        Zip::from(p).and(v).and(g).for_each(|p, v, &g| f(p, v, g));
     }
 }

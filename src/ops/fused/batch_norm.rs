@@ -1,0 +1,152 @@
+//! Training-mode batch normalisation, optionally followed by ReLU, as one node.
+//!
+//! Per feature over the `N` rows: `μ = Σx/N`, `σ² = Σ(x−μ)²/N`, `x̂ = (x−μ)/√(σ²+ε)`,
+//! `z = γ x̂ + β`, and `y = z` or `y = max(z, 0)`.
+//!
+//! Backward, with `g` the gradient of `y` and `g' = g · [y > 0]` (or `g' = g` without
+//! ReLU): `dβ = Σg'`, `dγ = Σ g' x̂`, and since `x̂` depends on `x` through `μ` and `σ²` too,
+//! ```text
+//! dx = γ / (N √(σ²+ε)) · (N g' − Σg' − x̂ Σ(g' x̂))
+//! ```
+//! (the two sums remove the components of `g'` along the directions that normalisation
+//! makes invisible: a shift of the batch and a scaling of it).
+//!
+//! Why it is written this way (the `train_step` bench, see docs/performance.md): every loop
+//! runs along contiguous rows of plain slices, so it vectorises; the node keeps the input
+//! and the output it already shares with its neighbours instead of a new `x̂` (recomputed in
+//! backward, one subtraction and one product per element); the ReLU mask is read off the
+//! output; and backward writes `dx` into the incoming gradient's buffer. Forward makes one
+//! new array and three passes, backward none and two.
+
+use std::sync::Arc;
+
+use ndarray::{Array1, ArrayD};
+
+use super::{rows, standard_layout};
+use crate::tensor::record_shared;
+use crate::{Error, Float, Result, Tensor};
+
+/// What follows the normalisation inside the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Then {
+    Nothing,
+    Relu,
+}
+
+/// The batch's statistics, plain values for the running averages: mean and biased variance.
+pub(crate) struct BatchStatistics<A> {
+    pub(crate) mean: Array1<A>,
+    pub(crate) var: Array1<A>,
+}
+
+/// Normalises `x` `(…, F)` over every axis but the last with `scale` and `bias` `(F)`,
+/// then applies `then`. Returns the output and the batch statistics.
+pub(crate) fn batch_norm_train<A: Float>(
+    x: &Tensor<A>,
+    scale: &Tensor<A>,
+    bias: &Tensor<A>,
+    epsilon: A,
+    then: Then,
+) -> Result<(Tensor<A>, BatchStatistics<A>)> {
+    let Some(&features) = x.shape().last().filter(|&&f| f > 0) else {
+        return Err(Error::invalid(
+            "BatchNorm",
+            x.shape(),
+            "expected (…, features) with at least one feature",
+        ));
+    };
+    if scale.shape() != [features] || bias.shape() != [features] {
+        return Err(Error::incompatible(
+            "BatchNorm",
+            x.shape(),
+            scale.shape(),
+            "scale and bias must be (features)",
+        ));
+    }
+    let input = standard_layout(x.shared_value());
+    let xs = input.as_slice().expect("standard layout");
+    let count = A::of((xs.len() / features) as f64);
+    let gamma = scale.value().iter().copied().collect::<Vec<A>>();
+    let beta = bias.value().iter().copied().collect::<Vec<A>>();
+
+    // Two passes for the statistics (the one-pass E[x²]−E[x]² loses digits when |μ| ≫ σ).
+    let mut mean = vec![A::zero(); features];
+    for row in xs.chunks_exact(features) {
+        rows::add(&mut mean, row);
+    }
+    mean.iter_mut().for_each(|m| *m /= count);
+    let mut var = vec![A::zero(); features];
+    for row in xs.chunks_exact(features) {
+        rows::add_squared_deviation(&mut var, row, &mean);
+    }
+    var.iter_mut().for_each(|v| *v /= count);
+    let inv_std: Vec<A> = var.iter().map(|&v| (v + epsilon).sqrt().recip()).collect();
+    let slope: Vec<A> = gamma.iter().zip(&inv_std).map(|(&g, &s)| g * s).collect();
+
+    let mut y = vec![A::zero(); xs.len()];
+    for (y_row, x_row) in y.chunks_exact_mut(features).zip(xs.chunks_exact(features)) {
+        rows::affine(y_row, x_row, &mean, &slope, &beta);
+        if then == Then::Relu {
+            // A select rather than `max`, so the loop vectorises (NaN maps to 0 either way).
+            y_row
+                .iter_mut()
+                .for_each(|y| *y = if *y > A::zero() { *y } else { A::zero() });
+        }
+    }
+    let output =
+        Arc::new(ArrayD::from_shape_vec(x.shape(), y).expect("one output per input element"));
+
+    let statistics = BatchStatistics {
+        mean: Array1::from(mean.clone()),
+        var: Array1::from(var),
+    };
+    let kept_output = (then == Then::Relu).then(|| Arc::clone(&output));
+    let op = match then {
+        Then::Nothing => "batch_norm",
+        Then::Relu => "batch_norm_relu",
+    };
+    let tensor = record_shared(op, &[x, scale, bias], output, move |g, needs| {
+        let mut g = standard_layout_owned(g);
+        let xs = input.as_slice().expect("standard layout");
+        let gs = g.as_slice_mut().expect("standard layout");
+        if let Some(y) = &kept_output {
+            let ys = y.as_slice().expect("standard layout");
+            for (g, &y) in gs.iter_mut().zip(ys) {
+                *g = if y > A::zero() { *g } else { A::zero() };
+            }
+        }
+        let (mut sum_g, mut sum_g_xhat) = (vec![A::zero(); features], vec![A::zero(); features]);
+        for (g_row, x_row) in gs.chunks_exact(features).zip(xs.chunks_exact(features)) {
+            rows::add(&mut sum_g, g_row);
+            rows::add_gradient_times_normalized(&mut sum_g_xhat, g_row, x_row, &mean, &inv_std);
+        }
+        let dx = if needs[0] {
+            let coefficient: Vec<A> = slope.iter().map(|&a| a / count).collect();
+            let sums = rows::Sums {
+                count,
+                g: &sum_g,
+                g_xhat: &sum_g_xhat,
+            };
+            for (g_row, x_row) in gs.chunks_exact_mut(features).zip(xs.chunks_exact(features)) {
+                rows::input_gradient(g_row, x_row, &mean, &inv_std, &coefficient, &sums);
+            }
+            Some(g) // dx, written over the incoming gradient
+        } else {
+            None
+        };
+        vec![
+            dx,
+            needs[1].then(|| Array1::from(sum_g_xhat).into_dyn()),
+            needs[2].then(|| Array1::from(sum_g).into_dyn()),
+        ]
+    })?;
+    Ok((tensor, statistics))
+}
+
+fn standard_layout_owned<A: Float>(a: ArrayD<A>) -> ArrayD<A> {
+    if a.is_standard_layout() {
+        a
+    } else {
+        a.as_standard_layout().into_owned()
+    }
+}

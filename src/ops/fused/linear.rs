@@ -1,0 +1,61 @@
+//! `Dense`'s matmul and bias in one node.
+
+use ndarray::linalg::general_mat_mul;
+use ndarray::{Array1, ArrayView2, Axis};
+
+use super::{matrix, rows};
+use crate::tensor::record;
+use crate::{Error, Float, Result, Tensor};
+
+/// `x · w + b` for `x` `(n, in)`, `w` `(in, out)`, `b` `(out)`: a matmul and a broadcast
+/// add in one node. VJP: `dx = g wᵀ`, `dw = xᵀ g`, `db = Σ_rows g`.
+pub(crate) fn linear<A: Float>(x: &Tensor<A>, w: &Tensor<A>, b: &Tensor<A>) -> Result<Tensor<A>> {
+    let (xv, wv) = (x.value(), w.value());
+    if xv.ndim() != 2
+        || wv.ndim() != 2
+        || xv.shape()[1] != wv.shape()[0]
+        || b.shape() != [wv.shape()[1]]
+    {
+        return Err(Error::incompatible(
+            "linear",
+            x.shape(),
+            w.shape(),
+            "expected x (n, in), w (in, out), b (out)",
+        ));
+    }
+    // The bias first, then the product accumulated onto it: no separate pass for `+ b`.
+    let out = wv.shape()[1];
+    let bias_row = b
+        .value()
+        .view()
+        .into_shape_with_order(out)
+        .expect("checked (out)");
+    let mut y = bias_row
+        .broadcast((xv.shape()[0], out))
+        .expect("a row broadcasts to rows")
+        .to_owned();
+    general_mat_mul(A::one(), &matrix(xv), &matrix(wv), A::one(), &mut y);
+    let (x_in, w_in) = (x.shared_value(), w.shared_value());
+    record("linear", &[x, w, b], y.into_dyn(), move |g, needs| {
+        let g = matrix(&g);
+        vec![
+            needs[0].then(|| g.dot(&matrix(&w_in).t()).into_dyn()),
+            needs[1].then(|| matrix(&x_in).t().dot(&g).into_dyn()),
+            needs[2].then(|| column_sums(g).into_dyn()),
+        ]
+    })
+}
+
+/// `Σ_rows g`, row by row along contiguous memory when `g` is in standard layout.
+fn column_sums<A: Float>(g: ArrayView2<'_, A>) -> Array1<A> {
+    let Some(values) = g.as_slice() else {
+        return g.sum_axis(Axis(0));
+    };
+    let mut sums = vec![A::zero(); g.ncols()];
+    if !sums.is_empty() {
+        for row in values.chunks_exact(sums.len()) {
+            rows::add(&mut sums, row);
+        }
+    }
+    Array1::from(sums)
+}
