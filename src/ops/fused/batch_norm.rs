@@ -87,7 +87,10 @@ pub(crate) fn batch_norm_train<A: Float>(
     for (y_row, x_row) in y.chunks_exact_mut(features).zip(xs.chunks_exact(features)) {
         rows::affine(y_row, x_row, &mean, &slope, &beta);
         if then == Then::Relu {
-            rows::relu(y_row);
+            // A select rather than `max`, so the loop vectorises (NaN maps to 0 either way).
+            y_row
+                .iter_mut()
+                .for_each(|y| *y = if *y > A::zero() { *y } else { A::zero() });
         }
     }
     let output =
@@ -106,19 +109,14 @@ pub(crate) fn batch_norm_train<A: Float>(
         let mut g = standard_layout_owned(g);
         let xs = input.as_slice().expect("standard layout");
         let gs = g.as_slice_mut().expect("standard layout");
-        let ys = kept_output
-            .as_ref()
-            .map(|y| y.as_slice().expect("standard layout"));
-        let (mut sum_g, mut sum_g_xhat) = (vec![A::zero(); features], vec![A::zero(); features]);
-        // Row by row, so a row is still in L1 cache for the second and third loop.
-        for (r, (g_row, x_row)) in gs
-            .chunks_exact_mut(features)
-            .zip(xs.chunks_exact(features))
-            .enumerate()
-        {
-            if let Some(ys) = ys {
-                rows::relu_mask(g_row, &ys[r * features..(r + 1) * features]);
+        if let Some(y) = &kept_output {
+            let ys = y.as_slice().expect("standard layout");
+            for (g, &y) in gs.iter_mut().zip(ys) {
+                *g = if y > A::zero() { *g } else { A::zero() };
             }
+        }
+        let (mut sum_g, mut sum_g_xhat) = (vec![A::zero(); features], vec![A::zero(); features]);
+        for (g_row, x_row) in gs.chunks_exact(features).zip(xs.chunks_exact(features)) {
             rows::add(&mut sum_g, g_row);
             rows::add_gradient_times_normalized(&mut sum_g_xhat, g_row, x_row, &mean, &inv_std);
         }

@@ -71,20 +71,3 @@ pub(crate) fn input_gradient<A: Float>(
         g[j] = coefficient[j] * (sums.count * g[j] - sum_g[j] - x_hat * sum_g_xhat[j]);
     }
 }
-
-/// `row = max(row, 0)`, as a select rather than `max` so the loop vectorises (NaN maps to 0
-/// either way).
-pub(crate) fn relu<A: Float>(row: &mut [A]) {
-    for y in row {
-        *y = if *y > A::zero() { *y } else { A::zero() };
-    }
-}
-
-/// `g = g · [y > 0]`: ReLU's backward, read off its output `y`.
-pub(crate) fn relu_mask<A: Float>(g: &mut [A], y: &[A]) {
-    let n = g.len();
-    let y = &y[..n];
-    for j in 0..n {
-        g[j] = if y[j] > A::zero() { g[j] } else { A::zero() };
-    }
-}

@@ -68,7 +68,8 @@ fn run<const B: usize, const I: usize, const H: usize, const C: usize>(
         let loss = cross_entropy_with_logits_loss(logits, targets.clone());
         let value = loss.array();
         grads = loss.backward();
-        opt.update(&mut model, &grads).expect("every param has a gradient");
+        opt.update(&mut model, &grads)
+            .expect("every param has a gradient");
         model.zero_grads(&mut grads);
         value
     };

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The same-run comparison of docs/performance.md: tapegrad and each installed peer, one after
+# the other on the same two cores, for $ROUNDS rounds (default 3) interleaved so that a slow
+# spell of this shared machine hits everyone alike; then the table of each one's best median
+# and tapegrad's ratio to the fastest peer (summarize.py). Peers that are not installed are
+# skipped with a note. JAX/Flax and PyTorch are imported by $JAX_PYTHON and $TORCH_PYTHON
+# (default python3); dfdx builds in benches/peers/dfdx (about a minute, the first time).
+#
+#     benches/peers/compare.sh            # S, M and L
+#     ROUNDS=5 benches/peers/compare.sh S M
+set -u
+cd "$(dirname "$0")/../.."
+sizes=("$@")
+[ ${#sizes[@]} -eq 0 ] && sizes=(S M L)
+jax_python=${JAX_PYTHON:-python3}
+torch_python=${TORCH_PYTHON:-python3}
+log=$(mktemp)
+echo "# $(date -u +%FT%TZ), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores"
+
+cargo bench -q --bench step_times --no-run 2>/dev/null
+have_jax=$("$jax_python" -c "import jax, flax, optax" 2>/dev/null && echo yes)
+have_torch=$("$torch_python" -c "import torch" 2>/dev/null && echo yes)
+have_dfdx=$( (cd benches/peers/dfdx && cargo build --release -q 2>/dev/null) && echo yes)
+[ -n "$have_jax" ] || echo "# JAX and Flax skipped: jax, flax and optax not importable by $jax_python"
+[ -n "$have_torch" ] || echo "# PyTorch skipped: torch not importable by $torch_python"
+[ -n "$have_dfdx" ] || echo "# dfdx skipped: it did not build"
+
+for round in $(seq "${ROUNDS:-3}"); do
+  echo "# round $round" >&2
+  taskset -c 0,1 cargo bench -q --bench step_times -- "${sizes[@]}" 2>/dev/null | tee -a "$log"
+  (
+    cd benches/peers
+    if [ -n "$have_jax" ]; then
+      taskset -c 0,1 "$jax_python" jax_train_step.py "${sizes[@]}" 2>/dev/null
+      taskset -c 0,1 "$jax_python" nnx_train_step.py "${sizes[@]}" 2>/dev/null
+    fi
+    [ -n "$have_torch" ] && taskset -c 0,1 "$torch_python" torch_train_step.py "${sizes[@]}" 2>/dev/null
+    [ -n "$have_dfdx" ] && (cd dfdx && taskset -c 0,1 cargo run --release -q -- "${sizes[@]}")
+  ) | tee -a "$log"
+done
+python3 benches/peers/summarize.py < "$log"
+rm -f "$log"

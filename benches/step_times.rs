@@ -1,0 +1,63 @@
+//! The training step timed exactly as the peer scripts time theirs (benches/peers/, workload
+//! section 8): warm-up steps, then each timed step measured alone with a wall clock; prints one
+//! JSON line per size with the median, p10 and p90 in microseconds, like the peers do.
+//! `cargo bench --bench step_times -- S M L`. (criterion's statistics are in `train_step`.)
+
+use std::time::Instant;
+
+#[path = "support/workload.rs"]
+mod workload;
+
+fn main() {
+    // cargo bench passes --bench; the sizes are the other arguments.
+    let mut sizes: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    if sizes.is_empty() {
+        sizes = vec!["S".into(), "M".into(), "L".into()];
+    }
+    for size in sizes {
+        let (config, warmup, timed) = match size.as_str() {
+            "S" => (workload::S, 200, 500),
+            "M" => (workload::M, 100, 300),
+            "L" => (workload::L, 20, 60),
+            other => {
+                eprintln!("unknown size {other}: S, M or L");
+                continue;
+            }
+        };
+        let mut w = workload::Workload::new(config);
+        let started = Instant::now();
+        let first_loss = w.step();
+        let first_step_s = started.elapsed().as_secs_f64();
+        for _ in 0..warmup {
+            w.step();
+        }
+        let mut times: Vec<f64> = (0..timed)
+            .map(|_| {
+                let started = Instant::now();
+                std::hint::black_box(w.step());
+                started.elapsed().as_secs_f64() * 1e6
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        println!(
+            "{{\"peer\": \"tapegrad\", \"config\": \"{}\", \"median_us\": {:.1}, \"p10_us\": {:.1}, \"p90_us\": {:.1}, \"first_step_s\": {:.3}, \"first_loss\": {:.4}}}",
+            config.name,
+            quantile(&times, 0.5),
+            quantile(&times, 0.1),
+            quantile(&times, 0.9),
+            first_step_s,
+            first_loss
+        );
+    }
+}
+
+/// The `q` quantile of sorted values, interpolating linearly between order statistics (as
+/// numpy's default `percentile`, which the Python peers use).
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let at = q * (sorted.len() - 1) as f64;
+    let (low, high) = (at.floor() as usize, at.ceil() as usize);
+    sorted[low] + (sorted[high] - sorted[low]) * (at - low as f64)
+}
