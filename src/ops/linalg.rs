@@ -2,6 +2,7 @@
 
 use ndarray::{ArrayD, ArrayView2, Ix2};
 
+use crate::gemm;
 use crate::tensor::record;
 use crate::{Error, Float, Result, Tensor};
 
@@ -35,16 +36,11 @@ impl<A: Float> Tensor<A> {
                 "inner dimensions differ",
             ));
         }
-        let value = a.dot(&b).into_dyn();
+        let value = gemm::forward(self.shared_value(), other.shared_value(), None).into_dyn();
         let (a, b) = (self.shared_value(), other.shared_value());
         record("matmul", &[self, other], value, move |g, needs| {
-            let g = as_matrix(&g, "matmul").expect("gradient of a matmul is 2-D");
-            let a = as_matrix(&a, "matmul").expect("checked in forward");
-            let b = as_matrix(&b, "matmul").expect("checked in forward");
-            vec![
-                needs[0].then(|| g.dot(&b.t()).into_dyn()),
-                needs[1].then(|| a.t().dot(&g).into_dyn()),
-            ]
+            let (da, db) = gemm::backward(g, a.clone(), b.clone(), (needs[0], needs[1]));
+            vec![da.map(|d| d.into_dyn()), db.map(|d| d.into_dyn())]
         })
     }
 }

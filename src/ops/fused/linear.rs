@@ -1,9 +1,9 @@
 //! `Dense`'s matmul and bias in one node.
 
-use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, ArrayView2, Axis};
 
 use super::{matrix, rows};
+use crate::gemm;
 use crate::tensor::record;
 use crate::{Error, Float, Result, Tensor};
 
@@ -23,26 +23,12 @@ pub(crate) fn linear<A: Float>(x: &Tensor<A>, w: &Tensor<A>, b: &Tensor<A>) -> R
             "expected x (n, in), w (in, out), b (out)",
         ));
     }
-    // The bias first, then the product accumulated onto it: no separate pass for `+ b`.
-    let out = wv.shape()[1];
-    let bias_row = b
-        .value()
-        .view()
-        .into_shape_with_order(out)
-        .expect("checked (out)");
-    let mut y = bias_row
-        .broadcast((xv.shape()[0], out))
-        .expect("a row broadcasts to rows")
-        .to_owned();
-    general_mat_mul(A::one(), &matrix(xv), &matrix(wv), A::one(), &mut y);
+    let y = gemm::forward(x.shared_value(), w.shared_value(), Some(b.shared_value()));
     let (x_in, w_in) = (x.shared_value(), w.shared_value());
     record("linear", &[x, w, b], y.into_dyn(), move |g, needs| {
-        let g = matrix(&g);
-        vec![
-            needs[0].then(|| g.dot(&matrix(&w_in).t()).into_dyn()),
-            needs[1].then(|| matrix(&x_in).t().dot(&g).into_dyn()),
-            needs[2].then(|| column_sums(g).into_dyn()),
-        ]
+        let db = needs[2].then(|| column_sums(matrix(&g)).into_dyn());
+        let (dx, dw) = gemm::backward(g, x_in.clone(), w_in.clone(), (needs[0], needs[1]));
+        vec![dx.map(|d| d.into_dyn()), dw.map(|d| d.into_dyn()), db]
     })
 }
 
