@@ -43,13 +43,14 @@ fn main() {
             .collect();
         times.sort_by(f64::total_cmp);
         println!(
-            "{{\"peer\": \"tapegrad\", \"config\": \"{}\", \"median_us\": {:.1}, \"p10_us\": {:.1}, \"p90_us\": {:.1}, \"first_step_s\": {:.3}, \"first_loss\": {:.4}}}",
+            "{{\"peer\": \"tapegrad\", \"config\": \"{}\", \"median_us\": {:.1}, \"p10_us\": {:.1}, \"p90_us\": {:.1}, \"first_step_s\": {:.3}, \"first_loss\": {:.4}, \"peak_rss_mib\": {:.1}}}",
             config.name,
             quantile(&times, 0.5),
             quantile(&times, 0.1),
             quantile(&times, 0.9),
             first_step_s,
-            first_loss
+            first_loss,
+            peak_rss_mib()
         );
     }
 }
@@ -60,4 +61,15 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     let at = q * (sorted.len() - 1) as f64;
     let (low, high) = (at.floor() as usize, at.ceil() as usize);
     sorted[low] + (sorted[high] - sorted[low]) * (at - low as f64)
+}
+
+/// The process's peak resident size (VmHWM in /proc/self/status), in MiB; 0 where unknown.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
 }

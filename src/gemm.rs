@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use ndarray::linalg::general_mat_mul;
-use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewMut2, Ix2, s};
+use ndarray::{Array2, ArrayD, ArrayView2, Axis, Ix2, concatenate, s};
 
 use crate::Float;
 use crate::parallel;
@@ -25,32 +25,22 @@ fn matrix<A: Float>(a: &ArrayD<A>) -> ArrayView2<'_, A> {
         .expect("callers check that operands are matrices")
 }
 
-/// An `(m, n)` result whose rows `fill(range, rows)` computes: all here for a small product,
-/// the second half on the helper for a large one (`multiply_adds` says which).
+/// An `(m, ·)` result computed by `rows(range)` for ranges of its rows: all at once for a
+/// small product, the second half on the helper for a large one (`multiply_adds` says
+/// which), the halves then stacked (one copy of the result, much cheaper than the product).
 fn by_rows<A: Float>(
     m: usize,
-    n: usize,
     multiply_adds: usize,
-    fill: impl Fn(Range<usize>, &mut ArrayViewMut2<'_, A>) + Send + Sync + 'static,
+    rows: impl Fn(Range<usize>) -> Array2<A> + Send + Sync + 'static,
 ) -> Array2<A> {
-    let mut out = Array2::zeros((m, n));
     if multiply_adds < LARGE || m < 2 {
-        fill(0..m, &mut out.view_mut());
-        return out;
+        return rows(0..m);
     }
     let half = m / 2;
-    let fill = Arc::new(fill);
-    let helper_fill = Arc::clone(&fill);
-    let (bottom, ()) = parallel::join(
-        move || {
-            let mut bottom = Array2::zeros((m - half, n));
-            helper_fill(half..m, &mut bottom.view_mut());
-            bottom
-        },
-        || fill(0..half, &mut out.slice_mut(s![..half, ..])),
-    );
-    out.slice_mut(s![half.., ..]).assign(&bottom);
-    out
+    let rows = Arc::new(rows);
+    let helper_rows = Arc::clone(&rows);
+    let (bottom, top) = parallel::join(move || helper_rows(half..m), || rows(0..half));
+    concatenate(Axis(0), &[top.view(), bottom.view()]).expect("halves of one result")
 }
 
 /// `a · b (+ bias on every row)` for shared matrices `a (m, k)`, `b (k, n)`, `bias (n)`.
@@ -60,22 +50,19 @@ pub(crate) fn forward<A: Float>(
     bias: Option<Arc<ArrayD<A>>>,
 ) -> Array2<A> {
     let (m, k, n) = (a.shape()[0], a.shape()[1], b.shape()[1]);
-    by_rows(m, n, m * k * n, move |rows, out| {
-        let beta = match &bias {
-            Some(bias) => {
-                // The bias first, then the product accumulated onto it: no pass for `+ b`.
-                out.assign(&bias.view().into_shape_with_order(n).expect("(n)"));
-                A::one()
-            }
-            None => A::zero(),
+    by_rows(m, m * k * n, move |rows| {
+        let a_rows = matrix(&a).slice_move(s![rows, ..]);
+        let Some(bias) = &bias else {
+            return a_rows.dot(&matrix(&b));
         };
-        general_mat_mul(
-            A::one(),
-            &matrix(&a).slice(s![rows, ..]),
-            &matrix(&b),
-            beta,
-            out,
-        );
+        // The bias first, then the product accumulated onto it: no pass for `+ b`.
+        let bias = bias.view().into_shape_with_order(n).expect("(n)");
+        let mut out = bias
+            .broadcast((a_rows.nrows(), n))
+            .expect("a row broadcasts to rows")
+            .to_owned();
+        general_mat_mul(A::one(), &a_rows, &matrix(&b), A::one(), &mut out);
+        out
     })
 }
 
@@ -91,37 +78,23 @@ pub(crate) fn backward<A: Float>(
     let g = Arc::new(g);
     let da = {
         let (g, b) = (Arc::clone(&g), Arc::clone(&b));
-        move |rows: Range<usize>, out: &mut ArrayViewMut2<'_, A>| {
-            let g_rows = matrix(&g).slice_move(s![rows, ..]);
-            general_mat_mul(A::one(), &g_rows, &matrix(&b).t(), A::zero(), out);
-        }
+        move |rows: Range<usize>| matrix(&g).slice_move(s![rows, ..]).dot(&matrix(&b).t())
     };
-    let db = move |rows: Range<usize>, out: &mut ArrayViewMut2<'_, A>| {
+    let db = move |rows: Range<usize>| {
         let a_columns = matrix(&a).slice_move(s![.., rows]);
-        general_mat_mul(A::one(), &a_columns.t(), &matrix(&g), A::zero(), out);
+        a_columns.t().dot(&matrix(&g))
     };
     let multiply_adds = m * k * n;
     match wanted {
         (true, true) if multiply_adds >= LARGE => {
-            let (db, da) = parallel::join(move || whole(k, n, &db), move || whole(m, k, &da));
+            let (db, da) = parallel::join(move || db(0..k), move || da(0..m));
             (Some(da), Some(db))
         }
-        (true, true) => (Some(whole(m, k, &da)), Some(whole(k, n, &db))),
-        (true, false) => (Some(by_rows(m, k, multiply_adds, da)), None),
-        (false, true) => (None, Some(by_rows(k, n, multiply_adds, db))),
+        (true, true) => (Some(da(0..m)), Some(db(0..k))),
+        (true, false) => (Some(by_rows(m, multiply_adds, da)), None),
+        (false, true) => (None, Some(by_rows(k, multiply_adds, db))),
         (false, false) => (None, None),
     }
-}
-
-/// All rows of an `(m, n)` result on this thread.
-fn whole<A: Float>(
-    m: usize,
-    n: usize,
-    fill: &impl Fn(Range<usize>, &mut ArrayViewMut2<'_, A>),
-) -> Array2<A> {
-    let mut out = Array2::zeros((m, n));
-    fill(0..m, &mut out.view_mut());
-    out
 }
 
 #[cfg(test)]

@@ -25,18 +25,21 @@ have_dfdx=$( (cd benches/peers/dfdx && cargo build --release -q 2>/dev/null) && 
 [ -n "$have_torch" ] || echo "# PyTorch skipped: torch not importable by $torch_python"
 [ -n "$have_dfdx" ] || echo "# dfdx skipped: it did not build"
 
+# One fresh process per (framework, size), as workload.md section 8 asks.
 for round in $(seq "${ROUNDS:-3}"); do
   echo "# round $round" >&2
-  taskset -c 0,1 cargo bench -q --bench step_times -- "${sizes[@]}" 2>/dev/null | tee -a "$log"
-  (
-    cd benches/peers
-    if [ -n "$have_jax" ]; then
-      taskset -c 0,1 "$jax_python" jax_train_step.py "${sizes[@]}" 2>/dev/null
-      taskset -c 0,1 "$jax_python" nnx_train_step.py "${sizes[@]}" 2>/dev/null
-    fi
-    [ -n "$have_torch" ] && taskset -c 0,1 "$torch_python" torch_train_step.py "${sizes[@]}" 2>/dev/null
-    [ -n "$have_dfdx" ] && (cd dfdx && taskset -c 0,1 cargo run --release -q -- "${sizes[@]}")
-  ) | tee -a "$log"
+  for size in "${sizes[@]}"; do
+    taskset -c 0,1 cargo bench -q --bench step_times -- "$size" 2>/dev/null
+    (
+      cd benches/peers
+      if [ -n "$have_jax" ]; then
+        taskset -c 0,1 "$jax_python" jax_train_step.py "$size" 2>/dev/null
+        taskset -c 0,1 "$jax_python" nnx_train_step.py "$size" 2>/dev/null
+      fi
+      [ -n "$have_torch" ] && taskset -c 0,1 "$torch_python" torch_train_step.py "$size" 2>/dev/null
+      [ -n "$have_dfdx" ] && (cd dfdx && taskset -c 0,1 cargo run --release -q -- "$size")
+    )
+  done | tee -a "$log"
 done
 python3 benches/peers/summarize.py < "$log"
 rm -f "$log"

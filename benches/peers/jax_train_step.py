@@ -12,6 +12,7 @@ size: median, p10 and p90 microseconds per step, and the first step's seconds.
 """
 import json
 import math
+import resource
 import os
 import sys
 import time
@@ -38,6 +39,11 @@ class Mlp(nn.Module):
             x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
             x = nn.relu(x)
         return nn.Dense(self.classes)(x)
+
+
+def peak_rss_mib():
+    """The process's peak resident size (VmHWM), imports included."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def run(name):
@@ -85,7 +91,7 @@ def run(name):
     p10, median, p90 = np.percentile(times, [10, 50, 90])
     print(json.dumps({"peer": "jax+flax linen (jit)", "config": name, "median_us": round(median, 1),
                       "p10_us": round(p10, 1), "p90_us": round(p90, 1), "first_step_s": round(first_step_s, 3),
-                      "first_loss": round(first_loss, 4), "jax": jax.__version__}), flush=True)
+                      "first_loss": round(first_loss, 4), "peak_rss_mib": peak_rss_mib(), "jax": jax.__version__}), flush=True)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ fixed batch every step, kernels from numpy default_rng(0). One JSON line per siz
 """
 import json
 import math
+import resource
 import os
 import sys
 import time
@@ -53,6 +54,11 @@ def train_step(model, optimizer, x, labels):
     return loss
 
 
+def peak_rss_mib():
+    """The process's peak resident size (VmHWM), imports included."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def run(name):
     batch, d_in, hidden, classes, warmup, timed = CONFIGS[name]
     rng = SplitMix64(42)
@@ -83,7 +89,7 @@ def run(name):
     p10, median, p90 = np.percentile(times, [10, 50, 90])
     print(json.dumps({"peer": "flax nnx (cached jit)", "config": name, "median_us": round(median, 1),
                       "p10_us": round(p10, 1), "p90_us": round(p90, 1), "first_step_s": round(first_step_s, 3),
-                      "first_loss": round(first_loss, 4), "flax": flax.__version__}), flush=True)
+                      "first_loss": round(first_loss, 4), "peak_rss_mib": peak_rss_mib(), "flax": flax.__version__}), flush=True)
 
 
 if __name__ == "__main__":

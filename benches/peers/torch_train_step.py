@@ -9,6 +9,7 @@ Same data, initialisation, optimizer and timing as jax_train_step.py; one JSON l
 """
 import json
 import math
+import resource
 import sys
 import time
 
@@ -19,6 +20,11 @@ from torch import nn
 from workload import CONFIGS, SplitMix64
 
 torch.set_num_threads(2)
+
+
+def peak_rss_mib():
+    """The process's peak resident size (VmHWM), imports included."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def run(name):
@@ -59,7 +65,7 @@ def run(name):
         times.append((time.perf_counter() - start) * 1e6)
     p10, median, p90 = np.percentile(times, [10, 50, 90])
     print(json.dumps({"peer": "pytorch eager", "config": name, "median_us": round(median, 1), "p10_us": round(p10, 1),
-                      "p90_us": round(p90, 1), "first_step_s": round(first_step_s, 3), "first_loss": round(first_loss, 4),
+                      "p90_us": round(p90, 1), "first_step_s": round(first_step_s, 3), "first_loss": round(first_loss, 4), "peak_rss_mib": peak_rss_mib(),
                       "torch": torch.__version__}), flush=True)
 
 

@@ -93,12 +93,13 @@ fn run<const B: usize, const I: usize, const H: usize, const C: usize>(
         times[lo] + (times[hi] - times[lo]) * (at - lo as f64)
     };
     println!(
-        "{{\"peer\": \"dfdx 0.13\", \"config\": \"{name}\", \"median_us\": {:.1}, \"p10_us\": {:.1}, \"p90_us\": {:.1}, \"first_step_s\": {:.3}, \"first_loss\": {:.4}}}",
+        "{{\"peer\": \"dfdx 0.13\", \"config\": \"{name}\", \"median_us\": {:.1}, \"p10_us\": {:.1}, \"p90_us\": {:.1}, \"first_step_s\": {:.3}, \"first_loss\": {:.4}, \"peak_rss_mib\": {:.1}}}",
         quantile(0.5),
         quantile(0.1),
         quantile(0.9),
         first_step_s,
-        first_loss
+        first_loss,
+        peak_rss_mib()
     );
 }
 
@@ -117,4 +118,15 @@ fn main() {
             other => eprintln!("unknown size {other}: S, M or L"),
         }
     }
+}
+
+/// The process's peak resident size (VmHWM in /proc/self/status), in MiB; 0 where unknown.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
 }
