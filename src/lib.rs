@@ -61,6 +61,7 @@ pub mod optim;
 mod parallel;
 mod rng;
 mod shape;
+mod simd;
 mod tape;
 mod tensor;
 #[cfg(feature = "testing")]

@@ -5,7 +5,7 @@ use crate::Float;
 
 /// Updates the velocity `v ← μ v + g` (PyTorch and optax semantics: starts at 0, no
 /// dampening) and returns the step direction: `g + μ v` with Nesterov, otherwise `v`.
-#[inline]
+#[inline(always)]
 pub(crate) fn heavy_ball<A: Float>(v: &mut A, g: A, mu: A, nesterov: bool) -> A {
     *v = mu * *v + g;
     if nesterov { g + mu * *v } else { *v }

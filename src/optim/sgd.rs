@@ -6,7 +6,7 @@ use ndarray::{ArrayD, Zip};
 
 use crate::optim::momentum::heavy_ball;
 use crate::optim::{LearningRate, Optimizer};
-use crate::{Float, Grads, Params, Result};
+use crate::{Float, Grads, Params, Result, simd};
 
 /// SGD: `g ← g + λ p` (weight decay), `v ← μ v + g`, `p ← p − lr · v` (or
 /// `p ← p − lr · (g + μ v)` with Nesterov). Equal to `torch.optim.SGD(lr, momentum,
@@ -93,7 +93,10 @@ impl<A: Float> Optimizer<A> for Sgd<A> {
         for (path, p) in params.iter_mut() {
             let g = grads.get(path).expect("keys checked");
             if self.momentum == 0.0 {
-                for_each_pair(p, g, |p, g| *p -= lr * (g + decay * *p));
+                simd::vectorized(
+                    #[inline(always)]
+                    || for_each_pair(p, g, |p, g| *p -= lr * (g + decay * *p)),
+                );
                 continue;
             }
             if !self.velocities.contains_key(path) {
@@ -102,15 +105,10 @@ impl<A: Float> Optimizer<A> for Sgd<A> {
             }
             let v = self.velocities.get_mut(path).expect("inserted above");
             // One pass per param, in place: no copy of the gradient or the velocity.
-            if nesterov {
-                for_each_triple(p, v, g, |p, v, g| {
-                    *p -= lr * heavy_ball(v, g + decay * *p, mu, true)
-                });
-            } else {
-                for_each_triple(p, v, g, |p, v, g| {
-                    *p -= lr * heavy_ball(v, g + decay * *p, mu, false)
-                });
-            }
+            simd::vectorized(
+                #[inline(always)]
+                || momentum_step(p, v, g, [lr, decay, mu], nesterov),
+            );
         }
         self.steps += 1;
         Ok(())
@@ -121,8 +119,30 @@ impl<A: Float> Optimizer<A> for Sgd<A> {
     }
 }
 
+/// One heavy-ball step of `p` (velocity `v`, gradient `g`), with `[lr, decay, mu]`.
+#[inline(always)]
+fn momentum_step<A: Float>(
+    p: &mut ArrayD<A>,
+    v: &mut ArrayD<A>,
+    g: &ArrayD<A>,
+    [lr, decay, mu]: [A; 3],
+    nesterov: bool,
+) {
+    // The branch outside the loop: each loop vectorises on its own.
+    if nesterov {
+        for_each_triple(p, v, g, |p, v, g| {
+            *p -= lr * heavy_ball(v, g + decay * *p, mu, true)
+        });
+    } else {
+        for_each_triple(p, v, g, |p, v, g| {
+            *p -= lr * heavy_ball(v, g + decay * *p, mu, false)
+        });
+    }
+}
+
 /// `f(p, g)` for each element pair, over plain slices when both are in standard layout (the
 /// loop then vectorises), through `Zip` otherwise.
+#[inline(always)]
 fn for_each_pair<A: Float>(p: &mut ArrayD<A>, g: &ArrayD<A>, f: impl Fn(&mut A, A)) {
     if let (Some(ps), Some(gs)) = (p.as_slice_mut(), g.as_slice()) {
         ps.iter_mut().zip(gs).for_each(|(p, &g)| f(p, g));
@@ -132,6 +152,7 @@ fn for_each_pair<A: Float>(p: &mut ArrayD<A>, g: &ArrayD<A>, f: impl Fn(&mut A, 
 }
 
 /// `f(p, v, g)` for each element triple; as [`for_each_pair`].
+#[inline(always)]
 fn for_each_triple<A: Float>(
     p: &mut ArrayD<A>,
     v: &mut ArrayD<A>,

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use ndarray::{Array1, ArrayD};
 
 use super::{rows, standard_layout};
+use crate::simd;
 use crate::tensor::record_shared;
 use crate::{Error, Float, Result, Tensor};
 
@@ -69,30 +70,16 @@ pub(crate) fn batch_norm_train<A: Float>(
     let gamma = scale.value().iter().copied().collect::<Vec<A>>();
     let beta = bias.value().iter().copied().collect::<Vec<A>>();
 
-    // Two passes for the statistics (the one-pass E[x²]−E[x]² loses digits when |μ| ≫ σ).
-    let mut mean = vec![A::zero(); features];
-    for row in xs.chunks_exact(features) {
-        rows::add(&mut mean, row);
-    }
-    mean.iter_mut().for_each(|m| *m /= count);
-    let mut var = vec![A::zero(); features];
-    for row in xs.chunks_exact(features) {
-        rows::add_squared_deviation(&mut var, row, &mean);
-    }
-    var.iter_mut().for_each(|v| *v /= count);
+    let (mean, var) = simd::vectorized(
+        #[inline(always)]
+        || batch_statistics(xs, features),
+    );
     let inv_std: Vec<A> = var.iter().map(|&v| (v + epsilon).sqrt().recip()).collect();
     let slope: Vec<A> = gamma.iter().zip(&inv_std).map(|(&g, &s)| g * s).collect();
-
-    let mut y = vec![A::zero(); xs.len()];
-    for (y_row, x_row) in y.chunks_exact_mut(features).zip(xs.chunks_exact(features)) {
-        rows::affine(y_row, x_row, &mean, &slope, &beta);
-        if then == Then::Relu {
-            // A select rather than `max`, so the loop vectorises (NaN maps to 0 either way).
-            y_row
-                .iter_mut()
-                .for_each(|y| *y = if *y > A::zero() { *y } else { A::zero() });
-        }
-    }
+    let y = simd::vectorized(
+        #[inline(always)]
+        || normalize(xs, features, [&mean, &slope, &beta], then),
+    );
     let output =
         Arc::new(ArrayD::from_shape_vec(x.shape(), y).expect("one output per input element"));
 
@@ -111,15 +98,15 @@ pub(crate) fn batch_norm_train<A: Float>(
         let gs = g.as_slice_mut().expect("standard layout");
         if let Some(y) = &kept_output {
             let ys = y.as_slice().expect("standard layout");
-            for (g, &y) in gs.iter_mut().zip(ys) {
-                *g = if y > A::zero() { *g } else { A::zero() };
-            }
+            simd::vectorized(
+                #[inline(always)]
+                || rows::relu_mask(gs, ys),
+            );
         }
-        let (mut sum_g, mut sum_g_xhat) = (vec![A::zero(); features], vec![A::zero(); features]);
-        for (g_row, x_row) in gs.chunks_exact(features).zip(xs.chunks_exact(features)) {
-            rows::add(&mut sum_g, g_row);
-            rows::add_gradient_times_normalized(&mut sum_g_xhat, g_row, x_row, &mean, &inv_std);
-        }
+        let (sum_g, sum_g_xhat) = simd::vectorized(
+            #[inline(always)]
+            || backward_sums(gs, xs, features, &mean, &inv_std),
+        );
         let dx = if needs[0] {
             let coefficient: Vec<A> = slope.iter().map(|&a| a / count).collect();
             let sums = rows::Sums {
@@ -127,9 +114,11 @@ pub(crate) fn batch_norm_train<A: Float>(
                 g: &sum_g,
                 g_xhat: &sum_g_xhat,
             };
-            for (g_row, x_row) in gs.chunks_exact_mut(features).zip(xs.chunks_exact(features)) {
-                rows::input_gradient(g_row, x_row, &mean, &inv_std, &coefficient, &sums);
-            }
+            let per_feature = [&mean[..], &inv_std, &coefficient];
+            simd::vectorized(
+                #[inline(always)]
+                || input_gradient(gs, xs, features, per_feature, &sums),
+            );
             Some(g) // dx, written over the incoming gradient
         } else {
             None
@@ -141,6 +130,73 @@ pub(crate) fn batch_norm_train<A: Float>(
         ]
     })?;
     Ok((tensor, statistics))
+}
+
+/// The batch mean and biased variance of each feature (column) of `xs`, rows of `features`.
+/// Two passes: the one-pass `E[x²] − E[x]²` loses digits when `|μ| ≫ σ`.
+#[inline(always)]
+fn batch_statistics<A: Float>(xs: &[A], features: usize) -> (Vec<A>, Vec<A>) {
+    let count = A::of((xs.len() / features) as f64);
+    let mut mean = vec![A::zero(); features];
+    for row in xs.chunks_exact(features) {
+        rows::add(&mut mean, row);
+    }
+    mean.iter_mut().for_each(|m| *m /= count);
+    let mut var = vec![A::zero(); features];
+    for row in xs.chunks_exact(features) {
+        rows::add_squared_deviation(&mut var, row, &mean);
+    }
+    var.iter_mut().for_each(|v| *v /= count);
+    (mean, var)
+}
+
+/// `y = (x − μ) · slope + β` row by row, then ReLU if asked.
+#[inline(always)]
+fn normalize<A: Float>(
+    xs: &[A],
+    features: usize,
+    [mean, slope, beta]: [&[A]; 3],
+    then: Then,
+) -> Vec<A> {
+    let mut y = vec![A::zero(); xs.len()];
+    for (y_row, x_row) in y.chunks_exact_mut(features).zip(xs.chunks_exact(features)) {
+        rows::affine(y_row, x_row, mean, slope, beta);
+        if then == Then::Relu {
+            rows::relu(y_row);
+        }
+    }
+    y
+}
+
+/// `Σg` and `Σ g x̂` per feature.
+#[inline(always)]
+fn backward_sums<A: Float>(
+    gs: &[A],
+    xs: &[A],
+    features: usize,
+    mean: &[A],
+    inv_std: &[A],
+) -> (Vec<A>, Vec<A>) {
+    let (mut sum_g, mut sum_g_xhat) = (vec![A::zero(); features], vec![A::zero(); features]);
+    for (g_row, x_row) in gs.chunks_exact(features).zip(xs.chunks_exact(features)) {
+        rows::add(&mut sum_g, g_row);
+        rows::add_gradient_times_normalized(&mut sum_g_xhat, g_row, x_row, mean, inv_std);
+    }
+    (sum_g, sum_g_xhat)
+}
+
+/// `dx` over `g`, row by row; `per_feature` is `[μ, 1/√(σ²+ε), γ/(N√(σ²+ε))]`.
+#[inline(always)]
+fn input_gradient<A: Float>(
+    gs: &mut [A],
+    xs: &[A],
+    features: usize,
+    [mean, inv_std, coefficient]: [&[A]; 3],
+    sums: &rows::Sums<'_, A>,
+) {
+    for (g_row, x_row) in gs.chunks_exact_mut(features).zip(xs.chunks_exact(features)) {
+        rows::input_gradient(g_row, x_row, mean, inv_std, coefficient, sums);
+    }
 }
 
 fn standard_layout_owned<A: Float>(a: ArrayD<A>) -> ArrayD<A> {
