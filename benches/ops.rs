@@ -3,9 +3,11 @@
 //! * `overhead/chain_of_1000_adds`: 1,000 tracked adds of 4-element arrays, then backward:
 //!   the cost of recording a node, allocating an output and dispatching, with no arithmetic
 //!   to hide it.
-//! * `matmul/*`: the L-size products of the training step, tracked op against the raw GEMM
-//!   (`ndarray::dot`) of the same shapes; criterion reports the throughput in elements,
-//!   here multiply-adds, so GFLOP/s = 2 x the reported Gelem/s.
+//! * `matmul/*`: the L-size products of the training step, the tensor op (a large product's
+//!   row halves on two cores, src/gemm.rs) against the raw GEMM of the same shapes
+//!   (`ndarray::dot`: `matrixmultiply` on one thread, as tapegrad builds it); criterion
+//!   reports the throughput in elements, here multiply-adds, so GFLOP/s = 2 x the reported
+//!   Gelem/s.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ndarray::{Array2, ArrayD};
