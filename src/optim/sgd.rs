@@ -79,6 +79,16 @@ impl<A: Float> Sgd<A> {
     pub fn current_learning_rate(&self) -> f64 {
         self.learning_rate.at(self.steps)
     }
+
+    /// A zero velocity for each param that has none yet (all of them on the first step).
+    fn add_missing_velocities(&mut self, grads: &Grads<A>) {
+        for (path, g) in grads.iter() {
+            if !self.velocities.contains_key(path) {
+                self.velocities
+                    .insert(path.to_string(), ArrayD::zeros(g.raw_dim()));
+            }
+        }
+    }
 }
 
 impl<A: Float> Optimizer<A> for Sgd<A> {
@@ -90,25 +100,24 @@ impl<A: Float> Optimizer<A> for Sgd<A> {
             A::of(self.weight_decay),
             self.nesterov,
         );
-        for (path, p) in params.iter_mut() {
-            let g = grads.get(path).expect("keys checked");
-            if self.momentum == 0.0 {
+        if self.momentum == 0.0 {
+            // Params and grads have the same paths in the same order (checked above).
+            for ((_, p), (_, g)) in params.iter_mut().zip(grads.iter()) {
                 simd::vectorized(
                     #[inline(always)]
                     || for_each_pair(p, g, |p, g| *p -= lr * (g + decay * *p)),
                 );
-                continue;
             }
-            if !self.velocities.contains_key(path) {
-                self.velocities
-                    .insert(path.to_string(), ArrayD::zeros(g.raw_dim()));
+        } else {
+            self.add_missing_velocities(grads);
+            for ((path, p), (_, g)) in params.iter_mut().zip(grads.iter()) {
+                let v = self.velocities.get_mut(path).expect("added above");
+                // One pass per param, in place: no copy of the gradient or the velocity.
+                simd::vectorized(
+                    #[inline(always)]
+                    || momentum_step(p, v, g, [lr, decay, mu], nesterov),
+                );
             }
-            let v = self.velocities.get_mut(path).expect("inserted above");
-            // One pass per param, in place: no copy of the gradient or the velocity.
-            simd::vectorized(
-                #[inline(always)]
-                || momentum_step(p, v, g, [lr, decay, mu], nesterov),
-            );
         }
         self.steps += 1;
         Ok(())

@@ -67,8 +67,12 @@ pub(crate) fn batch_norm_train<A: Float>(
     let input = standard_layout(x.shared_value());
     let xs = input.as_slice().expect("standard layout");
     let count = A::of((xs.len() / features) as f64);
-    let gamma = scale.value().iter().copied().collect::<Vec<A>>();
-    let beta = bias.value().iter().copied().collect::<Vec<A>>();
+    let (scale_value, bias_value) = (
+        standard_layout(scale.shared_value()),
+        standard_layout(bias.shared_value()),
+    );
+    let gamma = scale_value.as_slice().expect("standard layout");
+    let beta = bias_value.as_slice().expect("standard layout");
 
     let (mean, var) = simd::vectorized(
         #[inline(always)]
@@ -78,7 +82,7 @@ pub(crate) fn batch_norm_train<A: Float>(
     let slope: Vec<A> = gamma.iter().zip(&inv_std).map(|(&g, &s)| g * s).collect();
     let y = simd::vectorized(
         #[inline(always)]
-        || normalize(xs, features, [&mean, &slope, &beta], then),
+        || normalize(xs, features, [&mean, &slope, beta], then),
     );
     let output =
         Arc::new(ArrayD::from_shape_vec(x.shape(), y).expect("one output per input element"));

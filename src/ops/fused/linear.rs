@@ -4,6 +4,7 @@ use ndarray::{Array1, ArrayView2, Axis};
 
 use super::{matrix, rows};
 use crate::gemm;
+use crate::simd;
 use crate::tensor::record;
 use crate::{Error, Float, Result, Tensor};
 
@@ -39,9 +40,14 @@ fn column_sums<A: Float>(g: ArrayView2<'_, A>) -> Array1<A> {
     };
     let mut sums = vec![A::zero(); g.ncols()];
     if !sums.is_empty() {
-        for row in values.chunks_exact(sums.len()) {
-            rows::add(&mut sums, row);
-        }
+        simd::vectorized(
+            #[inline(always)]
+            || {
+                for row in values.chunks_exact(sums.len()) {
+                    rows::add(&mut sums, row);
+                }
+            },
+        );
     }
     Array1::from(sums)
 }
