@@ -12,7 +12,6 @@ size: median, p10 and p90 microseconds per step, and the first step's seconds.
 """
 import json
 import math
-import resource
 import os
 import sys
 import time
@@ -25,7 +24,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import linen as nn  # noqa: E402
 
-from workload import CONFIGS, SplitMix64  # noqa: E402
+from workload import CONFIGS, SplitMix64, peak_rss_mib  # noqa: E402
 
 
 class Mlp(nn.Module):
@@ -40,10 +39,6 @@ class Mlp(nn.Module):
             x = nn.relu(x)
         return nn.Dense(self.classes)(x)
 
-
-def peak_rss_mib():
-    """The process's peak resident size (VmHWM), imports included."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def run(name):

@@ -12,7 +12,6 @@ fixed batch every step, kernels from numpy default_rng(0). One JSON line per siz
 """
 import json
 import math
-import resource
 import os
 import sys
 import time
@@ -26,7 +25,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from workload import CONFIGS, SplitMix64  # noqa: E402
+from workload import CONFIGS, SplitMix64, peak_rss_mib  # noqa: E402
 
 
 class Mlp(nnx.Module):
@@ -53,10 +52,6 @@ def train_step(model, optimizer, x, labels):
     optimizer.update(model, grads)
     return loss
 
-
-def peak_rss_mib():
-    """The process's peak resident size (VmHWM), imports included."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def run(name):

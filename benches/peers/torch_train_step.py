@@ -9,7 +9,6 @@ Same data, initialisation, optimizer and timing as jax_train_step.py; one JSON l
 """
 import json
 import math
-import resource
 import sys
 import time
 
@@ -17,14 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from workload import CONFIGS, SplitMix64
+from workload import CONFIGS, SplitMix64, peak_rss_mib
 
 torch.set_num_threads(2)
 
-
-def peak_rss_mib():
-    """The process's peak resident size (VmHWM), imports included."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def run(name):

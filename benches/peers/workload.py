@@ -1,6 +1,7 @@
 """The workload's sizes and its data generator (SplitMix64 + Box-Muller), shared by the peer
 scripts; see ../../../shared/bench/workload.md, sections 6 and 7."""
 import math
+import resource
 
 CONFIGS = {  # batch, d_in, hidden, classes, warm-up steps, timed steps
     "S": (32, 16, 64, 4, 200, 500),
@@ -27,3 +28,8 @@ class SplitMix64:
     def normal(self):
         u1, u2 = self.uniform(), self.uniform()
         return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+
+
+def peak_rss_mib():
+    """The process's peak resident size (VmHWM), imports included, in MiB."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
