@@ -12,6 +12,7 @@
 //! Jobs own their data (`'static`): callers share operands through `Arc`, so this module needs
 //! no `unsafe`. A job that panics is reported to its caller as a panic; the helper goes on.
 
+use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::OnceLock;
 use std::sync::mpsc::{Receiver, SendError, Sender, TryRecvError, channel};
@@ -42,7 +43,14 @@ fn helper() -> Option<&'static Sender<Job>> {
         .as_ref()
 }
 
+thread_local! {
+    /// Whether this thread is the helper: a job that itself calls [`join`] runs both halves
+    /// in place instead of queueing behind itself (which would wait forever).
+    static ON_HELPER: Cell<bool> = const { Cell::new(false) };
+}
+
 fn serve(queue: Receiver<Job>) {
+    ON_HELPER.with(|on| on.set(true));
     while let Some(job) = receive_spinning(&queue) {
         // A panicking job drops its result sender: its caller sees that and panics.
         let _ = catch_unwind(AssertUnwindSafe(job));
@@ -63,7 +71,7 @@ fn receive_spinning<T>(from: &Receiver<T>) -> Option<T> {
 }
 
 /// Runs `background` on the helper thread and `here` on this one, and returns both results.
-/// Without a helper (one core), runs both here.
+/// Without a helper (one core), or on the helper itself, runs both here.
 pub(crate) fn join<RA, RB>(
     background: impl FnOnce() -> RA + Send + 'static,
     here: impl FnOnce() -> RB,
@@ -71,7 +79,8 @@ pub(crate) fn join<RA, RB>(
 where
     RA: Send + 'static,
 {
-    let Some(helper) = helper() else {
+    let helper = helper().filter(|_| !ON_HELPER.with(Cell::get));
+    let Some(helper) = helper else {
         return (background(), here());
     };
     let (result, receive) = channel();
@@ -109,6 +118,12 @@ mod tests {
             let i = i as u64;
             assert_eq!(handle.join().unwrap(), (i * 2, i * 3));
         }
+    }
+
+    #[test]
+    fn a_job_that_joins_runs_its_halves_in_place() {
+        let (nested, here) = join(|| join(|| 1, || 2), || 3);
+        assert_eq!((nested, here), ((1, 2), 3));
     }
 
     #[test]
