@@ -109,8 +109,11 @@ impl<A: Float> Module<A> for BatchNorm {
         if !scope.is_initializing() {
             // Values, not tensors: the update is detached by type.
             let m = A::of(self.momentum);
+            // running ← m · running + (1 − m) · batch, in one pass over the batch's array.
             let blend = |old: &Tensor<A>, new: ndarray::Array1<A>| {
-                old.value() * m + &(new.into_dyn() * (A::one() - m))
+                let mut blended = new.into_dyn();
+                blended.zip_mut_with(old.value(), |b, &o| *b = m * o + (A::one() - m) * *b);
+                blended
             };
             running_mean.set(blend(&running_mean.value(), batch.mean))?;
             running_var.set(blend(&running_var.value(), batch.var))?;
