@@ -10,11 +10,9 @@ only, batch_stats replaced by the forward's; the same fixed batch every step; in
 SplitMix64 + Box-Muller seed 42; kernels from numpy default_rng(0). Prints one JSON line per
 size: median, p10 and p90 microseconds per step, and the first step's seconds.
 """
-import json
 import math
 import os
 import sys
-import time
 
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=2")
 
@@ -24,7 +22,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import linen as nn  # noqa: E402
 
-from workload import CONFIGS, SplitMix64, peak_rss_mib  # noqa: E402
+from workload import CONFIGS, SplitMix64, measure  # noqa: E402
 
 
 class Mlp(nn.Module):
@@ -70,24 +68,13 @@ def run(name):
         return optax.apply_updates(params, updates), new_stats, opt_state, loss
 
     xs, ys = jnp.asarray(x), jnp.asarray(labels)
-    start = time.perf_counter()
-    params, batch_stats, opt_state, loss = step(params, batch_stats, opt_state, xs, ys)
-    first_loss = float(loss)
-    first_step_s = time.perf_counter() - start
-    for _ in range(warmup):
-        params, batch_stats, opt_state, loss = step(params, batch_stats, opt_state, xs, ys)
-        float(loss)
-    times = []
-    for _ in range(timed):
-        start = time.perf_counter()
-        params, batch_stats, opt_state, loss = step(params, batch_stats, opt_state, xs, ys)
-        float(loss)  # reads the loss back: forces the step to finish
-        times.append((time.perf_counter() - start) * 1e6)
-    p10, median, p90 = np.percentile(times, [10, 50, 90])
-    print(json.dumps({"peer": "jax+flax linen (jit)", "config": name, "median_us": round(median, 1),
-                      "p10_us": round(p10, 1), "p90_us": round(p90, 1), "first_step_s": round(first_step_s, 3),
-                      "first_loss": round(first_loss, 4), "peak_rss_mib": peak_rss_mib(), "jax": jax.__version__}), flush=True)
+    state = [params, batch_stats, opt_state]
 
+    def one_step():
+        *state[:], loss = step(*state, xs, ys)  # the new params, batch_stats, opt_state
+        return float(loss)
+
+    measure("jax+flax linen (jit)", name, one_step, warmup, timed, jax=jax.__version__)
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or ["S", "M", "L"]:

@@ -10,22 +10,19 @@ then Linear, BatchNorm momentum 0.9, mean softmax cross-entropy, SGD momentum 0.
 the nnx.Param variables only (BatchStat variables are updated by the forward pass), the same
 fixed batch every step, kernels from numpy default_rng(0). One JSON line per size.
 """
-import json
 import math
 import os
 import sys
-import time
 
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=2")
 
 import flax  # noqa: E402
-import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from workload import CONFIGS, SplitMix64, peak_rss_mib  # noqa: E402
+from workload import CONFIGS, SplitMix64, measure  # noqa: E402
 
 
 class Mlp(nnx.Module):
@@ -71,21 +68,7 @@ def run(name):
     step = nnx.cached_partial(train_step, model, optimizer)
 
     xs, ys = jnp.asarray(x), jnp.asarray(labels)
-    start = time.perf_counter()
-    first_loss = float(step(xs, ys))
-    first_step_s = time.perf_counter() - start
-    for _ in range(warmup):
-        float(step(xs, ys))
-    times = []
-    for _ in range(timed):
-        start = time.perf_counter()
-        float(step(xs, ys))  # reads the loss back: forces the step to finish
-        times.append((time.perf_counter() - start) * 1e6)
-    p10, median, p90 = np.percentile(times, [10, 50, 90])
-    print(json.dumps({"peer": "flax nnx (cached jit)", "config": name, "median_us": round(median, 1),
-                      "p10_us": round(p10, 1), "p90_us": round(p90, 1), "first_step_s": round(first_step_s, 3),
-                      "first_loss": round(first_loss, 4), "peak_rss_mib": peak_rss_mib(), "flax": flax.__version__}), flush=True)
-
+    measure("flax nnx (cached jit)", name, lambda: float(step(xs, ys)), warmup, timed, flax=flax.__version__)
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or ["S", "M", "L"]:

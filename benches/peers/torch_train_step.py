@@ -7,16 +7,14 @@ fused nn.BatchNorm1d(momentum=0.1), as the workload's performance table uses.
 Same data, initialisation, optimizer and timing as jax_train_step.py; one JSON line per size.
 (The native BatchNorm1d updates running_var with the unbiased variance: the cost is the same.)
 """
-import json
 import math
 import sys
-import time
 
 import numpy as np
 import torch
 from torch import nn
 
-from workload import CONFIGS, SplitMix64, peak_rss_mib
+from workload import CONFIGS, SplitMix64, measure
 
 torch.set_num_threads(2)
 
@@ -48,21 +46,7 @@ def run(name):
         optimizer.step()
         return loss.item()
 
-    start = time.perf_counter()
-    first_loss = step()
-    first_step_s = time.perf_counter() - start
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(timed):
-        start = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - start) * 1e6)
-    p10, median, p90 = np.percentile(times, [10, 50, 90])
-    print(json.dumps({"peer": "pytorch eager", "config": name, "median_us": round(median, 1), "p10_us": round(p10, 1),
-                      "p90_us": round(p90, 1), "first_step_s": round(first_step_s, 3), "first_loss": round(first_loss, 4), "peak_rss_mib": peak_rss_mib(),
-                      "torch": torch.__version__}), flush=True)
-
+    measure("pytorch eager", name, step, warmup, timed, torch=torch.__version__)
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or ["S", "M", "L"]:

@@ -1,7 +1,11 @@
-"""The workload's sizes and its data generator (SplitMix64 + Box-Muller), shared by the peer
-scripts; see ../../../shared/bench/workload.md, sections 6 and 7."""
+"""The workload's sizes, its data generator (SplitMix64 + Box-Muller) and its timing protocol,
+shared by the peer scripts; see ../../../shared/bench/workload.md, sections 6 to 8."""
+import json
 import math
 import resource
+import time
+
+import numpy as np
 
 CONFIGS = {  # batch, d_in, hidden, classes, warm-up steps, timed steps
     "S": (32, 16, 64, 4, 200, 500),
@@ -33,3 +37,24 @@ class SplitMix64:
 def peak_rss_mib():
     """The process's peak resident size (VmHWM), imports included, in MiB."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def measure(peer, config, step, warmup, timed, **versions):
+    """Times `step()` as section 8 says and prints one JSON line: the first step alone (tracing,
+    compilation), then `warmup` steps, then `timed` steps each measured alone; median, p10 and
+    p90 in microseconds. `step()` returns the loss as a host float, which forces the step to
+    finish (JAX dispatches asynchronously)."""
+    start = time.perf_counter()
+    first_loss = step()
+    first_step_s = time.perf_counter() - start
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(timed):
+        start = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - start) * 1e6)
+    p10, median, p90 = np.percentile(times, [10, 50, 90])
+    print(json.dumps({"peer": peer, "config": config, "median_us": round(median, 1), "p10_us": round(p10, 1),
+                      "p90_us": round(p90, 1), "first_step_s": round(first_step_s, 3),
+                      "first_loss": round(first_loss, 4), "peak_rss_mib": peak_rss_mib(), **versions}), flush=True)
