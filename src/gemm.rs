@@ -19,7 +19,8 @@ use crate::parallel;
 /// Products with at least this many multiply-adds use both cores (about 30 µs of one core).
 const LARGE: usize = 1 << 20;
 
-fn matrix<A: Float>(a: &ArrayD<A>) -> ArrayView2<'_, A> {
+/// A 2-D value as a matrix view; callers have checked the dimensionality.
+pub(crate) fn matrix<A: Float>(a: &ArrayD<A>) -> ArrayView2<'_, A> {
     a.view()
         .into_dimensionality::<Ix2>()
         .expect("callers check that operands are matrices")

@@ -10,20 +10,14 @@ mod rows;
 
 use std::sync::Arc;
 
-use ndarray::{ArrayD, ArrayView2, Ix2};
+use ndarray::ArrayD;
 
 use crate::Float;
+use crate::gemm::matrix;
 
 pub(crate) use batch_norm::{Then, batch_norm_train};
 pub(crate) use cross_entropy::softmax_cross_entropy_fused;
 pub(crate) use linear::linear;
-
-/// A 2-D value as a matrix view; callers have checked the dimensionality.
-fn matrix<A: Float>(a: &ArrayD<A>) -> ArrayView2<'_, A> {
-    a.view()
-        .into_dimensionality::<Ix2>()
-        .expect("a matrix by construction")
-}
 
 /// The same array in standard (row-major, contiguous) layout: shared when it already is,
 /// copied otherwise, so kernels can run over plain slices.
