@@ -107,6 +107,32 @@ fn grads_keyed_unlike_params_are_an_error_and_nothing_moves() {
 }
 
 #[test]
+fn a_param_replaced_by_another_shape_is_an_error_naming_it_and_nothing_moves() {
+    let mut sgd = Sgd::new(0.1).momentum(0.9);
+    let mut adam = Adam::new(0.1);
+    let mut p = params(&[1.0, 2.0]);
+    let grads = grads_of_cube(&p);
+    sgd.update(&mut p, &grads).unwrap(); // both optimizers now keep state of shape [2]
+    adam.update(&mut p, &grads).unwrap();
+
+    // The same path, three elements: the kept velocity and moments no longer fit.
+    let mut p = params(&[1.0, 2.0, 3.0]);
+    let before = p.clone();
+    let grads = grads_of_cube(&p);
+    for err in [
+        sgd.update(&mut p, &grads).unwrap_err(),
+        adam.update(&mut p, &grads).unwrap_err(),
+    ] {
+        let message = err.to_string();
+        assert!(
+            message.contains("\"w\"") && message.contains("[2]") && message.contains("[3]"),
+            "{message}"
+        );
+    }
+    assert_eq!(p, before);
+}
+
+#[test]
 fn schedules_drive_the_learning_rate() {
     let mut sgd = Sgd::<f64>::new(LearningRate::Step {
         initial: 1.0,

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use ndarray::{ArrayD, Zip};
 
-use crate::optim::{LearningRate, Optimizer};
+use crate::optim::{LearningRate, Optimizer, check_state_shapes};
 use crate::{Float, Grads, Params, Result};
 
 /// Adam with bias correction (Kingma and Ba), PyTorch's defaults: `β = (0.9, 0.999)`,
@@ -87,6 +87,8 @@ impl<A: Float> Adam<A> {
 impl<A: Float> Optimizer<A> for Adam<A> {
     fn update(&mut self, params: &mut Params<A>, grads: &Grads<A>) -> Result<()> {
         grads.check_matches(params, "Adam::update")?;
+        check_state_shapes("Adam::update", &self.first, grads)?;
+        check_state_shapes("Adam::update", &self.second, grads)?;
         let t = self.steps as i32 + 1;
         let lr = self.learning_rate.at(self.steps);
         let (b1, b2) = (A::of(self.beta1), A::of(self.beta2));

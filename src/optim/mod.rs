@@ -22,14 +22,41 @@ pub use adam::Adam;
 pub use schedule::LearningRate;
 pub use sgd::Sgd;
 
-use crate::{Float, Grads, Params, Result};
+use std::collections::BTreeMap;
+
+use ndarray::ArrayD;
+
+use crate::{Error, Float, Grads, Params, Result};
 
 /// A gradient-based optimizer.
 pub trait Optimizer<A: Float> {
     /// One step: moves `params` using `grads`, which must be keyed exactly like `params`
-    /// (otherwise [`Error::KeyMismatch`](crate::Error::KeyMismatch), and nothing moves).
+    /// (otherwise [`Error::KeyMismatch`](crate::Error::KeyMismatch), and nothing moves). A
+    /// param whose shape changed since the optimizer kept state for it is
+    /// [`Error::IncompatibleShapes`](crate::Error::IncompatibleShapes), and nothing moves.
     fn update(&mut self, params: &mut Params<A>, grads: &Grads<A>) -> Result<()>;
 
     /// How many steps have been taken.
     fn steps(&self) -> usize;
+}
+
+/// Checks that the per-param state an optimizer kept (a velocity, a moment) still has its
+/// param's shape: a param replaced by one of another shape under the same path is an error
+/// naming the path, before anything moves, rather than a state applied to the wrong elements.
+pub(crate) fn check_state_shapes<A: Float>(
+    op: &'static str,
+    state: &BTreeMap<String, ArrayD<A>>,
+    grads: &Grads<A>,
+) -> Result<()> {
+    for (path, g) in grads.iter() {
+        if let Some(kept) = state.get(path).filter(|kept| kept.shape() != g.shape()) {
+            return Err(Error::incompatible(
+                op,
+                kept.shape(),
+                g.shape(),
+                format!("the optimizer state of \"{path}\" was made for another shape"),
+            ));
+        }
+    }
+    Ok(())
 }

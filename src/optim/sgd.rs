@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use ndarray::{ArrayD, Zip};
 
 use crate::optim::momentum::heavy_ball;
-use crate::optim::{LearningRate, Optimizer};
+use crate::optim::{LearningRate, Optimizer, check_state_shapes};
 use crate::{Float, Grads, Params, Result, simd};
 
 /// SGD: `g ← g + λ p` (weight decay), `v ← μ v + g`, `p ← p − lr · v` (or
@@ -94,6 +94,7 @@ impl<A: Float> Sgd<A> {
 impl<A: Float> Optimizer<A> for Sgd<A> {
     fn update(&mut self, params: &mut Params<A>, grads: &Grads<A>) -> Result<()> {
         grads.check_matches(params, "Sgd::update")?;
+        check_state_shapes("Sgd::update", &self.velocities, grads)?;
         let lr = A::of(self.learning_rate.at(self.steps));
         let (mu, decay, nesterov) = (
             A::of(self.momentum),
