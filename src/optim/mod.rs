@@ -31,9 +31,9 @@ use crate::{Error, Float, Grads, Params, Result};
 /// A gradient-based optimizer.
 pub trait Optimizer<A: Float> {
     /// One step: moves `params` using `grads`, which must be keyed exactly like `params`
-    /// (otherwise [`Error::KeyMismatch`](crate::Error::KeyMismatch), and nothing moves). A
+    /// (otherwise [`Error::KeyMismatch`], and nothing moves). A
     /// param whose shape changed since the optimizer kept state for it is
-    /// [`Error::IncompatibleShapes`](crate::Error::IncompatibleShapes), and nothing moves.
+    /// [`Error::IncompatibleShapes`], and nothing moves.
     fn update(&mut self, params: &mut Params<A>, grads: &Grads<A>) -> Result<()>;
 
     /// How many steps have been taken.
