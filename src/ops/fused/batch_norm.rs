@@ -14,9 +14,10 @@
 //! Why it is written this way (the `train_step` bench, see docs/performance.md): every loop
 //! runs along contiguous rows of plain slices, so it vectorises; the node keeps the input
 //! and the output it already shares with its neighbours instead of a new `x̂` (recomputed in
-//! backward, one subtraction and one product per element); the ReLU mask is read off the
-//! output; and backward writes `dx` into the incoming gradient's buffer. Forward makes one
-//! new array and three passes, backward none and two.
+//! backward, one subtraction and one product per element); ReLU is applied to each value
+//! before it is stored, and its mask is read off the output inside both backward passes
+//! (never written back: see `rows.rs` for why); and backward writes `dx` into the incoming
+//! gradient's buffer. Forward makes one new array and three passes, backward none and two.
 
 use std::sync::Arc;
 
@@ -99,17 +100,13 @@ pub(crate) fn batch_norm_train<A: Float>(
     let tensor = record_shared(op, &[x, scale, bias], output, move |g, needs| {
         let mut g = standard_layout_owned(g);
         let xs = input.as_slice().expect("standard layout");
+        let ys = kept_output
+            .as_deref()
+            .map(|y| y.as_slice().expect("standard layout"));
         let gs = g.as_slice_mut().expect("standard layout");
-        if let Some(y) = &kept_output {
-            let ys = y.as_slice().expect("standard layout");
-            simd::vectorized(
-                #[inline(always)]
-                || rows::relu_mask(gs, ys),
-            );
-        }
         let (sum_g, sum_g_xhat) = simd::vectorized(
             #[inline(always)]
-            || backward_sums(gs, xs, features, &mean, &inv_std),
+            || backward_sums(gs, ys, xs, features, [&mean, &inv_std]),
         );
         let dx = if needs[0] {
             let coefficient: Vec<A> = slope.iter().map(|&a| a / count).collect();
@@ -121,7 +118,7 @@ pub(crate) fn batch_norm_train<A: Float>(
             let per_feature = [&mean[..], &inv_std, &coefficient];
             simd::vectorized(
                 #[inline(always)]
-                || input_gradient(gs, xs, features, per_feature, &sums),
+                || input_gradient(gs, ys, xs, features, per_feature, &sums),
             );
             Some(g) // dx, written over the incoming gradient
         } else {
@@ -156,35 +153,40 @@ fn batch_statistics<A: Float>(xs: &[A], features: usize) -> (Vec<A>, Vec<A>) {
 
 /// `y = (x − μ) · slope + β` row by row, then ReLU if asked.
 #[inline(always)]
-fn normalize<A: Float>(
-    xs: &[A],
-    features: usize,
-    [mean, slope, beta]: [&[A]; 3],
-    then: Then,
-) -> Vec<A> {
-    let mut y = vec![A::zero(); xs.len()];
-    for (y_row, x_row) in y.chunks_exact_mut(features).zip(xs.chunks_exact(features)) {
-        rows::affine(y_row, x_row, mean, slope, beta);
-        if then == Then::Relu {
-            rows::relu(y_row);
-        }
+fn normalize<A: Float>(xs: &[A], features: usize, per_feature: [&[A]; 3], then: Then) -> Vec<A> {
+    let mut y = Vec::with_capacity(xs.len());
+    for x_row in xs.chunks_exact(features) {
+        rows::extend_affine(&mut y, x_row, per_feature, then == Then::Relu);
     }
     y
 }
 
-/// `Σg` and `Σ g x̂` per feature.
+/// Row `i` of the ReLU's output, if the node has one.
+#[inline(always)]
+fn output_row<A>(ys: Option<&[A]>, i: usize, features: usize) -> Option<&[A]> {
+    ys.map(|ys| &ys[i * features..(i + 1) * features])
+}
+
+/// `Σg'` and `Σ g' x̂` per feature, `g'` the gradient through the ReLU whose output is `ys`.
 #[inline(always)]
 fn backward_sums<A: Float>(
     gs: &[A],
+    ys: Option<&[A]>,
     xs: &[A],
     features: usize,
-    mean: &[A],
-    inv_std: &[A],
+    per_feature: [&[A]; 2],
 ) -> (Vec<A>, Vec<A>) {
     let (mut sum_g, mut sum_g_xhat) = (vec![A::zero(); features], vec![A::zero(); features]);
-    for (g_row, x_row) in gs.chunks_exact(features).zip(xs.chunks_exact(features)) {
-        rows::add(&mut sum_g, g_row);
-        rows::add_gradient_times_normalized(&mut sum_g_xhat, g_row, x_row, mean, inv_std);
+    let rows = gs.chunks_exact(features).zip(xs.chunks_exact(features));
+    for (i, (g_row, x_row)) in rows.enumerate() {
+        let y_row = output_row(ys, i, features);
+        rows::add_backward_sums(
+            [&mut sum_g, &mut sum_g_xhat],
+            g_row,
+            y_row,
+            x_row,
+            per_feature,
+        );
     }
     (sum_g, sum_g_xhat)
 }
@@ -193,13 +195,16 @@ fn backward_sums<A: Float>(
 #[inline(always)]
 fn input_gradient<A: Float>(
     gs: &mut [A],
+    ys: Option<&[A]>,
     xs: &[A],
     features: usize,
-    [mean, inv_std, coefficient]: [&[A]; 3],
+    per_feature: [&[A]; 3],
     sums: &rows::Sums<'_, A>,
 ) {
-    for (g_row, x_row) in gs.chunks_exact_mut(features).zip(xs.chunks_exact(features)) {
-        rows::input_gradient(g_row, x_row, mean, inv_std, coefficient, sums);
+    let rows = gs.chunks_exact_mut(features).zip(xs.chunks_exact(features));
+    for (i, (g_row, x_row)) in rows.enumerate() {
+        let y_row = output_row(ys, i, features);
+        rows::input_gradient(g_row, y_row, x_row, per_feature, sums);
     }
 }
 
