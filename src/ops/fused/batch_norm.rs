@@ -177,8 +177,8 @@ fn backward_sums<A: Float>(
     per_feature: [&[A]; 2],
 ) -> (Vec<A>, Vec<A>) {
     let (mut sum_g, mut sum_g_xhat) = (vec![A::zero(); features], vec![A::zero(); features]);
-    let rows = gs.chunks_exact(features).zip(xs.chunks_exact(features));
-    for (i, (g_row, x_row)) in rows.enumerate() {
+    let row_pairs = gs.chunks_exact(features).zip(xs.chunks_exact(features));
+    for (i, (g_row, x_row)) in row_pairs.enumerate() {
         let y_row = output_row(ys, i, features);
         rows::add_backward_sums(
             [&mut sum_g, &mut sum_g_xhat],
@@ -201,8 +201,8 @@ fn input_gradient<A: Float>(
     per_feature: [&[A]; 3],
     sums: &rows::Sums<'_, A>,
 ) {
-    let rows = gs.chunks_exact_mut(features).zip(xs.chunks_exact(features));
-    for (i, (g_row, x_row)) in rows.enumerate() {
+    let row_pairs = gs.chunks_exact_mut(features).zip(xs.chunks_exact(features));
+    for (i, (g_row, x_row)) in row_pairs.enumerate() {
         let y_row = output_row(ys, i, features);
         rows::input_gradient(g_row, y_row, x_row, per_feature, sums);
     }
