@@ -50,7 +50,7 @@ fn main() {
             quantile(&times, 0.9),
             first_step_s,
             first_loss,
-            peak_rss_mib()
+            workload::peak_rss_mib()
         );
     }
 }
@@ -61,15 +61,4 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     let at = q * (sorted.len() - 1) as f64;
     let (low, high) = (at.floor() as usize, at.ceil() as usize);
     sorted[low] + (sorted[high] - sorted[low]) * (at - low as f64)
-}
-
-/// The process's peak resident size (VmHWM in /proc/self/status), in MiB; 0 where unknown.
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-            line.split_whitespace().nth(1)?.parse::<f64>().ok()
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
 }

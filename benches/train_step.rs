@@ -2,7 +2,6 @@
 //! backward halves. `cargo bench --bench train_step`.
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use tapegrad::{Apply, ModuleExt, Mutable, ParamTensors, Tape, softmax_cross_entropy};
 
 #[path = "support/workload.rs"]
 mod workload;
@@ -31,16 +30,7 @@ fn halves(c: &mut Criterion) {
             group.sample_size(20);
         }
         let w = Workload::new(config);
-        let train = Apply::train().mutable(Mutable::only(["batch_stats"]));
-        let forward = || {
-            let tape = Tape::new();
-            let params = ParamTensors::leaves(w.variables.params(), &tape);
-            let (logits, _) = w
-                .model
-                .apply_tracked(&params, &w.variables, &w.x, &train)
-                .unwrap();
-            (softmax_cross_entropy(&logits, &w.labels).unwrap(), params)
-        };
+        let forward = || w.tracked_loss();
         group.bench_function(format!("forward/{}", config.name), |b| b.iter(forward));
         group.bench_function(format!("backward/{}", config.name), |b| {
             b.iter_batched(

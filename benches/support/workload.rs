@@ -5,8 +5,8 @@ use ndarray::ArrayD;
 use tapegrad::nn::{BatchNorm, Mlp};
 use tapegrad::optim::{Optimizer, Sgd};
 use tapegrad::{
-    Apply, ModuleExt, Mutable, SplitMix64, Tensor, Variables, softmax_cross_entropy,
-    value_and_grad_with_aux,
+    Apply, Gradients, ModuleExt, Mutable, ParamTensors, SplitMix64, Tape, Tensor, Variables,
+    softmax_cross_entropy, value_and_grad_with_aux,
 };
 
 /// A size of the workload: batch, inputs, hidden width, classes.
@@ -91,4 +91,43 @@ impl Workload {
         self.variables.merge(updates).unwrap();
         loss
     }
+
+    /// The training-mode forward and loss on a tape driven by hand; returns the loss and the
+    /// params as leaves (keep them for as long as the tape is needed).
+    #[allow(dead_code)] // not every bench drives a tape by hand
+    pub fn tracked_loss(&self) -> (Tensor<f32>, ParamTensors<f32>) {
+        let train = Apply::train().mutable(Mutable::only(["batch_stats"]));
+        let tape = Tape::new();
+        let params = ParamTensors::leaves(self.variables.params(), &tape);
+        let (logits, _) = self
+            .model
+            .apply_tracked(&params, &self.variables, &self.x, &train)
+            .unwrap();
+        (
+            softmax_cross_entropy(&logits, &self.labels).unwrap(),
+            params,
+        )
+    }
+
+    /// [`Workload::tracked_loss`] and its backward pass; everything else is dropped before
+    /// the gradients are returned.
+    #[allow(dead_code)]
+    pub fn backward_by_hand(&self) -> Gradients<f32> {
+        let (loss, params) = self.tracked_loss();
+        let gradients = loss.backward().unwrap();
+        drop((loss, params));
+        gradients
+    }
+}
+
+/// The process's peak resident size (VmHWM in /proc/self/status), in MiB; 0 where unknown.
+#[allow(dead_code)]
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
 }
