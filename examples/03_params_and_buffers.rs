@@ -12,7 +12,7 @@
 use tapegrad::nn::{BatchNorm, Mlp};
 use tapegrad::optim::{Optimizer, Sgd};
 use tapegrad::{
-    Apply, ModuleExt, Mutable, Tensor, softmax_cross_entropy, value_and_grad,
+    ApplyOptions, ModuleExt, Mutable, Tensor, softmax_cross_entropy, value_and_grad,
     value_and_grad_with_aux,
 };
 
@@ -28,7 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // One training step: gradients with respect to params only; new statistics as aux.
-    let train = Apply::train().mutable(Mutable::only(["batch_stats"]));
+    let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
     let (loss, new_stats, grads) = value_and_grad_with_aux(variables.params(), |p| {
         let (logits, new_stats) = model.apply_tracked(p, &variables, &x, &train)?;
         Ok((softmax_cross_entropy(&logits, &labels)?, new_stats))
@@ -50,7 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut tape = None;
     value_and_grad(variables.params(), |p| {
         tape = p.tape().cloned();
-        let (logits, _) = model.apply_tracked(p, &variables, &x, &Apply::eval())?;
+        let (logits, _) = model.apply_tracked(p, &variables, &x, &ApplyOptions::eval())?;
         softmax_cross_entropy(&logits, &labels)
     })?;
     let tape = tape.expect("params are tracked");

@@ -9,13 +9,15 @@
 use ndarray::arr1;
 use tapegrad::gradcheck::{GradCheckOptions, check_grads, check_model};
 use tapegrad::nn::{BatchNorm, Mlp};
-use tapegrad::{Apply, ModuleExt, Mutable, Params, Tensor, custom_op, softmax_cross_entropy};
+use tapegrad::{
+    ApplyOptions, ModuleExt, Mutable, Params, Tensor, custom_op, softmax_cross_entropy,
+};
 
 fn main() -> tapegrad::Result<()> {
     let model = Mlp::new(&[4], 3).with_batch_norm(BatchNorm::new());
     let x = Tensor::from_vec(&[5, 2], (0..10).map(|i| (i as f64 * 0.7).sin()).collect())?;
     let variables = model.init(0, &x)?;
-    let train = Apply::train().mutable(Mutable::only(["batch_stats"]));
+    let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
     let report = check_model(
         &model,
         &variables,

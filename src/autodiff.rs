@@ -12,8 +12,11 @@ use std::sync::Arc;
 use ndarray::ArrayD;
 
 use crate::collection::require_disjoint;
+use crate::collection::{Grads, Params};
+use crate::error::{Error, Result};
+use crate::float::Float;
 use crate::tape::Tape;
-use crate::{Error, Float, Grads, Params, Result, Tensor};
+use crate::tensor::Tensor;
 
 /// A param read as a constant, labelled with its full name for printed tapes.
 fn param_constant<A: Float>(path: &str, value: &Arc<ArrayD<A>>) -> Tensor<A> {

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use ndarray::ArrayD;
 
-use crate::{Error, Float, Result};
+use crate::error::{Error, Result};
+use crate::float::Float;
 
 /// One collection of variables: an ordered map from a slash path (`"Dense_0/kernel"`) to an
 /// array. Iteration is in path order, so it is deterministic.

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use crate::Float;
+use crate::float::Float;
 use crate::tape::{Operand, Tape, TapeEntry};
 
 /// The DOT attributes of each kind of vertex.

@@ -1,5 +1,7 @@
 //! One error type for the whole crate. Each variant names the op or the variable it concerns,
 //! with the shapes involved, and its documentation says the usual cause and the fix.
+//!
+//! This module imports nothing from the crate: every other module may use it.
 
 use std::fmt;
 
@@ -169,7 +171,7 @@ pub enum Error {
     /// A module asked for a random stream (e.g. `"dropout"`) that the `apply` call did not
     /// provide.
     ///
-    /// Fix: pass it, e.g. `Apply::train().rng("dropout", seed)`, or run in evaluation mode.
+    /// Fix: pass it, e.g. `ApplyOptions::train().rng("dropout", seed)`, or run in evaluation mode.
     #[error("module at \"{path}\" needs the RNG stream \"{stream}\", which apply was not given")]
     MissingRng {
         /// The stream's name.
@@ -189,7 +191,25 @@ pub enum Error {
         /// The file.
         path: String,
         /// Every problem found.
-        problems: Vec<crate::checkpoint::CheckpointProblem>,
+        problems: Vec<CheckpointProblem>,
+    },
+
+    /// A backward pass reached a node whose saved values an earlier backward pass released.
+    /// As in PyTorch ("Trying to backward through the graph a second time"), a backward pass
+    /// frees what each op saved once the op's VJP has run, so that memory falls as it goes.
+    ///
+    /// Fix: walk the tape once per forward pass; to walk it several times (one cotangent per
+    /// output, as a Jacobian does), use
+    /// [`Tensor::backward_retaining`](crate::Tensor::backward_retaining) for all but the last.
+    #[error(
+        "backward: node %{node} ({op}) was already walked by a backward pass that released its \
+         saved values; use backward_retaining to walk a tape more than once"
+    )]
+    BackwardTwice {
+        /// The op of the node.
+        op: &'static str,
+        /// Its id on the tape.
+        node: usize,
     },
 
     /// Two keyed trees that must have the same keys do not (gradients against params, a
@@ -205,6 +225,70 @@ pub enum Error {
         /// Keys present but not expected.
         unexpected: Vec<String>,
     },
+}
+
+/// One thing wrong with a checkpoint, as listed by [`Error::Checkpoint`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckpointProblem {
+    /// The file could not be read or written.
+    Io(String),
+    /// The file is not a valid safetensors file (corrupt, truncated, bad header).
+    Corrupt(String),
+    /// The file was written by another version of the format than the one this build reads.
+    Version {
+        /// The version the file declares.
+        found: String,
+        /// The version this build reads and writes.
+        supported: &'static str,
+    },
+    /// The model has this variable; the file does not.
+    Missing(String),
+    /// The file has this tensor; the model does not (strict mode).
+    Unexpected(String),
+    /// The shapes differ.
+    Shape {
+        /// The tensor's name.
+        name: String,
+        /// Its shape in the file.
+        file: Shape,
+        /// Its shape in the model.
+        model: Shape,
+    },
+    /// The element types differ, or the file's is not one tapegrad reads.
+    Dtype {
+        /// The tensor's name.
+        name: String,
+        /// Its dtype in the file.
+        file: String,
+        /// The model's element type.
+        model: &'static str,
+    },
+    /// A tensor name that is not `collection/path`.
+    Name(String),
+}
+
+impl fmt::Display for CheckpointProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CheckpointProblem::Io(e) => write!(f, "i/o: {e}"),
+            CheckpointProblem::Corrupt(e) => write!(f, "not a valid safetensors file: {e}"),
+            CheckpointProblem::Version { found, supported } => {
+                write!(f, "unknown format version {found:?} (this is {supported})")
+            }
+            CheckpointProblem::Missing(n) => write!(f, "missing \"{n}\""),
+            CheckpointProblem::Unexpected(n) => write!(f, "unexpected \"{n}\""),
+            CheckpointProblem::Shape { name, file, model } => {
+                write!(
+                    f,
+                    "\"{name}\" has shape {file} in the file, {model} in the model"
+                )
+            }
+            CheckpointProblem::Dtype { name, file, model } => {
+                write!(f, "\"{name}\" is {file} in the file, {model} in the model")
+            }
+            CheckpointProblem::Name(n) => write!(f, "\"{n}\" is not a collection/path name"),
+        }
+    }
 }
 
 fn detail_suffix(detail: &str) -> String {

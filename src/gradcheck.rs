@@ -30,8 +30,14 @@ use std::fmt;
 use ndarray::{ArrayD, Zip};
 
 use crate::autodiff::ParamTensors;
+use crate::collection::Params;
+use crate::error::{Error, Result};
+use crate::module::apply::{ApplyOptions, ModuleExt};
+use crate::module::scope::Module;
+use crate::rng::SplitMix64;
 use crate::tape::Tape;
-use crate::{Apply, Error, Module, ModuleExt, Params, Result, SplitMix64, Tensor, Variables};
+use crate::tensor::Tensor;
+use crate::variables::Variables;
 
 /// How [`check_grads`] checks.
 #[derive(Debug, Clone, PartialEq)]
@@ -244,7 +250,7 @@ where
     }
     let mut rng = SplitMix64::new(options.seed);
     let cotangent = normal_array(&mut rng, output.shape());
-    let jt_c = output.backward_with(&cotangent)?;
+    let jt_c = output.backward_retaining(&cotangent)?;
 
     // Numeric side: the function at perturbed params, with no tape.
     let evaluate = |perturbed: &Params<f64>| -> Result<ArrayD<f64>> {
@@ -270,7 +276,7 @@ where
                 let mut e_o = vec![0.0; output.len()];
                 e_o[o] = 1.0;
                 let e_o = ArrayD::from_shape_vec(output.shape(), e_o).expect("same length");
-                rows.push(flat(&output.backward_with(&e_o)?.wrt(leaf)?));
+                rows.push(flat(&output.backward_retaining(&e_o)?.wrt(leaf)?));
             }
             // Numeric Jacobian columns: two evaluations per input element.
             for i in 0..size {
@@ -316,12 +322,12 @@ where
 /// ```
 /// use tapegrad::gradcheck::{check_model, GradCheckOptions};
 /// use tapegrad::nn::{BatchNorm, Mlp};
-/// use tapegrad::{Apply, ModuleExt, Mutable, Tensor};
+/// use tapegrad::{ApplyOptions, ModuleExt, Mutable, Tensor};
 ///
 /// let model = Mlp::new(&[4], 3).with_batch_norm(BatchNorm::new());
 /// let x = Tensor::from_vec(&[5, 2], (0..10).map(|i| (i as f64 * 0.7).sin()).collect())?;
 /// let variables = model.init(0, &x)?;
-/// let train = Apply::train().mutable(Mutable::only(["batch_stats"]));
+/// let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
 /// let report = check_model(&model, &variables, &x, &train,
 ///     |logits| tapegrad::softmax_cross_entropy(logits, &[0, 1, 2, 0, 1]),
 ///     &GradCheckOptions::default())?;
@@ -333,7 +339,7 @@ pub fn check_model<M, L>(
     model: &M,
     variables: &Variables<f64>,
     input: &M::Input,
-    options: &Apply,
+    options: &ApplyOptions,
     loss: L,
     check: &GradCheckOptions,
 ) -> Result<GradCheckReport>

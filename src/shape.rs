@@ -4,9 +4,12 @@
 //! when it accumulates a gradient into a node whose shape is smaller than the gradient's.
 //! No VJP sums to shape on its own.
 
+use std::sync::Arc;
+
 use ndarray::{ArrayD, Axis, IxDyn};
 
-use crate::{Error, Float, Result};
+use crate::error::{Error, Result};
+use crate::float::Float;
 
 /// The NumPy broadcast of two shapes: align on the right; each pair of dimensions must be
 /// equal or contain a 1.
@@ -82,14 +85,29 @@ pub(crate) fn keep_dims_shape(shape: &[usize], axes: &[usize]) -> Vec<usize> {
         .collect()
 }
 
-/// Reshapes an array that may not be in standard layout, copying only when it must.
-pub(crate) fn reshaped<A: Float>(a: ArrayD<A>, shape: &[usize]) -> ArrayD<A> {
-    let a = if a.is_standard_layout() {
+/// The same array in standard (row-major, contiguous) layout: itself when it already is,
+/// a copy otherwise, so that kernels can run over plain slices.
+pub(crate) fn standard_layout<A: Float>(a: ArrayD<A>) -> ArrayD<A> {
+    if a.is_standard_layout() {
         a
     } else {
         a.as_standard_layout().into_owned()
-    };
-    a.into_shape_with_order(IxDyn(shape))
+    }
+}
+
+/// [`standard_layout`] for a shared array: still shared when nothing has to be copied.
+pub(crate) fn standard_layout_shared<A: Float>(a: Arc<ArrayD<A>>) -> Arc<ArrayD<A>> {
+    if a.is_standard_layout() {
+        a
+    } else {
+        Arc::new(a.as_standard_layout().into_owned())
+    }
+}
+
+/// Reshapes an array that may not be in standard layout, copying only when it must.
+pub(crate) fn reshaped<A: Float>(a: ArrayD<A>, shape: &[usize]) -> ArrayD<A> {
+    standard_layout(a)
+        .into_shape_with_order(IxDyn(shape))
         .expect("reshaped: caller checked the element count")
 }
 

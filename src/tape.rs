@@ -10,11 +10,13 @@ use std::cell::RefCell;
 use std::fmt;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ndarray::{ArrayD, Dimension, IxDyn};
 
+use crate::error::{Error, Result};
+use crate::float::Float;
 use crate::shape::{broadcast_shape, sum_to_shape};
-use crate::{Error, Float, Result, Tensor};
 
 /// A vector-Jacobian product: given the gradient of the output and which inputs want a
 /// gradient, returns one gradient per input (`None` where not wanted). A returned gradient
@@ -22,16 +24,21 @@ use crate::{Error, Float, Result, Tensor};
 ///
 /// The output's gradient is passed by value: backward has consumed it, so a rule may reuse
 /// its buffer (an elementwise rule multiplies it in place instead of allocating).
-pub(crate) type Vjp<A> = Box<dyn Fn(ArrayD<A>, &[bool]) -> Vec<Option<ArrayD<A>>>>;
+///
+/// The closure owns what the op saved for its backward pass (its inputs, its output): `Rc`
+/// so that a backward pass can call it without holding the tape borrowed (a user's VJP may
+/// record on the tape) and then drop it, releasing those values.
+pub(crate) type Vjp<A> = Rc<dyn Fn(ArrayD<A>, &[bool]) -> Vec<Option<ArrayD<A>>>>;
 
 pub(crate) enum NodeKind<A: Float> {
     /// A tensor we differentiate with respect to (a parameter), optionally named by its path.
     Leaf { name: Option<String> },
-    /// The result of an op, with one operand per input of the op.
+    /// The result of an op, with one operand per input of the op. `vjp` is `None` once a
+    /// backward pass has run it and released what it saved.
     Op {
         op: &'static str,
         inputs: Vec<Operand>,
-        vjp: Vjp<A>,
+        vjp: Option<Vjp<A>>,
     },
 }
 
@@ -42,7 +49,7 @@ pub enum Operand {
     Node(usize),
     /// A constant, labelled with where it came from when known: a variable's full name such
     /// as `batch_stats/BatchNorm_0/mean` (also for constants computed from it), or a label
-    /// given with [`Tensor::with_label`].
+    /// given with [`Tensor::with_label`](crate::Tensor::with_label).
     Constant(Option<Arc<str>>),
 }
 
@@ -61,6 +68,17 @@ pub(crate) struct Node<A: Float> {
     /// `IxDyn` keeps up to four dimensions inline: no allocation per node.
     pub(crate) shape: IxDyn,
 }
+
+/// Whether a backward pass releases what each node saved once its VJP has run (PyTorch's
+/// default), or keeps it so that the tape can be walked again (`retain_graph=True`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Saved {
+    Release,
+    Retain,
+}
+
+/// The gradient store of one backward pass, indexed by node id.
+pub(crate) type GradientSlots<A> = Vec<Option<ArrayD<A>>>;
 
 /// A Wengert list recording operations on tracked tensors.
 ///
@@ -84,12 +102,16 @@ pub(crate) struct Node<A: Float> {
 /// # Ok::<(), tapegrad::Error>(())
 /// ```
 pub struct Tape<A: Float> {
+    /// Unique per tape for the life of the process: gradients remember which tape they came
+    /// from by this id, not by a handle that would keep the tape's saved values alive.
+    id: u64,
     nodes: Rc<RefCell<Vec<Node<A>>>>,
 }
 
 impl<A: Float> Clone for Tape<A> {
     fn clone(&self) -> Self {
         Tape {
+            id: self.id,
             nodes: Rc::clone(&self.nodes),
         }
     }
@@ -104,27 +126,11 @@ impl<A: Float> Default for Tape<A> {
 impl<A: Float> Tape<A> {
     /// An empty tape.
     pub fn new() -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Tape {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             nodes: Rc::new(RefCell::new(Vec::new())),
         }
-    }
-
-    /// A tracked leaf holding `value`: what the gradient is taken with respect to.
-    /// `name` labels it when the tape is printed (tapegrad uses the param's path).
-    pub fn leaf(&self, name: impl Into<String>, value: ArrayD<A>) -> Tensor<A> {
-        self.leaf_shared(Some(name.into()), std::sync::Arc::new(value))
-    }
-
-    pub(crate) fn leaf_shared(
-        &self,
-        name: Option<String>,
-        value: std::sync::Arc<ArrayD<A>>,
-    ) -> Tensor<A> {
-        let id = self.push(Node {
-            kind: NodeKind::Leaf { name },
-            shape: value.raw_dim(),
-        });
-        Tensor::tracked(value, self.clone(), id)
     }
 
     /// The number of nodes recorded (leaves included).
@@ -139,7 +145,11 @@ impl<A: Float> Tape<A> {
 
     /// Whether two handles point to the same tape.
     pub fn same_as(&self, other: &Tape<A>) -> bool {
-        Rc::ptr_eq(&self.nodes, &other.nodes)
+        self.id == other.id
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     /// One entry per node, in recording order: what the node is, its inputs and its shape.
@@ -167,37 +177,88 @@ impl<A: Float> Tape<A> {
             .collect()
     }
 
-    pub(crate) fn push(&self, node: Node<A>) -> usize {
+    /// Appends a leaf of `shape`, named `name`; returns its id.
+    pub(crate) fn push_leaf(&self, name: Option<String>, shape: IxDyn) -> usize {
+        self.push(Node {
+            kind: NodeKind::Leaf { name },
+            shape,
+        })
+    }
+
+    /// Appends the result of `op` on `inputs`, of `shape`, with its VJP; returns its id.
+    pub(crate) fn push_op(
+        &self,
+        op: &'static str,
+        inputs: Vec<Operand>,
+        shape: IxDyn,
+        vjp: Vjp<A>,
+    ) -> usize {
+        self.push(Node {
+            kind: NodeKind::Op {
+                op,
+                inputs,
+                vjp: Some(vjp),
+            },
+            shape,
+        })
+    }
+
+    fn push(&self, node: Node<A>) -> usize {
         let mut nodes = self.nodes.borrow_mut();
         nodes.push(node);
         nodes.len() - 1
     }
 
     /// Reverse-mode sweep from node `root`, seeded with `seed` (the gradient of the root).
-    pub(crate) fn backward_from(&self, root: usize, seed: ArrayD<A>) -> Result<Gradients<A>> {
-        let nodes = self.nodes.borrow();
-        let mut grads: Vec<Option<ArrayD<A>>> = Vec::new();
+    /// Returns the gradient slots: the leaves' gradients, every intermediate one released.
+    ///
+    /// The tape is borrowed only between VJPs, never while one runs, so a VJP may record on
+    /// it (a user's `custom_op` that makes a leaf). With [`Saved::Release`], each node's VJP
+    /// (and with it everything the op saved) is dropped as soon as it has run, so memory
+    /// falls as the pass goes; walking the tape again is then [`Error::BackwardTwice`].
+    pub(crate) fn backward_from(
+        &self,
+        root: usize,
+        seed: ArrayD<A>,
+        saved: Saved,
+    ) -> Result<GradientSlots<A>> {
+        let mut grads: GradientSlots<A> = Vec::new();
         grads.resize_with(root + 1, || None);
         grads[root] = Some(seed);
         let mut needs: Vec<bool> = Vec::new(); // reused: no allocation per node
         for id in (0..=root).rev() {
-            let NodeKind::Op { op, inputs, vjp } = &nodes[id].kind else {
-                continue; // a leaf keeps its gradient: that is the result
+            let (op, vjp) = {
+                let mut nodes = self.nodes.borrow_mut();
+                let NodeKind::Op { op, inputs, vjp } = &mut nodes[id].kind else {
+                    continue; // a leaf keeps its gradient: that is the result
+                };
+                if grads[id].is_none() {
+                    continue; // the output does not depend on this node
+                }
+                let op = *op;
+                needs.clear();
+                needs.extend(inputs.iter().map(|i| i.node().is_some()));
+                let vjp = match saved {
+                    Saved::Release => vjp.take(),
+                    Saved::Retain => vjp.clone(),
+                };
+                (op, vjp.ok_or(Error::BackwardTwice { op, node: id })?)
             };
             // An intermediate gradient is consumed here and released.
-            let Some(g) = grads[id].take() else { continue };
-            needs.clear();
-            needs.extend(inputs.iter().map(|i| i.node().is_some()));
-            for (input, contribution) in inputs.iter().zip(vjp(g, &needs)) {
+            let g = grads[id].take().expect("checked above");
+            let contributions = vjp(g, &needs);
+            drop(vjp); // with Saved::Release, the op's saved values go here
+            let nodes = self.nodes.borrow();
+            let NodeKind::Op { inputs, .. } = &nodes[id].kind else {
+                unreachable!("node {id} was an op a moment ago");
+            };
+            for (input, contribution) in inputs.iter().zip(contributions) {
                 if let (Operand::Node(parent), Some(c)) = (input, contribution) {
                     accumulate(op, &mut grads[*parent], c, nodes[*parent].shape.slice())?;
                 }
             }
         }
-        Ok(Gradients {
-            tape: self.clone(),
-            grads,
-        })
+        Ok(grads)
     }
 }
 
@@ -281,54 +342,5 @@ impl<A: Float> fmt::Display for Tape<A> {
 impl<A: Float> fmt::Debug for Tape<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Tape({} nodes)", self.len())
-    }
-}
-
-/// The result of a backward pass: the gradient of the output with respect to each leaf it
-/// reached. Intermediate gradients are released during the pass, as in PyTorch.
-pub struct Gradients<A: Float> {
-    tape: Tape<A>,
-    grads: Vec<Option<ArrayD<A>>>,
-}
-
-impl<A: Float> Gradients<A> {
-    /// The gradients of a constant output: with respect to nothing.
-    pub(crate) fn none() -> Self {
-        Gradients {
-            tape: Tape::new(),
-            grads: Vec::new(),
-        }
-    }
-
-    /// The gradient with respect to leaf `x`, or `None` if `x` is a constant, belongs to
-    /// another tape, is not a leaf, or was not reached (the output does not depend on it).
-    pub fn get(&self, x: &Tensor<A>) -> Option<&ArrayD<A>> {
-        let (tape, id) = x.node()?;
-        if !tape.same_as(&self.tape) {
-            return None;
-        }
-        self.grads.get(id)?.as_ref()
-    }
-
-    /// The gradient with respect to leaf `x`, zeros if it was not reached; an error if `x`
-    /// is not on this tape.
-    pub fn wrt(&self, x: &Tensor<A>) -> Result<ArrayD<A>> {
-        match x.node() {
-            Some((tape, _)) if tape.same_as(&self.tape) => Ok(self
-                .get(x)
-                .cloned()
-                .unwrap_or_else(|| ArrayD::zeros(x.shape()))),
-            _ => Err(Error::DifferentTapes {
-                op: "Gradients::wrt",
-            }),
-        }
-    }
-
-    /// Moves the gradient of the leaf with node `id` out (zeros of `shape` if not reached).
-    pub(crate) fn take(&mut self, id: usize, shape: &[usize]) -> ArrayD<A> {
-        self.grads
-            .get_mut(id)
-            .and_then(Option::take)
-            .unwrap_or_else(|| ArrayD::zeros(shape))
     }
 }

@@ -1,12 +1,15 @@
-//! `Tensor<A>`: a shared array value and, when tracked, its node on a tape.
+//! `Tensor<A>`: a shared array value and, when tracked, its node on a tape; and [`record`],
+//! the one way an op puts its result and its VJP on the tape.
 
 use std::fmt;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use ndarray::{ArrayD, IxDyn};
 
-use crate::tape::{Gradients, Node, NodeKind, Operand, Tape};
-use crate::{Error, Float, Result};
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::tape::{Operand, Tape};
 
 /// A value (an `ArrayD<A>`, shared, never copied when a tensor is cloned) and, if tracked,
 /// its node on a [`Tape`].
@@ -170,60 +173,22 @@ impl<A: Float> Tensor<A> {
     pub fn detach(&self) -> Tensor<A> {
         Self::from_shared(self.shared_value())
     }
-
-    /// Reverse mode from a one-element tensor (the loss): the gradient of it with respect
-    /// to every leaf it depends on. A non-scalar is an error; see [`Tensor::backward_with`].
-    pub fn backward(&self) -> Result<Gradients<A>> {
-        if self.len() != 1 {
-            return Err(Error::NotScalar {
-                op: "backward",
-                shape: self.shape().into(),
-            });
-        }
-        self.backward_with(&ArrayD::ones(self.shape()))
-    }
-
-    /// Reverse mode seeded with an explicit cotangent of this tensor's shape: the result
-    /// holds `J^T cotangent` for each leaf. PyTorch: `y.backward(gradient=cotangent)`.
-    pub fn backward_with(&self, cotangent: &ArrayD<A>) -> Result<Gradients<A>> {
-        if cotangent.shape() != self.shape() {
-            return Err(Error::incompatible(
-                "backward_with",
-                self.shape(),
-                cotangent.shape(),
-                "the cotangent must have the output's shape",
-            ));
-        }
-        let (tape, root) = match &self.node {
-            Some((tape, id)) => (tape.clone(), *id),
-            // A constant depends on no leaf: an empty tape yields no gradients.
-            None => return Ok(Gradients::none()),
-        };
-        tape.backward_from(root, cotangent.clone())
-    }
 }
 
-/// Records the result of an op. `value` is the forward result; `vjp` maps the output's
+/// Records the result of an op: `value` is the forward result, `vjp` maps the output's
 /// gradient to one gradient per input. If no input is tracked nothing is recorded and the
-/// result is a constant (the VJP is dropped unused). Inputs tracked on different tapes are
-/// an error.
+/// result is a constant (the VJP is dropped unused), labelled with its first labelled
+/// input's label: its provenance. Inputs tracked on different tapes are an error.
+///
+/// `value` is an array or a shared one: a VJP that reads the output (ReLU's mask) keeps a
+/// clone of the `Arc` instead of a copy.
 pub(crate) fn record<A: Float>(
     op: &'static str,
     inputs: &[&Tensor<A>],
-    value: ArrayD<A>,
+    value: impl Into<Arc<ArrayD<A>>>,
     vjp: impl Fn(ArrayD<A>, &[bool]) -> Vec<Option<ArrayD<A>>> + 'static,
 ) -> Result<Tensor<A>> {
-    record_shared(op, inputs, Arc::new(value), vjp)
-}
-
-/// [`record`] for a value the VJP shares (it keeps a clone of the `Arc`, as ReLU's mask
-/// reads the output), so the output is not copied.
-pub(crate) fn record_shared<A: Float>(
-    op: &'static str,
-    inputs: &[&Tensor<A>],
-    value: Arc<ArrayD<A>>,
-    vjp: impl Fn(ArrayD<A>, &[bool]) -> Vec<Option<ArrayD<A>>> + 'static,
-) -> Result<Tensor<A>> {
+    let value = value.into();
     let mut tape: Option<&Tape<A>> = None;
     for t in inputs {
         if let Some((other, _)) = t.node() {
@@ -234,56 +199,41 @@ pub(crate) fn record_shared<A: Float>(
         }
     }
     let Some(tape) = tape else {
-        // A constant computed from labelled constants keeps the first label: its provenance.
         let label = inputs.iter().find_map(|t| t.label.clone());
         return Ok(Tensor {
             label,
             ..Tensor::from_shared(value)
         });
     };
-    let id = tape.push(Node {
-        kind: NodeKind::Op {
-            op,
-            inputs: inputs.iter().map(|t| t.operand()).collect(),
-            vjp: Box::new(vjp),
-        },
-        shape: value.raw_dim(),
-    });
+    let operands = inputs.iter().map(|t| t.operand()).collect();
+    let id = tape.push_op(op, operands, value.raw_dim(), Rc::new(vjp));
     Ok(Tensor::tracked(value, tape.clone(), id))
 }
 
-/// [`record`] for a one-input op, which cannot mix tapes and so cannot fail.
-pub(crate) fn record_unary<A: Float>(
+/// [`record`] for an op of one input, whose VJP returns that input's gradient. One input
+/// cannot come from two tapes, so this cannot fail.
+pub(crate) fn record_one<A: Float>(
     op: &'static str,
     input: &Tensor<A>,
-    value: ArrayD<A>,
+    value: impl Into<Arc<ArrayD<A>>>,
     vjp: impl Fn(ArrayD<A>) -> ArrayD<A> + 'static,
 ) -> Tensor<A> {
-    record_unary_shared(op, input, Arc::new(value), vjp)
+    record(op, &[input], value, move |g, _| vec![Some(vjp(g))]).expect("one input cannot mix tapes")
 }
 
-/// [`record_unary`] for a value already shared (e.g. with the VJP, which reads the output).
-pub(crate) fn record_unary_shared<A: Float>(
-    op: &'static str,
-    input: &Tensor<A>,
-    value: Arc<ArrayD<A>>,
-    vjp: impl Fn(ArrayD<A>) -> ArrayD<A> + 'static,
-) -> Tensor<A> {
-    let Some((tape, input_id)) = input.node() else {
-        return Tensor {
-            label: input.label.clone(),
-            ..Tensor::from_shared(value)
-        };
-    };
-    let id = tape.push(Node {
-        kind: NodeKind::Op {
-            op,
-            inputs: vec![Operand::Node(input_id)],
-            vjp: Box::new(move |g, _| vec![Some(vjp(g))]),
-        },
-        shape: value.raw_dim(),
-    });
-    Tensor::tracked(value, tape.clone(), id)
+// Defined here rather than in tape.rs so that the tape knows nothing of tensors: tape.rs
+// sits below this module, which builds on it.
+impl<A: Float> Tape<A> {
+    /// A tracked leaf holding `value`: what the gradient is taken with respect to.
+    /// `name` labels it when the tape is printed (tapegrad uses the param's path).
+    pub fn leaf(&self, name: impl Into<String>, value: ArrayD<A>) -> Tensor<A> {
+        self.leaf_shared(Some(name.into()), Arc::new(value))
+    }
+
+    pub(crate) fn leaf_shared(&self, name: Option<String>, value: Arc<ArrayD<A>>) -> Tensor<A> {
+        let id = self.push_leaf(name, value.raw_dim());
+        Tensor::tracked(value, self.clone(), id)
+    }
 }
 
 impl<A: Float> fmt::Debug for Tensor<A> {

@@ -16,7 +16,26 @@ use ndarray::{ArrayD, IxDyn};
 use proptest::collection::vec;
 use proptest::prelude::*;
 
-use crate::Float;
+use crate::float::Float;
+
+/// A proptest configuration running `default_cases` cases, unless the environment variable
+/// `PROPTEST_CASES` asks for another number (as proptest's own default configuration does,
+/// and `ProptestConfig::with_cases` does not): a long run can then be asked for without
+/// editing code, `PROPTEST_CASES=100000 cargo test --release --test fusion`.
+///
+/// ```
+/// use proptest::prelude::*;
+/// proptest!(tapegrad::testing::config(8), |(x in 0..10u32)| {
+///     prop_assert!(x < 10);
+/// });
+/// ```
+pub fn config(default_cases: u32) -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default_cases);
+    ProptestConfig::with_cases(cases)
+}
 
 /// Shapes of rank `0..=max_rank` with dimensions `1..=max_dim` (size-1 dimensions are
 /// frequent, since they are where broadcasting bugs hide). Shrinks toward lower rank and
@@ -137,13 +156,13 @@ impl MlpCase {
     /// from N(0, 0.5²). Zero biases (the default) with a zero input row put a ReLU exactly on
     /// its kink, where finite differences are meaningless; random biases make that a
     /// probability-zero event.
-    pub fn variables(&self) -> crate::Variables<f64> {
-        use crate::ModuleExt;
+    pub fn variables(&self) -> crate::variables::Variables<f64> {
+        use crate::module::ModuleExt;
         let mut vars = self
             .model()
             .init(self.seed, &self.input())
             .expect("an MlpCase always initialises");
-        let mut rng = crate::SplitMix64::new(self.seed ^ 0xB1A5);
+        let mut rng = crate::rng::SplitMix64::new(self.seed ^ 0xB1A5);
         for (path, value) in vars.params_mut().iter_mut() {
             if path.ends_with("/bias") {
                 value.mapv_inplace(|_| 0.5 * rng.normal());
@@ -153,8 +172,8 @@ impl MlpCase {
     }
 
     /// The inputs as a constant tensor of element type `A`.
-    pub fn input<A: Float>(&self) -> crate::Tensor<A> {
-        crate::Tensor::constant(self.x.mapv(A::of))
+    pub fn input<A: Float>(&self) -> crate::tensor::Tensor<A> {
+        crate::tensor::Tensor::constant(self.x.mapv(A::of))
     }
 }
 

@@ -6,7 +6,9 @@ use std::fmt;
 
 use ndarray::ArrayD;
 
-use crate::{Collection, Error, Float, Params, Result};
+use crate::collection::{Collection, Params};
+use crate::error::{Error, Result};
+use crate::float::Float;
 
 /// The name of the one collection that is differentiated and optimized.
 pub const PARAMS: &str = "params";

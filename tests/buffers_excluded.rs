@@ -10,12 +10,12 @@ use tapegrad::gradcheck::{GradCheckOptions, check_model};
 use tapegrad::nn::{Dense, Embed, FrozenEmbed};
 use tapegrad::testing::{MlpCase, arrays, mlp_case};
 use tapegrad::{
-    Apply, Error, Module, ModuleExt, Mutable, Result, Scope, Tape, Tensor, Variables,
+    ApplyOptions, Error, Module, ModuleExt, Mutable, Result, Scope, Tape, Tensor, Variables,
     softmax_cross_entropy, value_and_grad_with_aux,
 };
 
-fn train() -> Apply {
-    Apply::train().mutable(Mutable::only(["batch_stats"]))
+fn train() -> ApplyOptions {
+    ApplyOptions::train().mutable(Mutable::only(["batch_stats"]))
 }
 
 fn init(case: &MlpCase) -> Variables<f64> {
@@ -71,7 +71,7 @@ fn embed_case() -> impl Strategy<Value = (usize, usize, ArrayD<usize>, Vec<usize
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
+    #![proptest_config(tapegrad::testing::config(128))]
 
     /// MLPs with and without BatchNorm in training mode, under cross-entropy: every param's
     /// gradient matches finite differences; batch_stats are held fixed and unchanged.
@@ -107,7 +107,7 @@ proptest! {
     fn embedding_gradients_match_finite_differences((vocab, width, ids, labels, frozen, seed) in embed_case()) {
         let model = EmbedClassifier { vocab, width, classes: 3, frozen };
         let vars = model.init(seed, &ids).unwrap();
-        let report = check_model(&model, &vars, &ids, &Apply::eval(),
+        let report = check_model(&model, &vars, &ids, &ApplyOptions::eval(),
             |logits| softmax_cross_entropy(logits, &labels), &GradCheckOptions::default()).unwrap();
         prop_assert!(report.passed(), "{report}");
         let has_table_grad = report.get("Embed_0/embedding").is_some();
@@ -170,7 +170,7 @@ proptest! {
         let model = tapegrad::nn::Sequential::new().push(Dense::new(3)).push(tapegrad::nn::BatchNorm::new().momentum(momentum));
         let x = Tensor::constant(x);
         let mut vars = model.init(1, &x).unwrap();
-        let (z, _) = Dense::new(3).apply(&vars_for_dense(&vars), &x, &Apply::eval()).unwrap();
+        let (z, _) = Dense::new(3).apply(&vars_for_dense(&vars), &x, &ApplyOptions::eval()).unwrap();
         let z = z.value();
         let batch_mean = z.mean_axis(Axis(0)).unwrap();
         let batch_var = z.var_axis(Axis(0), 0.0); // ddof 0: biased
@@ -186,9 +186,9 @@ proptest! {
         prop_assert!(close(vars.get("batch_stats/BatchNorm_0/var").unwrap(), &var));
 
         let before = vars.clone();
-        let err = model.apply(&vars, &x, &Apply::train()).unwrap_err();
+        let err = model.apply(&vars, &x, &ApplyOptions::train()).unwrap_err();
         prop_assert!(matches!(err, Error::ImmutableCollection { .. }), "{}", err);
-        let (_, updates) = model.apply(&vars, &x, &Apply::eval()).unwrap();
+        let (_, updates) = model.apply(&vars, &x, &ApplyOptions::eval()).unwrap();
         prop_assert!(updates.is_empty());
         prop_assert_eq!(&vars, &before);
     }

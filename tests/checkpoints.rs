@@ -10,7 +10,7 @@ use tapegrad::checkpoint::{
 };
 use tapegrad::nn::{BatchNorm, Mlp};
 use tapegrad::testing::arrays;
-use tapegrad::{Apply, Error, Float, ModuleExt, Tensor, Variables};
+use tapegrad::{ApplyOptions, Error, Float, ModuleExt, Tensor, Variables};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -52,7 +52,7 @@ fn random_variables() -> impl Strategy<Value = Variables<f64>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(tapegrad::testing::config(64))]
 
     /// Random variables saved and read back are bit-identical, in every collection.
     #[test]
@@ -189,7 +189,7 @@ fn a_loaded_checkpoint_reproduces_evaluation_bit_for_bit() {
     }));
     let mut trained = model_variables::<f32>(3);
     // Move the running statistics so that losing them would show.
-    let train = Apply::train().mutable(tapegrad::Mutable::only(["batch_stats"]));
+    let train = ApplyOptions::train().mutable(tapegrad::Mutable::only(["batch_stats"]));
     let (_, updates) = model().apply(&trained, &x, &train).unwrap();
     trained.merge(updates).unwrap();
     save(&trained, &path).unwrap();
@@ -197,7 +197,7 @@ fn a_loaded_checkpoint_reproduces_evaluation_bit_for_bit() {
     load_into(&mut restored, &path, LoadMode::Strict).unwrap();
     let eval = |v: &Variables<f32>| {
         model()
-            .apply(v, &x, &Apply::eval())
+            .apply(v, &x, &ApplyOptions::eval())
             .unwrap()
             .0
             .value()
@@ -230,7 +230,7 @@ fn a_pytorch_mlp_with_batch_norm_gives_pytorchs_eval_logits() {
     import_pytorch_into(&mut vars, &state_dict, &mapping, LoadMode::Strict).unwrap();
     let expected: Variables<f64> = read(fixture("torch_mlp_bn_expected.safetensors")).unwrap();
     let x = Tensor::constant(expected.get("inputs/x").unwrap().clone());
-    let (logits, _) = model().apply(&vars, &x, &Apply::eval()).unwrap();
+    let (logits, _) = model().apply(&vars, &x, &ApplyOptions::eval()).unwrap();
     let want = expected.get("outputs/logits").unwrap();
     let worst = logits
         .value()
@@ -252,7 +252,7 @@ fn a_pytorch_mlp_with_batch_norm_gives_pytorchs_eval_logits() {
         .apply(
             &vars32,
             &Tensor::constant(x.value().mapv(|v| v as f32)),
-            &Apply::eval(),
+            &ApplyOptions::eval(),
         )
         .unwrap();
     let worst = logits32

@@ -3,7 +3,8 @@
 use ndarray::{ArrayD, arr1, arr2};
 use tapegrad::nn::{Accumulator, BatchNorm, Dense, Dropout, FrozenEmbed, Mlp};
 use tapegrad::{
-    Apply, Error, Module, ModuleExt, Mutable, Result, Scope, Tensor, Variables, value_and_grad,
+    ApplyOptions, Error, Module, ModuleExt, Mutable, Result, Scope, Tensor, Variables,
+    value_and_grad,
 };
 
 fn batch() -> Tensor<f64> {
@@ -47,7 +48,7 @@ fn init_creates_every_collection_with_flax_names() {
 
 #[test]
 fn init_does_not_move_running_statistics_even_in_training_mode() {
-    let train = Apply::train();
+    let train = ApplyOptions::train();
     let vars = bn_mlp().init_with(0, &batch(), &train).unwrap();
     assert!(
         vars.get("batch_stats/BatchNorm_0/mean")
@@ -68,7 +69,7 @@ fn training_without_mutable_batch_stats_is_the_immutable_collection_error() {
     let vars = bn_mlp().init(0, &batch()).unwrap();
     let before = vars.clone();
     let err = bn_mlp()
-        .apply(&vars, &batch(), &Apply::train())
+        .apply(&vars, &batch(), &ApplyOptions::train())
         .unwrap_err();
     assert_eq!(
         err,
@@ -88,10 +89,12 @@ fn training_without_mutable_batch_stats_is_the_immutable_collection_error() {
 #[test]
 fn evaluation_reads_running_statistics_and_returns_no_updates() {
     let vars = bn_mlp().init(0, &batch()).unwrap();
-    let (_, updates) = bn_mlp().apply(&vars, &batch(), &Apply::eval()).unwrap();
+    let (_, updates) = bn_mlp()
+        .apply(&vars, &batch(), &ApplyOptions::eval())
+        .unwrap();
     assert!(updates.is_empty());
     // Mutable but in evaluation mode: the collection comes back whole and unchanged.
-    let eval_mutable = Apply::eval().mutable(Mutable::only(["batch_stats"]));
+    let eval_mutable = ApplyOptions::eval().mutable(Mutable::only(["batch_stats"]));
     let (_, updates) = bn_mlp().apply(&vars, &batch(), &eval_mutable).unwrap();
     assert_eq!(
         updates.collection("batch_stats"),
@@ -102,13 +105,13 @@ fn evaluation_reads_running_statistics_and_returns_no_updates() {
 #[test]
 fn deny_list_mutability() {
     let vars = bn_mlp().init(0, &batch()).unwrap();
-    let train = Apply::train().mutable(Mutable::all_except(["state"]));
+    let train = ApplyOptions::train().mutable(Mutable::all_except(["state"]));
     let (_, updates) = bn_mlp().apply(&vars, &batch(), &train).unwrap();
     assert_eq!(
         updates.collection_names().collect::<Vec<_>>(),
         ["batch_stats"]
     );
-    let denied = Apply::train().mutable(Mutable::all_except(["batch_stats"]));
+    let denied = ApplyOptions::train().mutable(Mutable::all_except(["batch_stats"]));
     assert!(matches!(
         bn_mlp().apply(&vars, &batch(), &denied),
         Err(Error::ImmutableCollection { .. })
@@ -119,7 +122,7 @@ fn deny_list_mutability() {
 fn merge_replaces_running_statistics_and_nothing_else() {
     let mut vars = bn_mlp().init(0, &batch()).unwrap();
     let params_before = vars.params().clone();
-    let train = Apply::train().mutable(Mutable::only(["batch_stats"]));
+    let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
     let (_, updates) = bn_mlp().apply(&vars, &batch(), &train).unwrap();
     vars.merge(updates.clone()).unwrap();
     assert_eq!(vars.params(), &params_before);
@@ -137,7 +140,7 @@ fn merge_of_a_wrong_shape_changes_nothing() {
         .with_batch_norm(BatchNorm::new())
         .init(0, &batch())
         .unwrap();
-    let train = Apply::train().mutable(Mutable::only(["batch_stats"]));
+    let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
     let (_, updates) = Mlp::new(&[7], 2)
         .with_batch_norm(BatchNorm::new())
         .apply(&other, &batch(), &train)
@@ -150,7 +153,9 @@ fn merge_of_a_wrong_shape_changes_nothing() {
 #[test]
 fn reading_a_variable_init_did_not_create_names_its_path() {
     let vars = Mlp::new(&[5], 2).init(0, &batch()).unwrap(); // no BatchNorm
-    let err = bn_mlp().apply(&vars, &batch(), &Apply::eval()).unwrap_err();
+    let err = bn_mlp()
+        .apply(&vars, &batch(), &ApplyOptions::eval())
+        .unwrap_err();
     assert_eq!(
         err,
         Error::MissingVariable {
@@ -165,7 +170,9 @@ fn reading_a_variable_init_did_not_create_names_its_path() {
 fn a_stored_shape_that_differs_names_both_shapes() {
     let mut vars = bn_mlp().init(0, &batch()).unwrap();
     vars.insert("params", "Dense_0/kernel", ArrayD::zeros(vec![4, 5]));
-    let err = bn_mlp().apply(&vars, &batch(), &Apply::eval()).unwrap_err();
+    let err = bn_mlp()
+        .apply(&vars, &batch(), &ApplyOptions::eval())
+        .unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.contains("params/Dense_0/kernel") && msg.contains("[4, 5]") && msg.contains("[3, 5]"),
@@ -177,13 +184,15 @@ fn a_stored_shape_that_differs_names_both_shapes() {
 fn a_missing_rng_stream_is_named() {
     let model = Dropout::new(0.5);
     let vars = ModuleExt::<f64>::init(&model, 0, &batch()).unwrap();
-    let err = model.apply(&vars, &batch(), &Apply::train()).unwrap_err();
+    let err = model
+        .apply(&vars, &batch(), &ApplyOptions::train())
+        .unwrap_err();
     assert!(
         matches!(&err, Error::MissingRng { stream, .. } if stream == "dropout"),
         "{err}"
     );
     let (y, _) = model
-        .apply(&vars, &batch(), &Apply::train().rng("dropout", 1))
+        .apply(&vars, &batch(), &ApplyOptions::train().rng("dropout", 1))
         .unwrap();
     // Kept elements are scaled by 1 / (1 - rate) = 2.
     for (&out, &inp) in y.value().iter().zip(batch().value()) {
@@ -242,8 +251,12 @@ fn frozen_params_get_no_gradient_entry() {
     let (frozen, trainable) = vars.params().partition(|path| path.starts_with("Dense_0/"));
     let model = Mlp::new(&[4], 2);
     let (_, grads) = value_and_grad(&trainable, |p| {
-        let (logits, _) =
-            model.apply_tracked(&p.with_frozen(&frozen)?, &vars, &batch(), &Apply::eval())?;
+        let (logits, _) = model.apply_tracked(
+            &p.with_frozen(&frozen)?,
+            &vars,
+            &batch(),
+            &ApplyOptions::eval(),
+        )?;
         tapegrad::softmax_cross_entropy(&logits, &[0, 1, 1, 0])
     })
     .unwrap();
@@ -253,7 +266,7 @@ fn frozen_params_get_no_gradient_entry() {
     );
     // Forgetting to add the frozen params back is an error naming the first missing one.
     let err = value_and_grad(&trainable, |p| {
-        let (logits, _) = model.apply_tracked(p, &vars, &batch(), &Apply::eval())?;
+        let (logits, _) = model.apply_tracked(p, &vars, &batch(), &ApplyOptions::eval())?;
         Ok(logits.sum_all())
     })
     .unwrap_err();
@@ -277,6 +290,8 @@ fn stateful_and_frozen_layers_keep_their_state_outside_params() {
 fn dense_keeps_leading_dimensions() {
     let x = Tensor::<f64>::constant(ArrayD::ones(vec![2, 3, 4]));
     let vars = Dense::new(5).init(0, &x).unwrap();
-    let (y, _) = Dense::new(5).apply(&vars, &x, &Apply::eval()).unwrap();
+    let (y, _) = Dense::new(5)
+        .apply(&vars, &x, &ApplyOptions::eval())
+        .unwrap();
     assert_eq!(y.shape(), &[2, 3, 5]);
 }

@@ -2,7 +2,7 @@
 //! only as constant vertices with dashed edges.
 
 use tapegrad::nn::{BatchNorm, Mlp};
-use tapegrad::{Apply, ModuleExt, Operand, Tape, Tensor, value_and_grad};
+use tapegrad::{ApplyOptions, ModuleExt, Operand, Tape, Tensor, value_and_grad};
 
 /// The tape of an evaluation-mode loss of an MLP with BatchNorm, where the running
 /// statistics enter the computation.
@@ -15,7 +15,7 @@ fn eval_tape() -> (Tape<f64>, tapegrad::Variables<f64>) {
     let mut tape = None;
     value_and_grad(vars.params(), |p| {
         tape = p.tape().cloned();
-        let (logits, _) = model.apply_tracked(p, &vars, &x, &Apply::eval())?;
+        let (logits, _) = model.apply_tracked(p, &vars, &x, &ApplyOptions::eval())?;
         tapegrad::softmax_cross_entropy(&logits, &[0, 1, 1, 0])
     })
     .unwrap();

@@ -11,7 +11,7 @@
 use ndarray::{ArrayD, Axis, arr2};
 use tapegrad::nn::{Accumulator, Dense, Embed, FrozenEmbed, init};
 use tapegrad::{
-    Apply, Error, Module, ModuleExt, Mutable, Result, Scope, Tensor, Variables,
+    ApplyOptions, Error, Module, ModuleExt, Mutable, Result, Scope, Tensor, Variables,
     softmax_cross_entropy, value_and_grad,
 };
 
@@ -59,7 +59,9 @@ fn batch() -> Tensor<f64> {
 #[test]
 fn simplified_batch_norm_keeps_a_moving_average_in_batch_stats() {
     let model = BatchNormSimplified { momentum: 0.9 };
-    let mut vars = model.init_with(0, &batch(), &Apply::train()).unwrap();
+    let mut vars = model
+        .init_with(0, &batch(), &ApplyOptions::train())
+        .unwrap();
     assert_eq!(vars.params().paths().collect::<Vec<_>>(), ["beta", "gamma"]);
     // init did not move the statistics.
     assert_eq!(
@@ -70,7 +72,7 @@ fn simplified_batch_norm_keeps_a_moving_average_in_batch_stats() {
         &[0.0, 0.0]
     );
 
-    let train = Apply::train().mutable(Mutable::only(["batch_stats"]));
+    let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
     let (_, updates) = model.apply(&vars, &batch(), &train).unwrap();
     vars.merge(updates).unwrap();
     // Batch means are 4 and 11: 0.9 * 0 + 0.1 * mean. Biased variances are 5 and 3.5:
@@ -88,11 +90,11 @@ fn simplified_batch_norm_keeps_a_moving_average_in_batch_stats() {
 
     // The article's `model.apply(variables, x)` in training mode, without mutable: an error.
     assert!(matches!(
-        model.apply(&vars, &batch(), &Apply::train()),
+        model.apply(&vars, &batch(), &ApplyOptions::train()),
         Err(Error::ImmutableCollection { .. })
     ));
     // Evaluation mode reads the running statistics and writes nothing.
-    let (y, updates) = model.apply(&vars, &batch(), &Apply::eval()).unwrap();
+    let (y, updates) = model.apply(&vars, &batch(), &ApplyOptions::eval()).unwrap();
     assert!(updates.is_empty());
     assert!((y.value()[[0, 0]] - (1.0 - 0.4) / (1.4f64 + 1e-5).sqrt()).abs() < 1e-12);
 }
@@ -133,7 +135,7 @@ fn train_lookup(
     let mut all_grads = Vec::new();
     for _ in 0..steps {
         let (_, grads) = value_and_grad(vars.params(), |p| {
-            let (logits, _) = model.apply_tracked(p, &vars, &ids, &Apply::train())?;
+            let (logits, _) = model.apply_tracked(p, &vars, &ids, &ApplyOptions::train())?;
             softmax_cross_entropy(&logits, &labels)
         })
         .unwrap();
@@ -180,7 +182,7 @@ fn a_stateful_layer_accumulates_only_through_merged_mutable_applies() {
     let x = batch();
     let batch_mean = x.value().mean_axis(Axis(0)).unwrap();
     let mut vars = ModuleExt::<f64>::init(&Accumulator, 0, &x).unwrap();
-    let mutable = Apply::eval().mutable(Mutable::only(["state"]));
+    let mutable = ApplyOptions::eval().mutable(Mutable::only(["state"]));
 
     let (y1, updates) = Accumulator.apply(&vars, &x, &mutable).unwrap();
     vars.merge(updates).unwrap();
@@ -192,7 +194,9 @@ fn a_stateful_layer_accumulates_only_through_merged_mutable_applies() {
 
     // With `state` immutable the write is an error, and nothing changes.
     let before = vars.clone();
-    let err = Accumulator.apply(&vars, &x, &Apply::eval()).unwrap_err();
+    let err = Accumulator
+        .apply(&vars, &x, &ApplyOptions::eval())
+        .unwrap_err();
     assert_eq!(
         err,
         Error::ImmutableCollection {

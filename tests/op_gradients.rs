@@ -184,7 +184,7 @@ fn check_one(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(CASES))]
+    #![proptest_config(tapegrad::testing::config(CASES))]
 
     /// Unary ops, reductions, shape ops and composites of one input.
     #[test]

@@ -7,7 +7,7 @@ use tapegrad::nn::{BatchNorm, FrozenEmbed, Mlp};
 use tapegrad::optim::{Adam, LearningRate, Optimizer, Sgd};
 use tapegrad::testing::mlp_case;
 use tapegrad::{
-    Apply, Error, Grads, ModuleExt, Mutable, Params, Tensor, softmax_cross_entropy,
+    ApplyOptions, Error, Grads, ModuleExt, Mutable, Params, Tensor, softmax_cross_entropy,
     value_and_grad_with_aux,
 };
 
@@ -148,7 +148,7 @@ fn schedules_drive_the_learning_rate() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(tapegrad::testing::config(64))]
 
     /// Over random models and random sequences of steps (mutable forward, value_and_grad,
     /// optimizer update, merge): every non-params collection is bit-identical across each
@@ -165,7 +165,7 @@ proptest! {
         } else {
             Box::new(Sgd::new(0.1).momentum(0.9).weight_decay(0.5))
         };
-        let train = Apply::train().mutable(Mutable::only(["batch_stats"]));
+        let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
         for _ in 0..steps {
             let (_, updates, grads) = value_and_grad_with_aux(&trainable, |p| {
                 let (logits, updates) = model.apply_tracked(&p.with_frozen(&frozen)?, &vars, &x, &train)?;
@@ -204,7 +204,7 @@ fn a_frozen_table_in_state_is_untouched_by_adamw_across_many_steps() {
     let mut vars = Model.init(0, &ids).unwrap();
     let table = vars.collection("state").cloned();
     let mut adam = Adam::adamw(0.1).weight_decay(1.0);
-    let train = Apply::train().mutable(Mutable::only(["batch_stats"]));
+    let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
     for _ in 0..50 {
         let (_, updates, grads) = value_and_grad_with_aux(vars.params(), |p| {
             let (logits, updates) = Model.apply_tracked(p, &vars, &ids, &train)?;

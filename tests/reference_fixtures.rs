@@ -11,7 +11,7 @@ use serde_json::Value;
 use tapegrad::nn::{BatchNorm, Mlp};
 use tapegrad::optim::{Optimizer, Sgd};
 use tapegrad::{
-    Apply, Module, ModuleExt, Mutable, Params, Result, Scope, Tensor, Variables,
+    ApplyOptions, Module, ModuleExt, Mutable, Params, Result, Scope, Tensor, Variables,
     softmax_cross_entropy, value_and_grad, value_and_grad_with_aux,
 };
 
@@ -125,7 +125,7 @@ fn replay<M: Module<f64, Output = Tensor<f64>>>(fixture: &Fixture, model: &M, in
     let mut vars = fixture.variables();
     let initial_state = vars.collection("state").cloned();
     let mut sgd = Sgd::new(0.1).momentum(0.9);
-    let train = Apply::train().mutable(Mutable::only(["batch_stats"]));
+    let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
     for step in 1..=fixture.steps {
         let key = |name: &str| format!("step_{step}/{name}");
         let (loss, (logits, updates), grads) = value_and_grad_with_aux(vars.params(), |p| {
@@ -158,10 +158,12 @@ fn replay<M: Module<f64, Output = Tensor<f64>>>(fixture: &Fixture, model: &M, in
             );
         }
 
-        let (eval_logits, _) = model.apply(&vars, input, &Apply::eval()).unwrap();
+        let (eval_logits, _) = model.apply(&vars, input, &ApplyOptions::eval()).unwrap();
         fixture.check(&key("eval_logits"), eval_logits.value());
         let pre_update = vars.clone().with_params(params_before);
-        let (eval_logits, _) = model.apply(&pre_update, input, &Apply::eval()).unwrap();
+        let (eval_logits, _) = model
+            .apply(&pre_update, input, &ApplyOptions::eval())
+            .unwrap();
         fixture.check(&key("eval_logits_pre_update_params"), eval_logits.value());
 
         if let Some(initial) = &initial_state {
@@ -212,7 +214,7 @@ fn the_frozen_table_would_get_the_recorded_scatter_add_gradient_if_trainable() {
                 .collect::<Params<f64>>(),
         )
         .unwrap();
-    let train = Apply::train().mutable(Mutable::only(["batch_stats"]));
+    let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
     let (_, grads) = value_and_grad(&params, |p| {
         let rows = p.get("table")?.gather_rows(&ids)?;
         let x = rows.reshape(&[ids.shape()[0], ids.shape()[1] * table.shape()[1]])?;

@@ -5,7 +5,7 @@ use ndarray::ArrayD;
 use tapegrad::nn::{BatchNorm, Mlp};
 use tapegrad::optim::{Optimizer, Sgd};
 use tapegrad::{
-    Apply, Gradients, ModuleExt, Mutable, ParamTensors, SplitMix64, Tape, Tensor, Variables,
+    ApplyOptions, Gradients, ModuleExt, Mutable, ParamTensors, SplitMix64, Tape, Tensor, Variables,
     softmax_cross_entropy, value_and_grad_with_aux,
 };
 
@@ -77,7 +77,7 @@ impl Workload {
     /// mutable, the loss and its gradient with respect to params, the SGD-momentum update,
     /// the merge of the new statistics; returns the loss as a host scalar.
     pub fn step(&mut self) -> f32 {
-        let train = Apply::train().mutable(Mutable::only(["batch_stats"]));
+        let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
         let (loss, updates, grads) = value_and_grad_with_aux(self.variables.params(), |p| {
             let (logits, updates) =
                 self.model
@@ -96,7 +96,7 @@ impl Workload {
     /// params as leaves (keep them for as long as the tape is needed).
     #[allow(dead_code)] // not every bench drives a tape by hand
     pub fn tracked_loss(&self) -> (Tensor<f32>, ParamTensors<f32>) {
-        let train = Apply::train().mutable(Mutable::only(["batch_stats"]));
+        let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
         let tape = Tape::new();
         let params = ParamTensors::leaves(self.variables.params(), &tape);
         let (logits, _) = self

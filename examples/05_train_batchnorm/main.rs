@@ -30,7 +30,7 @@ use tapegrad::checkpoint::{self, LoadMode};
 use tapegrad::nn::{BatchNorm, Dense, Mlp};
 use tapegrad::optim::{Adam, LearningRate, Optimizer, Sgd};
 use tapegrad::{
-    Apply, ModuleExt, Mutable, SplitMix64, Variables, softmax_cross_entropy,
+    ApplyOptions, ModuleExt, Mutable, SplitMix64, Variables, softmax_cross_entropy,
     value_and_grad_with_aux,
 };
 
@@ -81,7 +81,7 @@ enum OptimizerKind {
 
 fn accuracy(model: &Mlp, vars: &Variables<f32>, data: &Data, idx: &[usize]) -> f64 {
     let (x, y) = data.rows(idx);
-    let (logits, _) = model.apply(vars, &x, &Apply::eval()).expect("eval");
+    let (logits, _) = model.apply(vars, &x, &ApplyOptions::eval()).expect("eval");
     let correct = logits
         .value()
         .outer_iter()
@@ -102,7 +102,7 @@ fn running_stats_gap(vars: &Variables<f32>, data: &Data, train: &[usize]) -> (f6
     let dense = vars.subtree("Dense_0");
     let width = dense.params().get("bias").map_or(0, |b| b.len());
     let (z, _) = Dense::new(width)
-        .apply(&dense, &x, &Apply::eval())
+        .apply(&dense, &x, &ApplyOptions::eval())
         .expect("Dense_0");
     let z = z.value();
     let mean = z.mean_axis(Axis(0)).expect("rows");
@@ -164,7 +164,7 @@ fn train(
     let mut optimizer = make_optimizer(args, args.epochs * batches_per_epoch);
     let mut rng = SplitMix64::new(args.seed ^ 0x5EED);
     let mut order = train_idx.to_vec();
-    let step_options = Apply::train().mutable(Mutable::only(["batch_stats"]));
+    let step_options = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
     let mut history = History::default();
 
     println!("\n== {name}: {} params", vars.params().size());

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use ndarray::ArrayD;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use crate::{Error, Float, Result, Shape, Variables};
+use crate::error::{CheckpointProblem, Error, Result};
+use crate::float::Float;
+use crate::variables::Variables;
 
 /// The version of tapegrad's checkpoint layout, stored in the file's metadata.
 pub const FORMAT_VERSION: &str = "1";
@@ -22,65 +24,6 @@ pub enum LoadMode {
     /// Unexpected tensors are ignored (PyTorch `strict=False`). Missing ones are still
     /// problems: a model must not run with variables it was not given.
     Lenient,
-}
-
-/// One thing wrong with a checkpoint, as listed by [`Error::Checkpoint`].
-#[derive(Debug, Clone, PartialEq)]
-pub enum CheckpointProblem {
-    /// The file could not be read or written.
-    Io(String),
-    /// The file is not a valid safetensors file (corrupt, truncated, bad header).
-    Corrupt(String),
-    /// The file was written by an unknown version of this format.
-    Version(String),
-    /// The model has this variable; the file does not.
-    Missing(String),
-    /// The file has this tensor; the model does not (strict mode).
-    Unexpected(String),
-    /// The shapes differ.
-    Shape {
-        /// The tensor's name.
-        name: String,
-        /// Its shape in the file.
-        file: Shape,
-        /// Its shape in the model.
-        model: Shape,
-    },
-    /// The element types differ, or the file's is not one tapegrad reads.
-    Dtype {
-        /// The tensor's name.
-        name: String,
-        /// Its dtype in the file.
-        file: String,
-        /// The model's element type.
-        model: &'static str,
-    },
-    /// A tensor name that is not `collection/path`.
-    Name(String),
-}
-
-impl fmt::Display for CheckpointProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CheckpointProblem::Io(e) => write!(f, "i/o: {e}"),
-            CheckpointProblem::Corrupt(e) => write!(f, "not a valid safetensors file: {e}"),
-            CheckpointProblem::Version(v) => {
-                write!(f, "unknown format version {v:?} (this is {FORMAT_VERSION})")
-            }
-            CheckpointProblem::Missing(n) => write!(f, "missing \"{n}\""),
-            CheckpointProblem::Unexpected(n) => write!(f, "unexpected \"{n}\""),
-            CheckpointProblem::Shape { name, file, model } => {
-                write!(
-                    f,
-                    "\"{name}\" has shape {file} in the file, {model} in the model"
-                )
-            }
-            CheckpointProblem::Dtype { name, file, model } => {
-                write!(f, "\"{name}\" is {file} in the file, {model} in the model")
-            }
-            CheckpointProblem::Name(n) => write!(f, "\"{n}\" is not a collection/path name"),
-        }
-    }
 }
 
 fn failure(path: &Path, problems: Vec<CheckpointProblem>) -> Error {
@@ -302,7 +245,10 @@ impl PendingWrite {
 
 fn check_version(metadata: &Option<HashMap<String, String>>) -> Vec<CheckpointProblem> {
     match metadata.as_ref().and_then(|m| m.get("format_version")) {
-        Some(v) if v != FORMAT_VERSION => vec![CheckpointProblem::Version(v.clone())],
+        Some(v) if v != FORMAT_VERSION => vec![CheckpointProblem::Version {
+            found: v.clone(),
+            supported: FORMAT_VERSION,
+        }],
         _ => Vec::new(),
     }
 }

@@ -34,5 +34,6 @@
 mod file;
 mod pytorch;
 
-pub use file::{CheckpointProblem, FORMAT_VERSION, LoadMode, load_into, read, save};
+pub use crate::error::CheckpointProblem;
+pub use file::{FORMAT_VERSION, LoadMode, load_into, read, save};
 pub use pytorch::{TorchLayer, TorchMapping, import_pytorch_into};

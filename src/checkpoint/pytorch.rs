@@ -23,9 +23,12 @@ use std::path::Path;
 
 use safetensors::tensor::Dtype;
 
+use crate::checkpoint::file::LoadMode;
 use crate::checkpoint::file::{Decoded, apply_checked, read_tensors};
-use crate::checkpoint::{CheckpointProblem, LoadMode};
-use crate::{Error, Float, Result, Variables};
+use crate::error::CheckpointProblem;
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::variables::Variables;
 
 /// The kind of a PyTorch layer, which decides how its tensors are renamed and laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

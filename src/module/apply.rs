@@ -1,83 +1,42 @@
-//! The `Module` trait, and `init` / `apply`, which run a module with a root scope.
+//! `init` and `apply`, which run a module with a root scope, and the options of a run.
 
 use std::collections::BTreeMap;
 
-use crate::module::scope::{Context, Phase, Scope};
-use crate::variables::Updates;
-use crate::{Float, Mutable, ParamTensors, Result, Variables};
-
-/// A model or a layer: a computation that takes its variables from a [`Scope`].
-/// Flax: an `nn.Module` with an `@nn.compact` `__call__`.
-///
-/// A module holds only its configuration (sizes, momentum…); its variables live in
-/// [`Variables`], created by [`ModuleExt::init`] and passed to [`ModuleExt::apply`].
-///
-/// ```
-/// use tapegrad::{nn, Apply, Module, ModuleExt, Result, Scope, Tensor};
-///
-/// /// y = relu(x W + b), then a second Dense.
-/// struct TwoLayer;
-///
-/// impl Module<f64> for TwoLayer {
-///     type Input = Tensor<f64>;
-///     type Output = Tensor<f64>;
-///     fn kind(&self) -> &'static str { "TwoLayer" }
-///     fn forward(&self, scope: &mut Scope<'_, f64>, x: &Tensor<f64>) -> Result<Tensor<f64>> {
-///         let h = scope.call(&nn::Dense::new(8), x)?.relu();
-///         scope.call(&nn::Dense::new(2), &h)
-///     }
-/// }
-///
-/// let x = Tensor::from_vec(&[4, 3], vec![0.1; 12])?;
-/// let variables = TwoLayer.init(0, &x)?;
-/// let paths: Vec<String> = variables.iter().map(|(name, _)| name).collect();
-/// assert_eq!(paths, ["params/Dense_0/bias", "params/Dense_0/kernel",
-///                    "params/Dense_1/bias", "params/Dense_1/kernel"]);
-/// let (y, _) = TwoLayer.apply(&variables, &x, &Apply::eval())?;
-/// assert_eq!(y.shape(), &[4, 2]);
-/// # Ok::<(), tapegrad::Error>(())
-/// ```
-pub trait Module<A: Float> {
-    /// What the module takes: a `Tensor<A>` for most layers, integer ids for embeddings.
-    type Input: ?Sized;
-    /// What it returns.
-    type Output;
-
-    /// The default name prefix of an instance: `"Dense"` names them `Dense_0`, `Dense_1`, …
-    fn kind(&self) -> &'static str;
-
-    /// The computation, reading and writing variables through `scope`.
-    fn forward(&self, scope: &mut Scope<'_, A>, input: &Self::Input) -> Result<Self::Output>;
-}
+use crate::autodiff::ParamTensors;
+use crate::error::Result;
+use crate::float::Float;
+use crate::module::context::{Context, Phase};
+use crate::module::scope::{Module, Scope};
+use crate::variables::{Mutable, Updates, Variables};
 
 /// How to run `apply`: training or evaluation mode, which collections are mutable, and the
 /// seeds of random streams such as `"dropout"`.
 ///
 /// ```
-/// use tapegrad::{Apply, Mutable};
-/// let train = Apply::train().mutable(Mutable::only(["batch_stats"])).rng("dropout", 7);
+/// use tapegrad::{ApplyOptions, Mutable};
+/// let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"])).rng("dropout", 7);
 /// assert!(train.is_training());
-/// assert!(!Apply::eval().is_training());
+/// assert!(!ApplyOptions::eval().is_training());
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Apply {
+pub struct ApplyOptions {
     training: bool,
     mutable: Mutable,
     rngs: BTreeMap<String, u64>,
 }
 
-impl Apply {
+impl ApplyOptions {
     /// Evaluation mode, nothing mutable (PyTorch `model.eval()`).
     pub fn eval() -> Self {
-        Apply::default()
+        ApplyOptions::default()
     }
 
     /// Training mode, nothing mutable yet: add `.mutable(...)` for layers that write state
     /// (PyTorch `model.train()`).
     pub fn train() -> Self {
-        Apply {
+        ApplyOptions {
             training: true,
-            ..Apply::default()
+            ..ApplyOptions::default()
         }
     }
 
@@ -110,12 +69,17 @@ pub trait ModuleExt<A: Float>: Module<A> {
     /// every collection. Param values come from random streams derived from `seed` and
     /// each variable's path. Flax: `model.init(key, x)`.
     fn init(&self, seed: u64, input: &Self::Input) -> Result<Variables<A>> {
-        self.init_with(seed, input, &Apply::eval())
+        self.init_with(seed, input, &ApplyOptions::eval())
     }
 
     /// [`ModuleExt::init`] with explicit options (e.g. training mode). Layers do not update
     /// state while initialising.
-    fn init_with(&self, seed: u64, input: &Self::Input, options: &Apply) -> Result<Variables<A>> {
+    fn init_with(
+        &self,
+        seed: u64,
+        input: &Self::Input,
+        options: &ApplyOptions,
+    ) -> Result<Variables<A>> {
         let mutable = Mutable::all();
         let ctx = Context::new(
             Phase::Init { seed },
@@ -134,7 +98,7 @@ pub trait ModuleExt<A: Float>: Module<A> {
         &self,
         variables: &Variables<A>,
         input: &Self::Input,
-        options: &Apply,
+        options: &ApplyOptions,
     ) -> Result<(Self::Output, Updates<A>)> {
         self.apply_tracked(
             &ParamTensors::constants(variables.params()),
@@ -153,7 +117,7 @@ pub trait ModuleExt<A: Float>: Module<A> {
         params: &ParamTensors<A>,
         variables: &Variables<A>,
         input: &Self::Input,
-        options: &Apply,
+        options: &ApplyOptions,
     ) -> Result<(Self::Output, Updates<A>)> {
         let ctx = Context::new(
             Phase::Apply { params, variables },

@@ -1,4 +1,6 @@
-//! The scope: what a module sees of the variables while it runs.
+//! The `Module` trait and the scope: what a module sees of the variables while it runs.
+//! (They refer to each other: a module's `forward` takes a scope, and a scope `call`s
+//! modules, so they share a file.)
 //!
 //! A scope has a path (`"Block_0/Dense_1"`) and hands out three things:
 //! * [`Scope::param`]: a trainable array, the only way to a tracked leaf of the tape;
@@ -6,14 +8,62 @@
 //!   constant and is written with a plain array;
 //! * [`Scope::call`] / [`Scope::child`]: sub-scopes for sub-modules, named `Kind_N` by default.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ndarray::ArrayD;
 
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::module::context::{Context, Phase};
+use crate::module::variable::Variable;
+use crate::rng::SplitMix64;
+use crate::tensor::Tensor;
 use crate::variables::PARAMS;
-use crate::{Error, Float, Module, Mutable, ParamTensors, Result, SplitMix64, Tensor, Variables};
+
+/// A model or a layer: a computation that takes its variables from a [`Scope`].
+/// Flax: an `nn.Module` with an `@nn.compact` `__call__`.
+///
+/// A module holds only its configuration (sizes, momentum…); its variables live in
+/// [`Variables`], created by [`ModuleExt::init`] and passed to [`ModuleExt::apply`].
+///
+/// ```
+/// use tapegrad::{nn, ApplyOptions, Module, ModuleExt, Result, Scope, Tensor};
+///
+/// /// y = relu(x W + b), then a second Dense.
+/// struct TwoLayer;
+///
+/// impl Module<f64> for TwoLayer {
+///     type Input = Tensor<f64>;
+///     type Output = Tensor<f64>;
+///     fn kind(&self) -> &'static str { "TwoLayer" }
+///     fn forward(&self, scope: &mut Scope<'_, f64>, x: &Tensor<f64>) -> Result<Tensor<f64>> {
+///         let h = scope.call(&nn::Dense::new(8), x)?.relu();
+///         scope.call(&nn::Dense::new(2), &h)
+///     }
+/// }
+///
+/// let x = Tensor::from_vec(&[4, 3], vec![0.1; 12])?;
+/// let variables = TwoLayer.init(0, &x)?;
+/// let paths: Vec<String> = variables.iter().map(|(name, _)| name).collect();
+/// assert_eq!(paths, ["params/Dense_0/bias", "params/Dense_0/kernel",
+///                    "params/Dense_1/bias", "params/Dense_1/kernel"]);
+/// let (y, _) = TwoLayer.apply(&variables, &x, &ApplyOptions::eval())?;
+/// assert_eq!(y.shape(), &[4, 2]);
+/// # Ok::<(), tapegrad::Error>(())
+/// ```
+pub trait Module<A: Float> {
+    /// What the module takes: a `Tensor<A>` for most layers, integer ids for embeddings.
+    type Input: ?Sized;
+    /// What it returns.
+    type Output;
+
+    /// The default name prefix of an instance: `"Dense"` names them `Dense_0`, `Dense_1`, …
+    fn kind(&self) -> &'static str;
+
+    /// The computation, reading and writing variables through `scope`.
+    fn forward(&self, scope: &mut Scope<'_, A>, input: &Self::Input) -> Result<Self::Output>;
+}
 
 /// Makes an initial value of a given shape from a random stream. Any closure
 /// `Fn(&mut SplitMix64, &[usize]) -> ArrayD<A>` is one; `tapegrad::nn::init` has the usual.
@@ -25,69 +75,6 @@ pub trait Initializer<A: Float> {
 impl<A: Float, F: Fn(&mut SplitMix64, &[usize]) -> ArrayD<A>> Initializer<A> for F {
     fn init(&self, rng: &mut SplitMix64, shape: &[usize]) -> ArrayD<A> {
         self(rng, shape)
-    }
-}
-
-/// Whether the model is being initialised or applied, with what it reads in each case.
-pub(crate) enum Phase<'a, A: Float> {
-    Init {
-        seed: u64,
-    },
-    Apply {
-        params: &'a ParamTensors<A>,
-        variables: &'a Variables<A>,
-    },
-}
-
-/// State shared by every scope of one `init` or `apply`.
-pub(crate) struct Context<'a, A: Float> {
-    pub(crate) phase: Phase<'a, A>,
-    pub(crate) training: bool,
-    pub(crate) mutable: &'a Mutable,
-    pub(crate) rngs: &'a BTreeMap<String, u64>,
-    /// Init: every variable created. Apply: every variable written.
-    pub(crate) written: RefCell<Variables<A>>,
-    /// How many times each `stream/path` has drawn an RNG, so repeated draws differ.
-    rng_draws: RefCell<BTreeMap<String, u64>>,
-}
-
-impl<'a, A: Float> Context<'a, A> {
-    pub(crate) fn new(
-        phase: Phase<'a, A>,
-        training: bool,
-        mutable: &'a Mutable,
-        rngs: &'a BTreeMap<String, u64>,
-    ) -> Self {
-        Context {
-            phase,
-            training,
-            mutable,
-            rngs,
-            written: RefCell::new(Variables::new()),
-            rng_draws: RefCell::new(BTreeMap::new()),
-        }
-    }
-
-    fn is_initializing(&self) -> bool {
-        matches!(self.phase, Phase::Init { .. })
-    }
-
-    /// The current value of a non-params variable: written in this run, else stored.
-    fn read(&self, collection: &str, path: &str) -> Option<Arc<ArrayD<A>>> {
-        let written = self.written.borrow();
-        if let Some(v) = written
-            .collection(collection)
-            .and_then(|c| c.get_shared(path))
-        {
-            return Some(v.clone());
-        }
-        match &self.phase {
-            Phase::Init { .. } => None,
-            Phase::Apply { variables, .. } => variables
-                .collection(collection)
-                .and_then(|c| c.get_shared(path))
-                .cloned(),
-        }
     }
 }
 
@@ -103,7 +90,7 @@ fn join(prefix: &str, name: &str) -> String {
     path
 }
 
-fn check_shape<A: Float>(
+pub(crate) fn check_shape<A: Float>(
     collection: &str,
     path: &str,
     stored: &ArrayD<A>,
@@ -299,69 +286,5 @@ impl<'a, A: Float> Scope<'a, A> {
         let draw = draws.entry(key.clone()).or_insert(0);
         *draw += 1;
         Ok(SplitMix64::for_path(seed, &format!("{key}#{draw}")))
-    }
-}
-
-/// A handle on one non-params variable, from [`Scope::variable`].
-///
-/// It reads as a constant [`Tensor`] (no node, no gradient) and is written with a plain
-/// array: a written value is detached by type, so the tape has no edge into a buffer.
-///
-/// ```compile_fail,E0308
-/// # use tapegrad::{Tensor, Variable};
-/// // A tracked tensor cannot be written into a buffer: `set` takes an array.
-/// fn write(v: &Variable<'_, f64>, t: Tensor<f64>) { v.set(t); }
-/// ```
-pub struct Variable<'a, A: Float> {
-    ctx: &'a Context<'a, A>,
-    /// The full name, built once: every read labels its constant with it.
-    label: Arc<str>,
-    collection: String,
-    path: String,
-}
-
-impl<A: Float> Variable<'_, A> {
-    /// The current value (as written earlier in this run, else as stored), as a constant.
-    pub fn value(&self) -> Tensor<A> {
-        Tensor::from_shared(self.current()).with_label(Arc::clone(&self.label))
-    }
-
-    fn current(&self) -> Arc<ArrayD<A>> {
-        self.ctx
-            .read(&self.collection, &self.path)
-            .expect("a variable handle exists only for a variable that exists")
-    }
-
-    /// Writes a new value. An error, with nothing written, if the collection is not mutable
-    /// in this `apply` ([`Error::ImmutableCollection`]) or if the shape differs from the
-    /// stored one. In `init` every collection is writable.
-    pub fn set(&self, value: ArrayD<A>) -> Result<()> {
-        if !self.is_mutable() {
-            return Err(Error::ImmutableCollection {
-                collection: self.collection.clone(),
-                path: self.path.clone(),
-            });
-        }
-        check_shape(&self.collection, &self.path, &value, self.current().shape())?;
-        self.ctx
-            .written
-            .borrow_mut()
-            .insert(&self.collection, self.path.clone(), value);
-        Ok(())
-    }
-
-    /// Whether [`Variable::set`] may write.
-    pub fn is_mutable(&self) -> bool {
-        self.ctx.is_initializing() || self.ctx.mutable.allows(&self.collection)
-    }
-
-    /// The collection's name.
-    pub fn collection(&self) -> &str {
-        &self.collection
-    }
-
-    /// The path inside the collection.
-    pub fn path(&self) -> &str {
-        &self.path
     }
 }

@@ -1,7 +1,10 @@
 //! `Accumulator`: a layer with state that persists across calls.
 
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::module::scope::{Module, Scope};
 use crate::nn::init;
-use crate::{Error, Float, Module, Result, Scope, Tensor};
+use crate::tensor::Tensor;
 
 /// Adds the batch mean of its input to a running `sum` in the `state` collection on every
 /// call, and returns `x + sum` (the updated sum). The "stateful layer" of the Flax examples

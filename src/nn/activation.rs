@@ -1,6 +1,9 @@
 //! Activation functions as a value (for builders) and as stateless modules.
 
-use crate::{Float, Module, Result, Scope, Tensor};
+use crate::error::Result;
+use crate::float::Float;
+use crate::module::scope::{Module, Scope};
+use crate::tensor::Tensor;
 
 /// An elementwise activation. As a [`Module`] it has no variables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1,8 +1,14 @@
 //! `BatchNorm` with running statistics in the `batch_stats` collection.
 
+use ndarray::ArrayD;
+
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::fusion::Fusion;
+use crate::kernels::fused::{self, Epilogue};
+use crate::module::scope::{Module, Scope};
 use crate::nn::init;
-use crate::ops::fused::{Then, batch_norm_train};
-use crate::{Error, Float, Module, Result, Scope, Tensor};
+use crate::tensor::Tensor;
 
 /// Batch normalisation over every axis but the last (the features).
 ///
@@ -10,10 +16,12 @@ use crate::{Error, Float, Module, Result, Scope, Tensor};
 /// * batch_stats: `mean` (zeros) and `var` (ones), shape `(features)`.
 ///
 /// **Training mode** normalises with the batch's mean and *biased* variance, and the
-/// gradient flows through both (the full BatchNorm backward: one fused node with a
-/// closed-form VJP, checked against the composite of primitives it replaces). It then writes
-/// `running = momentum · running + (1 - momentum) · batch` into `batch_stats`, with plain
-/// arrays: the running statistics are outputs of the forward pass, never differentiated.
+/// gradient flows through both: the layer is defined as the composition of primitives in
+/// `forward` below, so the tape differentiates through the statistics like any other op
+/// (with [`Fusion::On`], one fused node with a closed-form VJP computes the same). It then
+/// writes `running = momentum · running + (1 - momentum) · batch` into `batch_stats`, with
+/// plain arrays: the running statistics are outputs of the forward pass, never
+/// differentiated.
 /// Writing needs `batch_stats` mutable; otherwise the step is
 /// [`Error::ImmutableCollection`](crate::Error::ImmutableCollection), as in Flax.
 /// Initialisation does not update them.
@@ -32,10 +40,6 @@ pub struct BatchNorm {
     /// Force evaluation (`Some(true)`) or training (`Some(false)`) behaviour; `None` follows
     /// the mode given to `apply`.
     pub use_running_average: Option<bool>,
-    /// Apply ReLU to the output. In training mode it runs inside the BatchNorm node (one
-    /// pass and one array fewer than a separate ReLU, and the mask is read off the output);
-    /// [`Mlp`](crate::nn::Mlp) sets it when its activation is ReLU. The variables are the same.
-    pub relu: bool,
 }
 
 impl Default for BatchNorm {
@@ -44,7 +48,6 @@ impl Default for BatchNorm {
             momentum: 0.99,
             epsilon: 1e-5,
             use_running_average: None,
-            relu: false,
         }
     }
 }
@@ -64,11 +67,6 @@ impl BatchNorm {
     pub fn epsilon(self, epsilon: f64) -> Self {
         BatchNorm { epsilon, ..self }
     }
-
-    /// The same layer followed by ReLU (see [`BatchNorm::relu`]).
-    pub fn with_relu(self) -> Self {
-        BatchNorm { relu: true, ..self }
-    }
 }
 
 impl<A: Float> Module<A> for BatchNorm {
@@ -80,6 +78,19 @@ impl<A: Float> Module<A> for BatchNorm {
     }
 
     fn forward(&self, scope: &mut Scope<'_, A>, x: &Tensor<A>) -> Result<Tensor<A>> {
+        self.normalize(scope, x, Epilogue::Nothing)
+    }
+}
+
+impl BatchNorm {
+    /// The layer, then `epilogue`: with fusion on and in training mode, the epilogue runs
+    /// inside the fused node; otherwise it is applied to the layer's output.
+    fn normalize<A: Float>(
+        &self,
+        scope: &mut Scope<'_, A>,
+        x: &Tensor<A>,
+        epilogue: Epilogue,
+    ) -> Result<Tensor<A>> {
         let Some(&features) = x.shape().last().filter(|_| x.ndim() >= 2) else {
             return Err(Error::invalid(
                 "BatchNorm",
@@ -93,31 +104,61 @@ impl<A: Float> Module<A> for BatchNorm {
 
         let scale = scope.param("scale", &[features], init::ones())?;
         let bias = scope.param("bias", &[features], init::zeros())?;
+        let then = |y: Tensor<A>| match epilogue {
+            Epilogue::Nothing => y,
+            Epilogue::Relu => y.relu(),
+        };
 
         if self.use_running_average.unwrap_or(!scope.is_training()) {
             // Constants only in the statistics: no node is recorded for them.
             let inv_std = running_var.value().add_scalar(eps).sqrt().recip();
             let normalized = x.sub(&running_mean.value())?.mul(&inv_std)?;
-            let y = normalized.mul(&scale)?.add(&bias)?;
-            return Ok(if self.relu { y.relu() } else { y });
+            return Ok(then(normalized.mul(&scale)?.add(&bias)?));
         }
-        // One fused node; its closed-form backward flows through the batch statistics
-        // (see ops/fused/batch_norm.rs, and tests/fused_ops.rs for the check against the
-        // composite).
-        let then = if self.relu { Then::Relu } else { Then::Nothing };
-        let (y, batch) = batch_norm_train(x, &scale, &bias, eps, then)?;
+        let (y, batch_mean, batch_var) = if Fusion::is_on() {
+            let (y, batch) = fused::batch_norm_train(x, &scale, &bias, eps, epilogue)?;
+            (y, batch.mean.into_dyn(), batch.var.into_dyn())
+        } else {
+            // The definition. Statistics over every axis but the features, the variance
+            // biased (divided by N); the gradient flows through both.
+            let axes: Vec<usize> = (0..x.ndim() - 1).collect();
+            let mean = x.mean_axes(&axes, false)?;
+            let centred = x.sub(&mean)?;
+            let var = centred.square().mean_axes(&axes, false)?;
+            let inv_std = var.add_scalar(eps).sqrt().recip();
+            let y = centred.mul(&inv_std)?.mul(&scale)?.add(&bias)?;
+            (then(y), mean.value().clone(), var.value().clone())
+        };
         if !scope.is_initializing() {
             // Values, not tensors: the update is detached by type.
             let m = A::of(self.momentum);
             // running ← m · running + (1 − m) · batch, in one pass over the batch's array.
-            let blend = |old: &Tensor<A>, new: ndarray::Array1<A>| {
-                let mut blended = new.into_dyn();
+            let blend = |old: &Tensor<A>, mut blended: ArrayD<A>| {
                 blended.zip_mut_with(old.value(), |b, &o| *b = m * o + (A::one() - m) * *b);
                 blended
             };
-            running_mean.set(blend(&running_mean.value(), batch.mean))?;
-            running_var.set(blend(&running_var.value(), batch.var))?;
+            running_mean.set(blend(&running_mean.value(), batch_mean))?;
+            running_var.set(blend(&running_var.value(), batch_var))?;
         }
         Ok(y)
+    }
+}
+
+/// BatchNorm followed by ReLU: what [`Mlp`](crate::nn::Mlp) runs when its activation is
+/// ReLU, with the variables of a BatchNorm (same kind, same names). With fusion on, in
+/// training mode, the ReLU runs inside BatchNorm's fused node: one pass over memory and one
+/// array fewer than a separate ReLU.
+pub(crate) struct BatchNormRelu<'a>(pub(crate) &'a BatchNorm);
+
+impl<A: Float> Module<A> for BatchNormRelu<'_> {
+    type Input = Tensor<A>;
+    type Output = Tensor<A>;
+
+    fn kind(&self) -> &'static str {
+        "BatchNorm"
+    }
+
+    fn forward(&self, scope: &mut Scope<'_, A>, x: &Tensor<A>) -> Result<Tensor<A>> {
+        self.0.normalize(scope, x, Epilogue::Relu)
     }
 }

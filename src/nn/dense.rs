@@ -1,7 +1,12 @@
 //! `Dense`: `y = x · kernel + bias`.
 
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::fusion::Fusion;
+use crate::kernels::fused;
+use crate::module::scope::{Module, Scope};
 use crate::nn::init;
-use crate::{Error, Float, Module, Result, Scope, Tensor};
+use crate::tensor::Tensor;
 
 /// A fully connected layer, `y = x · kernel + bias`, with `kernel` of shape `(in, features)`
 /// (the transpose of PyTorch's `nn.Linear.weight`) and `bias` of shape `(features)`.
@@ -54,7 +59,11 @@ impl<A: Float> Module<A> for Dense {
         let x = x.reshape(&[rows, inputs])?;
         let y = if self.use_bias {
             let bias = scope.param("bias", &[self.features], init::zeros())?;
-            crate::ops::fused::linear(&x, &kernel, &bias)? // matmul and bias in one node
+            if Fusion::is_on() {
+                fused::linear(&x, &kernel, &bias)? // the same, in one node
+            } else {
+                x.matmul(&kernel)?.add(&bias)?
+            }
         } else {
             x.matmul(&kernel)?
         };

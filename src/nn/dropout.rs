@@ -2,11 +2,14 @@
 
 use ndarray::ArrayD;
 
-use crate::{Error, Float, Module, Result, Scope, Tensor};
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::module::scope::{Module, Scope};
+use crate::tensor::Tensor;
 
 /// Zeroes each element with probability `rate` in training mode and scales the rest by
 /// `1 / (1 - rate)`; the identity in evaluation mode. The mask comes from the `"dropout"`
-/// random stream, which `apply` must be given (`Apply::train().rng("dropout", seed)`).
+/// random stream, which `apply` must be given (`ApplyOptions::train().rng("dropout", seed)`).
 /// Flax: `nn.Dropout(rate)`; PyTorch: `nn.Dropout(p=rate)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dropout {

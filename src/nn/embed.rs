@@ -2,8 +2,11 @@
 
 use ndarray::ArrayD;
 
+use crate::error::Result;
+use crate::float::Float;
+use crate::module::scope::{Module, Scope};
 use crate::nn::init;
-use crate::{Float, Module, Result, Scope, Tensor};
+use crate::tensor::Tensor;
 
 /// A trainable embedding: integer ids of any shape to rows of the param `embedding`
 /// `(num_embeddings, features)`; the output has shape `ids.shape() + [features]`.

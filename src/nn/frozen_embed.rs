@@ -2,8 +2,11 @@
 
 use ndarray::ArrayD;
 
+use crate::error::Result;
+use crate::float::Float;
+use crate::module::scope::{Module, Scope};
 use crate::nn::init;
-use crate::{Float, Module, Result, Scope, Tensor};
+use crate::tensor::Tensor;
 
 /// A fixed embedding (pretrained vectors, a positional table): like [`Embed`](super::Embed)
 /// but the table `embedding` lives in a non-params collection (`"state"` by default), so it

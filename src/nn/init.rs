@@ -8,7 +8,8 @@
 
 use ndarray::ArrayD;
 
-use crate::{Float, SplitMix64};
+use crate::float::Float;
+use crate::rng::SplitMix64;
 
 /// All zeros (biases, running means).
 pub fn zeros<A: Float>() -> impl Fn(&mut SplitMix64, &[usize]) -> ArrayD<A> {

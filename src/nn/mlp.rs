@@ -1,7 +1,13 @@
 //! `Mlp`: the multi-layer perceptron builder.
 
-use crate::nn::{Activation, BatchNorm, Dense, Dropout};
-use crate::{Float, Module, Result, Scope, Tensor};
+use crate::error::Result;
+use crate::float::Float;
+use crate::module::scope::{Module, Scope};
+use crate::nn::activation::Activation;
+use crate::nn::batch_norm::{BatchNorm, BatchNormRelu};
+use crate::nn::dense::Dense;
+use crate::nn::dropout::Dropout;
+use crate::tensor::Tensor;
 
 /// A multi-layer perceptron: for each hidden width, `Dense`, optionally `BatchNorm`, the
 /// activation and optionally `Dropout`; then a final `Dense` to the outputs.
@@ -75,9 +81,9 @@ impl<A: Float> Module<A> for Mlp {
         for &width in &self.hidden {
             x = scope.call(&Dense::new(width), &x)?;
             match &self.batch_norm {
-                // ReLU inside the BatchNorm node: same variables, one pass fewer.
+                // The ReLU may run inside BatchNorm's fused node: same variables.
                 Some(bn) if self.activation == Activation::Relu => {
-                    x = scope.call(&bn.clone().with_relu(), &x)?;
+                    x = scope.call(&BatchNormRelu(bn), &x)?;
                 }
                 Some(bn) => {
                     x = scope.call(bn, &x)?;

@@ -1,6 +1,9 @@
 //! `Sequential`: layers applied one after another.
 
-use crate::{Float, Module, Result, Scope, Tensor};
+use crate::error::Result;
+use crate::float::Float;
+use crate::module::scope::{Module, Scope};
+use crate::tensor::Tensor;
 
 /// A boxed tensor-to-tensor module, what a [`Sequential`] holds.
 pub type Layer<A> = Box<dyn Module<A, Input = Tensor<A>, Output = Tensor<A>>>;

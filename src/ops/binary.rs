@@ -5,9 +5,10 @@
 
 use ndarray::{ArrayD, IxDyn, Zip};
 
+use crate::error::Result;
+use crate::float::Float;
 use crate::shape::broadcast_shape;
-use crate::tensor::record;
-use crate::{Float, Result, Tensor};
+use crate::tensor::{Tensor, record};
 
 /// `f` applied to the broadcast of `a` and `b`.
 fn zip_broadcast<A: Float>(
@@ -24,24 +25,13 @@ fn zip_broadcast<A: Float>(
     Ok(Zip::from(&a).and(&b).map_collect(|&x, &y| f(x, y)))
 }
 
-/// The VJP of `a + b` (or `a - b` with `negate_second`): the gradient passes through, moved
-/// rather than copied where only one input wants it.
-fn pass_through<A: Float>(
-    g: ArrayD<A>,
-    needs: &[bool],
-    negate_second: bool,
-) -> Vec<Option<ArrayD<A>>> {
-    let second = |g: ArrayD<A>| {
-        if negate_second {
-            g.mapv_into(|x| -x)
-        } else {
-            g
-        }
-    };
+/// The VJP of `a + b`: the gradient passes through to both, moved rather than copied where
+/// only one input wants it.
+fn pass_through<A: Float>(g: ArrayD<A>, needs: &[bool]) -> Vec<Option<ArrayD<A>>> {
     match (needs[0], needs[1]) {
-        (true, true) => vec![Some(g.clone()), Some(second(g))],
+        (true, true) => vec![Some(g.clone()), Some(g)],
         (true, false) => vec![Some(g), None],
-        (false, true) => vec![None, Some(second(g))],
+        (false, true) => vec![None, Some(g)],
         (false, false) => vec![None, None],
     }
 }
@@ -61,9 +51,7 @@ impl<A: Float> Tensor<A> {
     /// ```
     pub fn add(&self, other: &Tensor<A>) -> Result<Tensor<A>> {
         let value = zip_broadcast("add", self.value(), other.value(), |x, y| x + y)?;
-        record("add", &[self, other], value, |g, needs| {
-            pass_through(g, needs, false)
-        })
+        record("add", &[self, other], value, pass_through)
     }
 
     /// `self - other`, broadcasting.

@@ -1,7 +1,9 @@
 //! Composites: functions built from primitives only, so they need no VJP of their own and
 //! the gradient checker covers them through their parts.
 
-use crate::{Float, Result, Tensor};
+use crate::error::Result;
+use crate::float::Float;
+use crate::tensor::Tensor;
 
 impl<A: Float> Tensor<A> {
     /// `log(sum(exp(x)))` over `axis`, computed stably: the maximum is subtracted first.
@@ -43,32 +45,4 @@ impl<A: Float> Tensor<A> {
         let centred = self.sub(&self.mean_axes(axes, true)?)?;
         centred.square().mean_axes(axes, keep_dims)
     }
-}
-
-/// Mean softmax cross-entropy of `logits (batch, classes)` against integer `labels`:
-/// `(1/B) Σ_b [logsumexp(logits[b]) - logits[b, labels[b]]]`.
-///
-/// PyTorch: `F.cross_entropy(logits, labels)`; optax:
-/// `softmax_cross_entropy_with_integer_labels(logits, labels).mean()`.
-///
-/// It is one fused node (the composite `-(log_softmax(z) · onehot(y)).sum() / B` costs ten;
-/// see `ops/fused.rs`), with the closed-form gradient `(softmax(z) − onehot(y)) / B`;
-/// `tests/fused_ops.rs` checks it against that composite and finite differences.
-///
-/// ```
-/// use tapegrad::{softmax_cross_entropy, Tensor};
-/// // Uniform logits over 4 classes: the loss is ln 4 whatever the label.
-/// let logits = Tensor::from_vec(&[2, 4], vec![0.0f64; 8])?;
-/// let loss = softmax_cross_entropy(&logits, &[0, 3])?;
-/// assert!((loss.item()? - 4f64.ln()).abs() < 1e-12);
-/// # Ok::<(), tapegrad::Error>(())
-/// ```
-pub fn softmax_cross_entropy<A: Float>(logits: &Tensor<A>, labels: &[usize]) -> Result<Tensor<A>> {
-    crate::ops::fused::softmax_cross_entropy_fused(logits, labels)
-}
-
-/// Mean squared error `mean((prediction - target)^2)`, broadcasting.
-/// PyTorch: `F.mse_loss(prediction, target)`.
-pub fn mse<A: Float>(prediction: &Tensor<A>, target: &Tensor<A>) -> Result<Tensor<A>> {
-    Ok(prediction.sub(target)?.square().mean_all())
 }

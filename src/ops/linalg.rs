@@ -2,9 +2,11 @@
 
 use ndarray::{ArrayD, ArrayView2, Ix2};
 
-use crate::gemm;
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::kernels::gemm;
+use crate::tensor::Tensor;
 use crate::tensor::record;
-use crate::{Error, Float, Result, Tensor};
 
 fn as_matrix<'a, A: Float>(a: &'a ArrayD<A>, op: &'static str) -> Result<ArrayView2<'a, A>> {
     a.view()

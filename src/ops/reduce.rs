@@ -2,9 +2,11 @@
 
 use ndarray::{ArrayD, Axis, IxDyn, Zip};
 
+use crate::error::{Error, Result};
+use crate::float::Float;
 use crate::shape::{check_axes, keep_dims_shape, reshaped};
-use crate::tensor::record_unary;
-use crate::{Error, Float, Result, Tensor};
+use crate::tensor::Tensor;
+use crate::tensor::record_one;
 
 /// The gradient of a reduction's output, given back the reduced axes as size 1 and then
 /// broadcast to the input's shape.
@@ -38,7 +40,7 @@ impl<A: Float> Tensor<A> {
             value = reshaped(value, &keep_shape);
         }
         let input_shape = self.shape().to_vec();
-        Ok(record_unary("sum", self, value, move |g| {
+        Ok(record_one("sum", self, value, move |g| {
             spread(&g, &keep_shape, &input_shape)
         }))
     }
@@ -47,7 +49,7 @@ impl<A: Float> Tensor<A> {
     pub fn sum_all(&self) -> Tensor<A> {
         let value = ArrayD::from_elem(IxDyn(&[]), self.value().sum());
         let input_shape = self.shape().to_vec();
-        record_unary("sum", self, value, move |g| {
+        record_one("sum", self, value, move |g| {
             ArrayD::from_elem(IxDyn(&input_shape), g.sum())
         })
     }
@@ -86,7 +88,7 @@ impl<A: Float> Tensor<A> {
             value = max_keep.clone();
         }
         let x = self.shared_value();
-        Ok(record_unary("max", self, value, move |g| {
+        Ok(record_one("max", self, value, move |g| {
             let max = max_keep
                 .broadcast(x.raw_dim())
                 .expect("keep-dims shape broadcasts");

@@ -2,9 +2,11 @@
 
 use ndarray::{ArrayD, Axis, IxDyn, Slice};
 
+use crate::error::{Error, Result};
+use crate::float::Float;
 use crate::shape::{broadcast_shape, reshaped};
-use crate::tensor::{record, record_unary};
-use crate::{Error, Float, Result, Tensor};
+use crate::tensor::Tensor;
+use crate::tensor::{record, record_one};
 
 impl<A: Float> Tensor<A> {
     /// The same elements (row-major order) in a new shape with the same element count.
@@ -24,7 +26,7 @@ impl<A: Float> Tensor<A> {
         }
         let value = reshaped(self.value().clone(), shape);
         let input_shape = self.shape().to_vec();
-        Ok(record_unary("reshape", self, value, move |g| {
+        Ok(record_one("reshape", self, value, move |g| {
             reshaped(g, &input_shape)
         }))
     }
@@ -49,7 +51,7 @@ impl<A: Float> Tensor<A> {
             inverse[a] = i;
         }
         let value = self.value().clone().permuted_axes(IxDyn(axes));
-        Ok(record_unary("permute", self, value, move |g| {
+        Ok(record_one("permute", self, value, move |g| {
             g.permuted_axes(IxDyn(&inverse))
         }))
     }
@@ -76,7 +78,7 @@ impl<A: Float> Tensor<A> {
             .broadcast(IxDyn(shape))
             .expect("checked broadcastable")
             .to_owned();
-        Ok(record_unary("broadcast_to", self, value, |g| g))
+        Ok(record_one("broadcast_to", self, value, |g| g))
     }
 
     /// Joins tensors along `axis`; all other dimensions must agree.
@@ -134,7 +136,7 @@ impl<A: Float> Tensor<A> {
         let range = Slice::from(start..end);
         let value = self.value().slice_axis(Axis(axis), range).to_owned();
         let input_shape = self.shape().to_vec();
-        Ok(record_unary("slice", self, value, move |g| {
+        Ok(record_one("slice", self, value, move |g| {
             let mut full = ArrayD::zeros(IxDyn(&input_shape));
             full.slice_axis_mut(Axis(axis), range).assign(&g);
             full
@@ -178,7 +180,7 @@ impl<A: Float> Tensor<A> {
         let mut out_shape = ids.shape().to_vec();
         out_shape.push(width);
         let value = reshaped(picked, &out_shape);
-        Ok(record_unary("gather_rows", self, value, move |g| {
+        Ok(record_one("gather_rows", self, value, move |g| {
             let g = reshaped(g, &[flat_ids.len(), width]);
             let mut table = ArrayD::zeros(IxDyn(&[rows, width]));
             for (&id, row) in flat_ids.iter().zip(g.outer_iter()) {

@@ -3,8 +3,9 @@
 
 use ndarray::Zip;
 
-use crate::tensor::{record_unary, record_unary_shared};
-use crate::{Float, Tensor};
+use crate::float::Float;
+use crate::tensor::Tensor;
+use crate::tensor::record_one;
 
 impl<A: Float> Tensor<A> {
     /// Applies `f` elementwise and records the VJP `g * df(x, y)`, where `df` is the
@@ -17,7 +18,7 @@ impl<A: Float> Tensor<A> {
     ) -> Tensor<A> {
         let y = std::sync::Arc::new(self.value().mapv(f));
         let (x_in, y_out) = (self.shared_value(), y.clone());
-        record_unary_shared(op, self, y, move |mut g| {
+        record_one(op, self, y, move |mut g| {
             // In place: the incoming gradient's buffer becomes the outgoing one.
             Zip::from(&mut g)
                 .and(&*x_in)
@@ -29,7 +30,7 @@ impl<A: Float> Tensor<A> {
 
     /// `-x`.
     pub fn neg(&self) -> Tensor<A> {
-        record_unary("neg", self, self.value().mapv(|x| -x), |mut g| {
+        record_one("neg", self, self.value().mapv(|x| -x), |mut g| {
             g.mapv_inplace(|x| -x);
             g
         })
@@ -118,14 +119,14 @@ impl<A: Float> Tensor<A> {
 
     /// `x + c` for a scalar `c`.
     pub fn add_scalar(&self, c: A) -> Tensor<A> {
-        record_unary("add_scalar", self, self.value().mapv(|x| x + c), |g| {
+        record_one("add_scalar", self, self.value().mapv(|x| x + c), |g| {
             g.clone()
         })
     }
 
     /// `c * x` for a scalar `c`.
     pub fn mul_scalar(&self, c: A) -> Tensor<A> {
-        record_unary("mul_scalar", self, self.value().mapv(|x| x * c), move |g| {
+        record_one("mul_scalar", self, self.value().mapv(|x| x * c), move |g| {
             g * c
         })
     }

@@ -4,8 +4,10 @@ use std::collections::BTreeMap;
 
 use ndarray::{ArrayD, Zip};
 
+use crate::collection::{Grads, Params};
+use crate::error::Result;
+use crate::float::Float;
 use crate::optim::{LearningRate, Optimizer, check_state_shapes};
-use crate::{Float, Grads, Params, Result};
 
 /// Adam with bias correction (Kingma and Ba), PyTorch's defaults: `β = (0.9, 0.999)`,
 /// `ε = 1e-8`. `m ← β₁ m + (1 − β₁) g`, `v ← β₂ v + (1 − β₂) g²`,

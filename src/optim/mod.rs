@@ -26,7 +26,9 @@ use std::collections::BTreeMap;
 
 use ndarray::ArrayD;
 
-use crate::{Error, Float, Grads, Params, Result};
+use crate::collection::{Grads, Params};
+use crate::error::{Error, Result};
+use crate::float::Float;
 
 /// A gradient-based optimizer.
 pub trait Optimizer<A: Float> {

@@ -1,7 +1,7 @@
 //! The heavy-ball momentum transform, one element at a time, shared by SGD (and usable by
 //! any optimizer that wants a velocity).
 
-use crate::Float;
+use crate::float::Float;
 
 /// Updates the velocity `v ← μ v + g` (PyTorch and optax semantics: starts at 0, no
 /// dampening) and returns the step direction: `g + μ v` with Nesterov, otherwise `v`.

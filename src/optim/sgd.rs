@@ -4,9 +4,12 @@ use std::collections::BTreeMap;
 
 use ndarray::{ArrayD, Zip};
 
+use crate::collection::{Grads, Params};
+use crate::error::Result;
+use crate::float::Float;
+use crate::kernels::simd;
 use crate::optim::momentum::heavy_ball;
 use crate::optim::{LearningRate, Optimizer, check_state_shapes};
-use crate::{Float, Grads, Params, Result, simd};
 
 /// SGD: `g ← g + λ p` (weight decay), `v ← μ v + g`, `p ← p − lr · v` (or
 /// `p ← p − lr · (g + μ v)` with Nesterov). Equal to `torch.optim.SGD(lr, momentum,

@@ -11,27 +11,32 @@
 //! (the two sums remove the components of `g'` along the directions that normalisation
 //! makes invisible: a shift of the batch and a scaling of it).
 //!
-//! Why it is written this way (the `train_step` bench, see docs/performance.md): every loop
-//! runs along contiguous rows of plain slices, so it vectorises; the node keeps the input
-//! and the output it already shares with its neighbours instead of a new `x̂` (recomputed in
-//! backward, one subtraction and one product per element); ReLU is applied to each value
-//! before it is stored, and its mask is read off the output inside both backward passes
-//! (never written back: see `rows.rs` for why); and backward writes `dx` into the incoming
-//! gradient's buffer. Forward makes one new array and three passes, backward none and two.
+//! The definition this implements is `BatchNorm`'s composite (src/nn/batch_norm.rs). How it
+//! differs, for speed: every loop runs along contiguous rows of plain slices, so it
+//! vectorises; the node keeps the input and output it already shares with its neighbours
+//! instead of a new `x̂` (recomputed in backward); ReLU is applied to each value before it is
+//! stored, and its mask is read off the output inside both backward passes; and backward
+//! writes `dx` into the incoming gradient's buffer. Forward makes one new array and three
+//! passes, backward none and two. (Measurements: docs/performance.md.)
 
 use std::sync::Arc;
 
 use ndarray::{Array1, ArrayD};
 
-use super::{rows, standard_layout};
-use crate::simd;
-use crate::tensor::record_shared;
-use crate::{Error, Float, Result, Tensor};
+use super::rows;
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::kernels::simd;
+use crate::shape::{standard_layout, standard_layout_shared};
+use crate::tensor::{Tensor, record};
 
-/// What follows the normalisation inside the node.
+/// What the kernel applies to the normalised values before it stores them (the name GEMM
+/// libraries give the step that follows the main computation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Then {
+pub(crate) enum Epilogue {
+    /// Store `γ x̂ + β` itself.
     Nothing,
+    /// Store `max(γ x̂ + β, 0)`.
     Relu,
 }
 
@@ -42,13 +47,13 @@ pub(crate) struct BatchStatistics<A> {
 }
 
 /// Normalises `x` `(…, F)` over every axis but the last with `scale` and `bias` `(F)`,
-/// then applies `then`. Returns the output and the batch statistics.
+/// then applies `epilogue`. Returns the output and the batch statistics.
 pub(crate) fn batch_norm_train<A: Float>(
     x: &Tensor<A>,
     scale: &Tensor<A>,
     bias: &Tensor<A>,
     epsilon: A,
-    then: Then,
+    epilogue: Epilogue,
 ) -> Result<(Tensor<A>, BatchStatistics<A>)> {
     let Some(&features) = x.shape().last().filter(|&&f| f > 0) else {
         return Err(Error::invalid(
@@ -65,12 +70,12 @@ pub(crate) fn batch_norm_train<A: Float>(
             "scale and bias must be (features)",
         ));
     }
-    let input = standard_layout(x.shared_value());
+    let input = standard_layout_shared(x.shared_value());
     let xs = input.as_slice().expect("standard layout");
     let count = A::of((xs.len() / features) as f64);
     let (scale_value, bias_value) = (
-        standard_layout(scale.shared_value()),
-        standard_layout(bias.shared_value()),
+        standard_layout_shared(scale.shared_value()),
+        standard_layout_shared(bias.shared_value()),
     );
     let gamma = scale_value.as_slice().expect("standard layout");
     let beta = bias_value.as_slice().expect("standard layout");
@@ -83,7 +88,7 @@ pub(crate) fn batch_norm_train<A: Float>(
     let slope: Vec<A> = gamma.iter().zip(&inv_std).map(|(&g, &s)| g * s).collect();
     let y = simd::vectorized(
         #[inline(always)]
-        || normalize(xs, features, [&mean, &slope, beta], then),
+        || normalize(xs, features, [&mean, &slope, beta], epilogue),
     );
     let output =
         Arc::new(ArrayD::from_shape_vec(x.shape(), y).expect("one output per input element"));
@@ -92,13 +97,13 @@ pub(crate) fn batch_norm_train<A: Float>(
         mean: Array1::from(mean.clone()),
         var: Array1::from(var),
     };
-    let kept_output = (then == Then::Relu).then(|| Arc::clone(&output));
-    let op = match then {
-        Then::Nothing => "batch_norm",
-        Then::Relu => "batch_norm_relu",
+    let kept_output = (epilogue == Epilogue::Relu).then(|| Arc::clone(&output));
+    let op = match epilogue {
+        Epilogue::Nothing => "batch_norm",
+        Epilogue::Relu => "batch_norm_relu",
     };
-    let tensor = record_shared(op, &[x, scale, bias], output, move |g, needs| {
-        let mut g = standard_layout_owned(g);
+    let tensor = record(op, &[x, scale, bias], output, move |g, needs| {
+        let mut g = standard_layout(g);
         let xs = input.as_slice().expect("standard layout");
         let ys = kept_output
             .as_deref()
@@ -153,10 +158,15 @@ fn batch_statistics<A: Float>(xs: &[A], features: usize) -> (Vec<A>, Vec<A>) {
 
 /// `y = (x − μ) · slope + β` row by row, then ReLU if asked.
 #[inline(always)]
-fn normalize<A: Float>(xs: &[A], features: usize, per_feature: [&[A]; 3], then: Then) -> Vec<A> {
+fn normalize<A: Float>(
+    xs: &[A],
+    features: usize,
+    per_feature: [&[A]; 3],
+    epilogue: Epilogue,
+) -> Vec<A> {
     let mut y = Vec::with_capacity(xs.len());
     for x_row in xs.chunks_exact(features) {
-        rows::extend_affine(&mut y, x_row, per_feature, then == Then::Relu);
+        rows::extend_affine(&mut y, x_row, per_feature, epilogue == Epilogue::Relu);
     }
     y
 }
@@ -205,13 +215,5 @@ fn input_gradient<A: Float>(
     for (i, (g_row, x_row)) in row_pairs.enumerate() {
         let y_row = output_row(ys, i, features);
         rows::input_gradient(g_row, y_row, x_row, per_feature, sums);
-    }
-}
-
-fn standard_layout_owned<A: Float>(a: ArrayD<A>) -> ArrayD<A> {
-    if a.is_standard_layout() {
-        a
-    } else {
-        a.as_standard_layout().into_owned()
     }
 }

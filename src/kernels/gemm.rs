@@ -1,7 +1,7 @@
 //! The matrix products of `matmul` and `linear`, forward and backward, on two cores when large.
 //!
 //! Each product runs in `matrixmultiply` (through ndarray) on one thread; a large one is cut in
-//! two halves of rows, the second computed on the [`parallel`](crate::parallel) helper. In
+//! two halves of rows, the second computed on the [`parallel`](crate::kernels::parallel) helper. In
 //! backward, the two products of a matmul's VJP are independent and of equal size
 //! (`da = g bᵀ`, `db = aᵀ g`), so each gets a core whole. Small products stay on the calling
 //! thread: below [`LARGE`] multiply-adds, handing half to another core costs more than it
@@ -13,8 +13,8 @@ use std::sync::Arc;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayD, ArrayView2, Axis, Ix2, concatenate, s};
 
-use crate::Float;
-use crate::parallel;
+use crate::float::Float;
+use crate::kernels::parallel;
 
 /// Products with at least this many multiply-adds use both cores (about 30 µs of one core).
 const LARGE: usize = 1 << 20;

@@ -1,9 +1,10 @@
 //! The per-row loops of the fused kernels, one function each. Each takes one row and
 //! per-feature vectors, all of one length: it re-slices them to that length first, so the
 //! compiler drops the bounds checks and vectorises the loop. They are `inline(always)` so that
-//! callers running them inside [`crate::simd::vectorized`] get the AVX2 copy.
+//! callers running them inside [`vectorized`](crate::kernels::simd::vectorized) get the AVX2
+//! copy.
 
-use crate::Float;
+use crate::float::Float;
 
 /// `sums += row`.
 #[inline(always)]
@@ -30,9 +31,8 @@ pub(crate) fn add_squared_deviation<A: Float>(sums: &mut [A], row: &[A], mean: &
 ///
 /// ReLU is applied to the value before its one store: as a pass of its own over the output
 /// (`y = if y > 0 { y } else { 0 }`), LLVM compiles it to a masked store of the zeros
-/// (`vmaskmovps`), which AMD's Zen cores run in microcode (0.45 ms more per 2 MB BatchNorm
-/// at size L). Appending, rather than zero-filling a buffer and overwriting it, writes each
-/// output once (at L the time is the same: the first write to a fresh buffer is what costs).
+/// (`vmaskmovps`), which some CPUs run in microcode (docs/performance.md has the cost).
+/// Appending, rather than zero-filling a buffer and overwriting it, writes each output once.
 #[inline(always)]
 pub(crate) fn extend_affine<A: Float>(
     out: &mut Vec<A>,

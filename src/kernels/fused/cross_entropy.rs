@@ -1,17 +1,19 @@
-//! Mean softmax cross-entropy with integer labels in one node.
+//! Mean softmax cross-entropy with integer labels in one node: the fused implementation of
+//! the loss defined in src/ops/loss.rs.
 
 use ndarray::ArrayD;
 
-use super::matrix;
-use crate::tensor::record;
-use crate::{Error, Float, Result, Tensor};
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::kernels::gemm::matrix;
+use crate::tensor::{Tensor, record};
 
 /// Mean softmax cross-entropy of `logits (B, C)` with integer labels, in one node.
 ///
 /// Forward, per row: `lse = m + ln Σ e^(z−m)` with `m = max z` (stable), loss
 /// `(1/B) Σ_b (lse_b − z_{b,y_b})`. Backward: `dz = g (softmax(z) − onehot(y)) / B`, with the
 /// softmax kept from the forward pass.
-pub(crate) fn softmax_cross_entropy_fused<A: Float>(
+pub(crate) fn softmax_cross_entropy<A: Float>(
     logits: &Tensor<A>,
     labels: &[usize],
 ) -> Result<Tensor<A>> {

@@ -1,12 +1,14 @@
-//! `Dense`'s matmul and bias in one node.
+//! `Dense`'s matmul and bias in one node: the fused implementation of `x · kernel + bias`
+//! (src/nn/dense.rs).
 
 use ndarray::{Array1, ArrayView2, Axis};
 
-use super::{matrix, rows};
-use crate::gemm;
-use crate::simd;
-use crate::tensor::record;
-use crate::{Error, Float, Result, Tensor};
+use super::rows;
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::kernels::gemm::{self, matrix};
+use crate::kernels::simd;
+use crate::tensor::{Tensor, record};
 
 /// `x · w + b` for `x` `(n, in)`, `w` `(in, out)`, `b` `(out)`: a matmul and a broadcast
 /// add in one node. VJP: `dx = g wᵀ`, `dw = xᵀ g`, `db = Σ_rows g`.

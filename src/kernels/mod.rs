@@ -1,0 +1,23 @@
+//! Performance code: what makes tapegrad fast, kept apart from what makes it correct.
+//!
+//! Nothing here defines a result. The core (the tape, the primitive ops, the layers of
+//! [`nn`](crate::nn)) is correct without these kernels, and each of them is tested against
+//! the core's definition of what it computes:
+//!
+//! * [`fused`]: layers and losses in one node each (Dense's matmul and bias, BatchNorm's
+//!   training forward with an optional ReLU, softmax cross-entropy), each with a closed-form
+//!   VJP. They run only with [`Fusion::On`](crate::Fusion); with fusion off the layers run
+//!   their definitions, composed of primitives, and `tests/fusion.rs` checks that both give
+//!   the same values, gradients and statistics.
+//! * [`gemm`]: the matrix products of `matmul` and the fused `linear`, ndarray's product
+//!   split over two cores when large (tested against ndarray's plain `dot`).
+//! * [`parallel`]: the helper thread those products use.
+//! * [`simd`]: hot loops compiled a second time for AVX2 and chosen at run time (the same
+//!   values either way).
+//!
+//! Why each is written the way it is, with the measurements, is in `docs/performance.md`.
+
+pub(crate) mod fused;
+pub(crate) mod gemm;
+pub(crate) mod parallel;
+pub(crate) mod simd;

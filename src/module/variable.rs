@@ -1,0 +1,75 @@
+//! `Variable`: a handle on one non-params variable, read as a constant, written with a value.
+
+use std::sync::Arc;
+
+use ndarray::ArrayD;
+
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::module::context::Context;
+use crate::module::scope::check_shape;
+use crate::tensor::Tensor;
+
+/// A handle on one non-params variable, from [`Scope::variable`].
+///
+/// It reads as a constant [`Tensor`] (no node, no gradient) and is written with a plain
+/// array: a written value is detached by type, so the tape has no edge into a buffer.
+///
+/// ```compile_fail,E0308
+/// # use tapegrad::{Tensor, Variable};
+/// // A tracked tensor cannot be written into a buffer: `set` takes an array.
+/// fn write(v: &Variable<'_, f64>, t: Tensor<f64>) { v.set(t); }
+/// ```
+pub struct Variable<'a, A: Float> {
+    pub(crate) ctx: &'a Context<'a, A>,
+    /// The full name, built once: every read labels its constant with it.
+    pub(crate) label: Arc<str>,
+    pub(crate) collection: String,
+    pub(crate) path: String,
+}
+
+impl<A: Float> Variable<'_, A> {
+    /// The current value (as written earlier in this run, else as stored), as a constant.
+    pub fn value(&self) -> Tensor<A> {
+        Tensor::from_shared(self.current()).with_label(Arc::clone(&self.label))
+    }
+
+    fn current(&self) -> Arc<ArrayD<A>> {
+        self.ctx
+            .read(&self.collection, &self.path)
+            .expect("a variable handle exists only for a variable that exists")
+    }
+
+    /// Writes a new value. An error, with nothing written, if the collection is not mutable
+    /// in this `apply` ([`Error::ImmutableCollection`]) or if the shape differs from the
+    /// stored one. In `init` every collection is writable.
+    pub fn set(&self, value: ArrayD<A>) -> Result<()> {
+        if !self.is_mutable() {
+            return Err(Error::ImmutableCollection {
+                collection: self.collection.clone(),
+                path: self.path.clone(),
+            });
+        }
+        check_shape(&self.collection, &self.path, &value, self.current().shape())?;
+        self.ctx
+            .written
+            .borrow_mut()
+            .insert(&self.collection, self.path.clone(), value);
+        Ok(())
+    }
+
+    /// Whether [`Variable::set`] may write.
+    pub fn is_mutable(&self) -> bool {
+        self.ctx.is_initializing() || self.ctx.mutable.allows(&self.collection)
+    }
+
+    /// The collection's name.
+    pub fn collection(&self) -> &str {
+        &self.collection
+    }
+
+    /// The path inside the collection.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+}

@@ -1,0 +1,72 @@
+//! Losses, defined as compositions of primitives.
+
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::fusion::Fusion;
+use crate::kernels::fused;
+use crate::ops::shape_ops::one_hot;
+use crate::tensor::Tensor;
+
+/// Mean softmax cross-entropy of `logits (batch, classes)` against integer `labels`:
+/// `(1/B) Σ_b [logsumexp(logits[b]) - logits[b, labels[b]]]`, defined as
+/// `-(1/B) Σ log_softmax(logits) · onehot(labels)`.
+///
+/// With [`Fusion::On`] it is one node with the closed-form gradient
+/// `(softmax(z) − onehot(y)) / B` instead of the definition's ten.
+///
+/// PyTorch: `F.cross_entropy(logits, labels)`; optax:
+/// `softmax_cross_entropy_with_integer_labels(logits, labels).mean()`.
+///
+/// ```
+/// use tapegrad::{softmax_cross_entropy, Tensor};
+/// // Uniform logits over 4 classes: the loss is ln 4 whatever the label.
+/// let logits = Tensor::from_vec(&[2, 4], vec![0.0f64; 8])?;
+/// let loss = softmax_cross_entropy(&logits, &[0, 3])?;
+/// assert!((loss.item()? - 4f64.ln()).abs() < 1e-12);
+/// # Ok::<(), tapegrad::Error>(())
+/// ```
+pub fn softmax_cross_entropy<A: Float>(logits: &Tensor<A>, labels: &[usize]) -> Result<Tensor<A>> {
+    if Fusion::is_on() {
+        return fused::softmax_cross_entropy(logits, labels);
+    }
+    let &[batch, classes] = logits.shape() else {
+        return Err(Error::invalid(
+            "softmax_cross_entropy",
+            logits.shape(),
+            "expected logits of shape (batch, classes)",
+        ));
+    };
+    if labels.len() != batch {
+        return Err(Error::incompatible(
+            "softmax_cross_entropy",
+            logits.shape(),
+            &[labels.len()],
+            "one label per row of logits",
+        ));
+    }
+    let picked = logits
+        .log_softmax(1)?
+        .mul(&one_hot(labels, classes).map_err(|_| out_of_range(labels, classes))?)?
+        .sum_all();
+    Ok(picked.mul_scalar(A::of(-1.0 / batch.max(1) as f64)))
+}
+
+/// The error for a label that is not a class, named after the loss rather than `one_hot`.
+fn out_of_range(labels: &[usize], classes: usize) -> Error {
+    let index = labels
+        .iter()
+        .copied()
+        .find(|&l| l >= classes)
+        .unwrap_or(classes);
+    Error::IndexOutOfRange {
+        op: "softmax_cross_entropy",
+        index,
+        len: classes,
+    }
+}
+
+/// Mean squared error `mean((prediction - target)^2)`, broadcasting.
+/// PyTorch: `F.mse_loss(prediction, target)`.
+pub fn mse<A: Float>(prediction: &Tensor<A>, target: &Tensor<A>) -> Result<Tensor<A>> {
+    Ok(prediction.sub(target)?.square().mean_all())
+}

@@ -1,0 +1,241 @@
+//! Invariant 9, fusion changes nothing but speed: each fused implementation against the
+//! definition it replaces, chosen by the one switch ([`Fusion`]). For random shapes and
+//! values, both give the same values, gradients and running statistics (f64, 1e-12 relative
+//! to the values' scale: the two differ only in the order of roundings), and each passes
+//! the finite-difference check on its own.
+
+use ndarray::ArrayD;
+use proptest::prelude::*;
+use tapegrad::gradcheck::{GradCheckOptions, check_grads, check_model};
+use tapegrad::nn::{BatchNorm, Dense};
+use tapegrad::testing::{arrays, distinct_arrays, mlp_case};
+use tapegrad::{
+    ApplyOptions, Fusion, Grads, ModuleExt, Mutable, ParamTensors, Params, Result, Tensor, Updates,
+    Variables, softmax_cross_entropy, value_and_grad_with_aux,
+};
+
+/// The largest magnitude in `arrays`, and at least 1.
+fn scale<'a>(arrays: impl IntoIterator<Item = &'a ArrayD<f64>>) -> f64 {
+    arrays
+        .into_iter()
+        .flat_map(|a| a.iter())
+        .fold(1.0f64, |m, v| m.max(v.abs()))
+}
+
+/// Agreement to 1e-12 relative to `scale`.
+fn close(a: &ArrayD<f64>, b: &ArrayD<f64>, scale: f64) -> bool {
+    a.shape() == b.shape() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-12 * scale)
+}
+
+/// What one setting computes: the output, the gradients of a non-uniform weighting of it
+/// (a plain sum would hide errors that cancel across outputs, as in a normalisation), and
+/// the collections the computation wrote.
+struct Outcome {
+    output: ArrayD<f64>,
+    grads: Grads<f64>,
+    updates: Option<Updates<f64>>,
+}
+
+type Computation<'a> =
+    dyn Fn(&ParamTensors<f64>) -> Result<(Tensor<f64>, Option<Updates<f64>>)> + 'a;
+
+fn outcome(fusion: Fusion, params: &Params<f64>, f: &Computation<'_>) -> Outcome {
+    fusion.run(|| {
+        let weigh = |t: &Tensor<f64>| -> Result<Tensor<f64>> {
+            let w: Vec<f64> = (0..t.len())
+                .map(|i| 1.0 + (i as f64 * 0.37).sin())
+                .collect();
+            Ok(t.mul(&Tensor::from_vec(t.shape(), w)?)?.sum_all())
+        };
+        let (output, updates) = f(&ParamTensors::constants(params)).unwrap();
+        let (_, (), grads) =
+            value_and_grad_with_aux(params, |p| Ok((weigh(&f(p)?.0)?, ()))).unwrap();
+        Outcome {
+            output: output.value().clone(),
+            grads,
+            updates,
+        }
+    })
+}
+
+/// Both settings agree, and each passes `check_grads`.
+fn fused_equals_definition(
+    params: &Params<f64>,
+    f: &Computation<'_>,
+) -> std::result::Result<(), TestCaseError> {
+    let fused = outcome(Fusion::On, params, f);
+    let definition = outcome(Fusion::Off, params, f);
+    prop_assert!(
+        close(
+            &fused.output,
+            &definition.output,
+            scale([&definition.output])
+        ),
+        "values {} vs {}",
+        fused.output,
+        definition.output
+    );
+    // Gradients relative to the largest of the computation's gradients: one that is zero in
+    // exact arithmetic (a Dense bias before a BatchNorm: the mean subtraction cancels it)
+    // is a sum of terms of that size which cancel, and keeps their rounding error.
+    let gradient_scale = scale(definition.grads.iter().map(|(_, g)| g));
+    for (path, g) in fused.grads.iter() {
+        let reference = definition.grads.get(path).unwrap();
+        prop_assert!(
+            close(g, reference, gradient_scale),
+            "gradient of {path}: {g} vs {reference} (scale {gradient_scale})"
+        );
+    }
+    if let (Some(a), Some(b)) = (&fused.updates, &definition.updates) {
+        for name in b.collection_names() {
+            for (path, value) in b.collection(name).unwrap().iter() {
+                let other = a.get(&format!("{name}/{path}")).unwrap();
+                prop_assert!(
+                    close(other, value, scale([value])),
+                    "{name}/{path}: {other} vs {value}"
+                );
+            }
+        }
+    }
+    for fusion in [Fusion::On, Fusion::Off] {
+        let report = fusion
+            .run(|| check_grads(params, |p| Ok(f(p)?.0), &GradCheckOptions::default()))
+            .unwrap();
+        prop_assert!(report.passed(), "{fusion:?}: {report}");
+    }
+    Ok(())
+}
+
+fn params_of(entries: Vec<(&str, ArrayD<f64>)>) -> Params<f64> {
+    entries
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(tapegrad::testing::config(128))]
+
+    /// `Dense`: `linear` against `matmul` then `add`, every input differentiated.
+    #[test]
+    fn dense_linear_equals_matmul_plus_bias(
+        (x, kernel, bias) in (1..5usize, 1..5usize, 1..5usize).prop_flat_map(|(n, i, o)| (
+            arrays::<f64>(vec![n, i], -2.0..2.0),
+            arrays::<f64>(vec![i, o], -2.0..2.0),
+            arrays::<f64>(vec![o], -2.0..2.0))),
+    ) {
+        let features = bias.len();
+        let params = params_of(vec![("x", x), ("kernel", kernel), ("bias", bias)]);
+        // The layer at the root reads `kernel` and `bias` from the params given to it.
+        fused_equals_definition(&params, &|p| {
+            let (y, _) = Dense::new(features).apply_tracked(p, &Variables::new(), p.get("x")?, &ApplyOptions::eval())?;
+            Ok((y, None))
+        })?;
+    }
+
+    /// `BatchNorm` in training mode on inputs of rank 2 to 4 (statistics over every axis but
+    /// the last): the fused node against the composite, including the running statistics.
+    #[test]
+    fn batch_norm_fused_equals_the_composite(
+        (x, scale, bias, momentum) in (prop::collection::vec(1..4usize, 0..=2), 2..5usize, 1..4usize)
+            .prop_flat_map(|(spatial, batch, features)| {
+                let mut shape = vec![batch];
+                shape.extend(spatial);
+                shape.push(features);
+                (distinct_arrays::<f64>(shape, 0.05),
+                 arrays::<f64>(vec![features], 0.5..2.0),
+                 arrays::<f64>(vec![features], -1.0..1.0),
+                 0.5..0.99f64)
+            }),
+    ) {
+        let params = params_of(vec![("x", x), ("scale", scale), ("bias", bias)]);
+        let layer = BatchNorm::new().momentum(momentum);
+        let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
+        fused_equals_definition(&params, &|p| {
+            let x = p.get("x")?;
+            let variables = layer.init(0, &x.detach())?;
+            let (y, updates) = layer.apply_tracked(p, &variables, x, &train)?;
+            Ok((y, Some(updates)))
+        })?;
+    }
+
+    /// `Mlp` with BatchNorm and ReLU, where the ReLU runs inside BatchNorm's fused node:
+    /// logits, the loss's gradients and the new statistics against the composite, and the
+    /// model passes `check_model` (params checked, batch_stats held fixed) either way.
+    #[test]
+    fn mlp_with_batch_norm_relu_fused_equals_the_composite(
+        case in mlp_case().prop_filter("with BatchNorm", |case| case.batch_norm.is_some()),
+    ) {
+        let (model, variables) = (case.model(), case.variables());
+        let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
+        let x = case.input::<f64>();
+        fused_equals_definition(variables.params(), &|p| {
+            let (logits, updates) = model.apply_tracked(p, &variables, &x, &train)?;
+            Ok((logits, Some(updates)))
+        })?;
+        for fusion in [Fusion::On, Fusion::Off] {
+            let report = fusion.run(|| check_model(&model, &variables, &x, &train,
+                |logits| softmax_cross_entropy(logits, &case.labels), &GradCheckOptions::default()))?;
+            prop_assert!(report.passed(), "{fusion:?}: {report}");
+        }
+    }
+
+    /// Softmax cross-entropy: one node against `-(log_softmax · onehot).sum() / B`.
+    #[test]
+    fn softmax_cross_entropy_fused_equals_the_composite(
+        (z, labels) in (1..5usize, 2..5usize).prop_flat_map(|(b, c)| (
+            arrays::<f64>(vec![b, c], -4.0..4.0), prop::collection::vec(0..c, b))),
+    ) {
+        let params = params_of(vec![("z", z)]);
+        fused_equals_definition(&params, &|p| Ok((softmax_cross_entropy(p.get("z")?, &labels)?, None)))?;
+    }
+}
+
+/// With fusion off the tape shows the primitives, and the variables do not depend on the
+/// switch.
+#[test]
+fn with_fusion_off_the_tape_records_primitives_and_variables_are_the_same() {
+    let model = tapegrad::nn::Mlp::new(&[3], 2).with_batch_norm(BatchNorm::new());
+    let x = Tensor::from_vec(&[4, 2], (0..8).map(|i| (i as f64 * 0.9).sin()).collect()).unwrap();
+    let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
+    let ops = |fusion: Fusion| -> (Vec<&'static str>, Vec<String>) {
+        fusion.run(|| {
+            let variables = model.init(0, &x).unwrap();
+            let tape = tapegrad::Tape::new();
+            let p = ParamTensors::leaves(variables.params(), &tape);
+            let (logits, _) = model.apply_tracked(&p, &variables, &x, &train).unwrap();
+            softmax_cross_entropy(&logits, &[0, 1, 1, 0]).unwrap();
+            let ops = tape
+                .entries()
+                .iter()
+                .map(|e| e.op)
+                .filter(|&op| op != "leaf")
+                .collect();
+            (ops, variables.iter().map(|(name, _)| name).collect())
+        })
+    };
+    let (fused, fused_names) = ops(Fusion::On);
+    let (composite, composite_names) = ops(Fusion::Off);
+    assert_eq!(
+        fused,
+        [
+            "linear",
+            "batch_norm_relu",
+            "linear",
+            "softmax_cross_entropy"
+        ]
+    );
+    for primitive in [
+        "matmul", "add", "sub", "mul", "sum", "sqrt", "recip", "relu", "log", "exp",
+    ] {
+        assert!(
+            composite.contains(&primitive),
+            "{primitive} missing from {composite:?}"
+        );
+    }
+    assert!(
+        composite.iter().all(|op| !fused.contains(op)),
+        "{composite:?}"
+    );
+    assert_eq!(fused_names, composite_names);
+}
