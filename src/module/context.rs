@@ -7,6 +7,7 @@ use std::sync::Arc;
 use ndarray::ArrayD;
 
 use crate::autodiff::ParamTensors;
+use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::variables::{Mutable, Variables};
 
@@ -70,5 +71,24 @@ impl<'a, A: Float> Context<'a, A> {
                 .and_then(|c| c.get_shared(path))
                 .cloned(),
         }
+    }
+}
+
+/// A stored or written value against the shape a module expects: an error naming both.
+pub(crate) fn check_shape<A: Float>(
+    collection: &str,
+    path: &str,
+    stored: &ArrayD<A>,
+    expected: &[usize],
+) -> Result<()> {
+    if stored.shape() == expected {
+        Ok(())
+    } else {
+        Err(Error::VariableShape {
+            collection: collection.to_string(),
+            path: path.to_string(),
+            stored: stored.shape().into(),
+            expected: expected.into(),
+        })
     }
 }

@@ -15,7 +15,7 @@ use ndarray::ArrayD;
 
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::module::context::{Context, Phase};
+use crate::module::context::{Context, Phase, check_shape};
 use crate::module::variable::Variable;
 use crate::rng::SplitMix64;
 use crate::tensor::Tensor;
@@ -88,24 +88,6 @@ fn join(prefix: &str, name: &str) -> String {
     path.push('/');
     path.push_str(name);
     path
-}
-
-pub(crate) fn check_shape<A: Float>(
-    collection: &str,
-    path: &str,
-    stored: &ArrayD<A>,
-    expected: &[usize],
-) -> Result<()> {
-    if stored.shape() == expected {
-        Ok(())
-    } else {
-        Err(Error::VariableShape {
-            collection: collection.to_string(),
-            path: path.to_string(),
-            stored: stored.shape().into(),
-            expected: expected.into(),
-        })
-    }
 }
 
 /// What a module sees while it runs: its path, its variables, and whether it is training.

@@ -6,8 +6,7 @@ use ndarray::ArrayD;
 
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::module::context::Context;
-use crate::module::scope::check_shape;
+use crate::module::context::{Context, check_shape};
 use crate::tensor::Tensor;
 
 /// A handle on one non-params variable, from [`Scope::variable`].
