@@ -2,7 +2,7 @@
 //!
 //! Every layer and loss in tapegrad is defined as a composition of primitive ops (what
 //! `src/nn/` shows, and what the tape records with fusion off). Some also have a fused
-//! implementation in [`kernels`](crate::kernels): the same function in one node with a
+//! implementation in `src/kernels/`: the same function in one node with a
 //! hand-derived VJP, which the training-step benchmark showed to be faster. [`Fusion`] says
 //! which one runs. It changes nothing but speed: values, gradients, running statistics and
 //! variable names are the same either way (f64, to 1e-12; `tests/fusion.rs` checks each

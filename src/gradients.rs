@@ -124,3 +124,10 @@ impl<A: Float> Tensor<A> {
         })
     }
 }
+
+impl<A: Float> std::fmt::Debug for Gradients<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let reached = self.grads.iter().filter(|g| g.is_some()).count();
+        write!(f, "Gradients({reached} leaves reached)")
+    }
+}

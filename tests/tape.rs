@@ -252,3 +252,59 @@ fn a_custom_vjp_of_the_wrong_shape_is_an_error_naming_the_op() {
         "{err}"
     );
 }
+
+/// Backward releases what each op saved once its VJP has run: the activations a forward
+/// pass shared with the tape are no longer held by it, and `Gradients` holds no tape.
+#[test]
+fn backward_releases_what_each_op_saved() {
+    let tape = Tape::<f64>::new();
+    let x = leaf(&tape, "x", &[0.5, 1.5]);
+    let hidden = x.exp(); // its VJP keeps x's value and its own output
+    let loss = hidden.square().sum_all(); // keeps hidden's value
+    let held = |t: &Tensor<f64>| std::sync::Arc::strong_count(&t.shared_value()) - 1;
+    let (x_before, hidden_before) = (held(&x), held(&hidden));
+    let grads = loss.backward().unwrap();
+    assert_eq!(held(&x), x_before - 1, "exp's VJP released x");
+    assert_eq!(
+        held(&hidden),
+        hidden_before - 2,
+        "both VJPs released exp's output"
+    );
+    drop((tape, x.clone(), hidden, loss));
+    let g = grads.get(&x).unwrap(); // 2 e^{2x}
+    assert_abs_diff_eq!(g[[0]], 2.0 * 1f64.exp(), epsilon = 1e-12);
+}
+
+/// Walking a released tape again is an error naming the node (PyTorch: "Trying to backward
+/// through the graph a second time"); `backward_retaining` keeps it walkable.
+#[test]
+fn a_second_backward_needs_the_first_to_retain() {
+    let tape = Tape::<f64>::new();
+    let x = leaf(&tape, "x", &[2.0]);
+    let y = x.square().sum_all();
+    let first = y.backward_retaining(&ArrayD::ones(y.shape())).unwrap();
+    let second = y.backward().unwrap();
+    assert_eq!(first.wrt(&x).unwrap(), second.wrt(&x).unwrap());
+    match y.backward() {
+        Err(Error::BackwardTwice { op: "sum", node: 2 }) => {}
+        other => panic!("expected BackwardTwice at the sum, got {other:?}"),
+    }
+}
+
+/// A VJP may record on the tape it is called from (the tape is not borrowed while a VJP
+/// runs): a user's op whose backward makes a leaf used to panic with "already borrowed".
+#[test]
+fn a_custom_vjp_may_record_on_its_own_tape() {
+    let tape = Tape::<f64>::new();
+    let x = leaf(&tape, "x", &[1.0, 2.0]);
+    let recorder = tape.clone();
+    let y = tapegrad::custom_op("doubled", &[&x], x.value() * 2.0, move |g, _| {
+        let scratch = recorder.leaf("scratch", g.clone()); // records during backward
+        vec![Some(scratch.value() * 2.0)]
+    })
+    .unwrap();
+    let nodes_before = tape.len();
+    let grads = y.sum_all().backward().unwrap();
+    assert_eq!(grads.get(&x).unwrap(), &arr1(&[2.0, 2.0]).into_dyn());
+    assert_eq!(tape.len(), nodes_before + 2, "the sum, then the VJP's leaf");
+}

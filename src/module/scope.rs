@@ -25,7 +25,8 @@ use crate::variables::PARAMS;
 /// Flax: an `nn.Module` with an `@nn.compact` `__call__`.
 ///
 /// A module holds only its configuration (sizes, momentum…); its variables live in
-/// [`Variables`], created by [`ModuleExt::init`] and passed to [`ModuleExt::apply`].
+/// [`Variables`](crate::Variables), created by [`ModuleExt::init`](crate::ModuleExt::init)
+/// and passed to [`ModuleExt::apply`](crate::ModuleExt::apply).
 ///
 /// ```
 /// use tapegrad::{nn, ApplyOptions, Module, ModuleExt, Result, Scope, Tensor};

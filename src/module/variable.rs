@@ -9,7 +9,7 @@ use crate::float::Float;
 use crate::module::context::{Context, check_shape};
 use crate::tensor::Tensor;
 
-/// A handle on one non-params variable, from [`Scope::variable`].
+/// A handle on one non-params variable, from [`Scope::variable`](crate::Scope::variable).
 ///
 /// It reads as a constant [`Tensor`] (no node, no gradient) and is written with a plain
 /// array: a written value is detached by type, so the tape has no edge into a buffer.
