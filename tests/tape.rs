@@ -155,7 +155,7 @@ fn gather_rows_backward_is_a_scatter_add_with_zero_for_unused_rows() {
 fn backward_from_a_non_scalar_is_an_error() {
     let tape = Tape::<f64>::new();
     let x = leaf(&tape, "x", &[1.0, 2.0]);
-    let err = x.exp().backward().err().expect("non-scalar");
+    let err = x.exp().backward().expect_err("non-scalar");
     assert!(matches!(err, Error::NotScalar { .. }));
     assert!(err.to_string().contains("[2]"), "{err}");
 }
@@ -245,8 +245,7 @@ fn a_custom_vjp_of_the_wrong_shape_is_an_error_naming_the_op() {
     let err = y
         .sum_all()
         .backward()
-        .err()
-        .expect("a [3] gradient for a [2] input");
+        .expect_err("a [3] gradient for a [2] input");
     assert!(
         err.to_string().contains("broken") && err.to_string().contains("[3]"),
         "{err}"
