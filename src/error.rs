@@ -194,6 +194,55 @@ pub enum Error {
         problems: Vec<CheckpointProblem>,
     },
 
+    /// A value that must be finite holds NaN or an infinity: a gradient handed to an
+    /// optimizer, or a statistic a layer was about to write into a buffer. Nothing was
+    /// changed: params, buffers and optimizer state are as they were before the step.
+    ///
+    /// Fix: find where the value first went wrong (a NaN or an extreme value in the input, a
+    /// learning rate too large for the data, an overflow of `f32`); `name` says where it was
+    /// caught. To let an optimizer apply non-finite gradients anyway (rarely what you want),
+    /// turn its check off with `allow_non_finite(true)`.
+    #[error("{op}: {name} is not finite (it holds NaN or an infinity); nothing was changed")]
+    NonFinite {
+        /// Who refused it.
+        op: &'static str,
+        /// What it was: a gradient's path (`grad of "params/Dense_0/kernel"`) or a variable's
+        /// full name (`batch_stats/BatchNorm_0/var`).
+        name: String,
+    },
+
+    /// A setting of an optimizer, a schedule or a layer is outside its valid range (checked,
+    /// as PyTorch does, before anything moves).
+    ///
+    /// Fix: the message names the setting, its value and the range it must be in.
+    #[error("{op}: invalid {setting} {value}: it must be {expected}")]
+    InvalidSetting {
+        /// The optimizer, schedule or layer.
+        op: &'static str,
+        /// The setting's name (`momentum`, `beta1`, `learning rate`, …).
+        setting: &'static str,
+        /// The value given.
+        value: f64,
+        /// The valid range, in words.
+        expected: &'static str,
+    },
+
+    /// A collection name that tapegrad cannot store faithfully: empty, containing `/` (the
+    /// separator between a collection and a path: `"a/b"` would come back from a checkpoint
+    /// as collection `"a"`), or starting with `#` (reserved for optimizer state in
+    /// checkpoints).
+    ///
+    /// Fix: name collections with a plain word, `"batch_stats"`, `"state"`, `"cache"`.
+    #[error("{op}: {name:?} is not a valid collection name ({detail})")]
+    InvalidName {
+        /// Where it was given.
+        op: &'static str,
+        /// The name.
+        name: String,
+        /// What is wrong with it.
+        detail: &'static str,
+    },
+
     /// A backward pass reached a node whose saved values an earlier backward pass released.
     /// As in PyTorch ("Trying to backward through the graph a second time"), a backward pass
     /// frees what each op saved once the op's VJP has run, so that memory falls as it goes.

@@ -39,8 +39,15 @@ pub trait Float:
     /// Converts an `f64` constant (rounding for `f32`).
     fn of(x: f64) -> Self;
 
-    /// Widens to `f64` (exact for both types).
+    /// Widens to `f64` (exact for both types, but for the payload of a signalling NaN, which
+    /// the conversion quiets).
     fn as_f64(self) -> f64;
+
+    /// Appends the value's little-endian bytes, bit for bit (a signalling NaN stays one).
+    fn write_le(self, out: &mut Vec<u8>);
+
+    /// The value whose little-endian bytes are `bytes` (of the type's size), bit for bit.
+    fn read_le(bytes: &[u8]) -> Self;
 }
 
 impl Float for f32 {
@@ -50,6 +57,12 @@ impl Float for f32 {
     }
     fn as_f64(self) -> f64 {
         f64::from(self)
+    }
+    fn write_le(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_le_bytes());
+    }
+    fn read_le(bytes: &[u8]) -> Self {
+        f32::from_le_bytes(bytes.try_into().expect("4 bytes"))
     }
 }
 
@@ -61,6 +74,19 @@ impl Float for f64 {
     fn as_f64(self) -> f64 {
         self
     }
+    fn write_le(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_le_bytes());
+    }
+    fn read_le(bytes: &[u8]) -> Self {
+        f64::from_le_bytes(bytes.try_into().expect("8 bytes"))
+    }
+}
+
+/// The larger of `a` and `b`, NaN if either is: NaN propagates, as in PyTorch's and JAX's
+/// `maximum` (Rust's `f64::max` returns the other operand instead, which would hide it).
+#[inline(always)]
+pub(crate) fn nan_max<A: Float>(a: A, b: A) -> A {
+    if a.is_nan() || b > a { b } else { a }
 }
 
 mod sealed {

@@ -23,14 +23,37 @@ pub(crate) fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Res
             s[i + s.len() - rank]
         }
     };
-    (0..rank)
+    let shape = (0..rank)
         .map(|i| match (dim(a, i), dim(b, i)) {
             (x, y) if x == y => Ok(x),
             (1, y) => Ok(y),
             (x, 1) => Ok(x),
             _ => Err(Error::incompatible(op, a, b, "not broadcastable")),
         })
-        .collect()
+        .collect::<Result<Vec<usize>>>()?;
+    element_count::<f64>(op, &shape)?;
+    Ok(shape)
+}
+
+/// Checks that an array of `shape` can exist: ndarray requires the product of its nonzero
+/// dimensions, in bytes, to fit in `isize` (even when another dimension is 0). Returns the
+/// number of elements. Shapes that come from a user or a file pass here before anything is
+/// allocated, so that `[2^32, 2^32]` is an error naming the op, not a wrapped product or a
+/// panic.
+pub(crate) fn element_count<A>(op: &'static str, shape: &[usize]) -> Result<usize> {
+    let limit = isize::MAX as usize / std::mem::size_of::<A>().max(1);
+    let nonzero = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d.max(1)))
+        .filter(|&n| n <= limit);
+    match nonzero {
+        Some(_) => Ok(shape.iter().product()),
+        None => Err(Error::invalid(
+            op,
+            shape,
+            "no array of this shape fits in memory (its element count overflows)",
+        )),
+    }
 }
 
 /// Sums `grad` down to `shape`, undoing a broadcast from `shape` to `grad.shape()`.

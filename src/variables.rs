@@ -25,6 +25,25 @@ pub struct Variables<A: Float> {
     others: BTreeMap<String, Collection<A>>,
 }
 
+/// An error unless `name` can name a collection: not empty, no `/` (the separator of full
+/// names), not starting with `#` (reserved for optimizer state in checkpoints).
+pub(crate) fn check_collection_name(op: &'static str, name: &str) -> Result<()> {
+    let detail = if name.is_empty() {
+        "it is empty"
+    } else if name.contains('/') {
+        "it contains '/', which separates a collection from a path"
+    } else if name.starts_with('#') {
+        "a leading '#' is reserved for optimizer state in checkpoints"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidName {
+        op,
+        name: name.to_string(),
+        detail,
+    })
+}
+
 impl<A: Float> Variables<A> {
     /// No variables.
     pub fn new() -> Self {
@@ -84,9 +103,19 @@ impl<A: Float> Variables<A> {
         all.into_iter()
     }
 
-    /// Inserts a variable into `collection` (which may be `"params"`).
-    pub fn insert(&mut self, collection: &str, path: impl Into<String>, value: ArrayD<A>) {
+    /// Inserts a variable into `collection` (which may be `"params"`). An invalid collection
+    /// name (empty, containing `/`, or starting with `#`) is [`Error::InvalidName`], and
+    /// nothing is inserted: `"a/b"` would be saved as `a/b/path` and come back from a
+    /// checkpoint as collection `a`.
+    pub fn insert(
+        &mut self,
+        collection: &str,
+        path: impl Into<String>,
+        value: ArrayD<A>,
+    ) -> Result<()> {
+        check_collection_name("Variables::insert", collection)?;
         self.collection_entry(collection).insert(path, value);
+        Ok(())
     }
 
     pub(crate) fn collection_entry(&mut self, name: &str) -> &mut Collection<A> {

@@ -203,7 +203,8 @@ fn vars_for_dense(vars: &Variables<f64>) -> Variables<f64> {
             "params",
             name,
             vars.get(&format!("params/Dense_0/{name}")).unwrap().clone(),
-        );
+        )
+        .unwrap();
     }
     out
 }

@@ -45,7 +45,7 @@ fn random_variables() -> impl Strategy<Value = Variables<f64>> {
     prop::collection::vec(entry, 1..8).prop_map(|entries| {
         let mut v = Variables::new();
         for (collection, path, value) in entries {
-            v.insert(collection, path, value);
+            v.insert(collection, path, value).unwrap();
         }
         v
     })
@@ -67,7 +67,7 @@ proptest! {
             let mut v = Variables::new();
             for (name, a) in vars.iter() {
                 let (c, p) = name.split_once('/').unwrap();
-                v.insert(c, p, a.mapv(|x| x as f32));
+                v.insert(c, p, a.mapv(|x| x as f32)).unwrap();
             }
             v
         };
@@ -126,14 +126,16 @@ fn every_problem_is_listed_and_nothing_changes() {
         .with_batch_norm(BatchNorm::new())
         .init(0, &Tensor::constant(ArrayD::zeros(vec![2, 5])))
         .unwrap();
-    other.insert("state", "extra", ArrayD::zeros(vec![1]));
+    other
+        .insert("state", "extra", ArrayD::zeros(vec![1]))
+        .unwrap();
     let removed = other.params().get("Dense_2/bias").is_some();
     assert!(removed);
     let mut pruned = Variables::new();
     for (name, value) in other.iter() {
         if name != "params/Dense_2/bias" {
             let (c, p) = name.split_once('/').unwrap();
-            pruned.insert(c, p, value.clone());
+            pruned.insert(c, p, value.clone()).unwrap();
         }
     }
     save(&pruned, &path).unwrap();

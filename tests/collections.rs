@@ -169,7 +169,8 @@ fn reading_a_variable_init_did_not_create_names_its_path() {
 #[test]
 fn a_stored_shape_that_differs_names_both_shapes() {
     let mut vars = bn_mlp().init(0, &batch()).unwrap();
-    vars.insert("params", "Dense_0/kernel", ArrayD::zeros(vec![4, 5]));
+    vars.insert("params", "Dense_0/kernel", ArrayD::zeros(vec![4, 5]))
+        .unwrap();
     let err = bn_mlp()
         .apply(&vars, &batch(), &ApplyOptions::eval())
         .unwrap_err();

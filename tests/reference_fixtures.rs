@@ -69,7 +69,7 @@ impl Fixture {
         for (key, value) in &self.arrays {
             if let Some((collection, path)) = key.split_once('/') {
                 if ["params", "batch_stats", "state"].contains(&collection) {
-                    vars.insert(collection, path, value.clone());
+                    vars.insert(collection, path, value.clone()).unwrap();
                 }
             }
         }

@@ -59,13 +59,20 @@ struct Args {
     /// Folder for the plot.
     #[arg(long, default_value = "out")]
     out: PathBuf,
-    /// Save the trained BatchNorm model (every collection) to this safetensors file, then
-    /// reload it and check that it scores the test set bit for bit the same.
+    /// Save the BatchNorm model's training checkpoint (every collection and the optimizer's
+    /// state) to this safetensors file after every epoch; at the end, reload it and check
+    /// that it scores the test set bit for bit the same.
     #[arg(long)]
     save: Option<PathBuf>,
-    /// Start the BatchNorm model from this checkpoint instead of a fresh initialisation.
+    /// Resume the BatchNorm model's run from a checkpoint that `--save` wrote, with the same
+    /// other flags: it goes on from the epoch after the saved one, with the saved momentum
+    /// and the learning-rate schedule where it was, and ends where the run never stopped
+    /// would have (bit for bit).
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Stop after this epoch, as if interrupted (to try `--resume`).
+    #[arg(long)]
+    stop_after: Option<usize>,
     /// The data file (CSV with a header, the quality in the last column).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/winequality-red.csv"))]
     data: PathBuf,
@@ -149,19 +156,27 @@ fn train(
     args: &Args,
     data: &Data,
     (train_idx, test_idx): (&[usize], &[usize]),
-    resume: Option<&Path>,
+    (resume, save): (Option<&Path>, Option<&Path>),
     stats_entries_in_grads: &mut usize,
 ) -> Result<(History, Variables<f32>), Box<dyn Error>> {
     let (x0, _) = data.rows(&train_idx[..2]);
     let mut vars = model.init(args.seed, &x0)?;
-    if let Some(path) = resume {
-        // All or nothing: a checkpoint of another model is refused with every problem listed.
-        checkpoint::load_into(&mut vars, path, LoadMode::Strict)?;
-        println!("resumed from {}", path.display());
-    }
     let batch = args.batch_size as usize;
     let batches_per_epoch = train_idx.len() / batch;
     let mut optimizer = make_optimizer(args, args.epochs * batches_per_epoch);
+    let mut first_epoch = 1;
+    if let Some(path) = resume {
+        // All or nothing: a checkpoint of another model or optimizer is refused with every
+        // problem listed, and nothing is loaded.
+        checkpoint::load_training_into(&mut vars, optimizer.as_mut(), path, LoadMode::Strict)?;
+        first_epoch = optimizer.steps() / batches_per_epoch + 1;
+        println!(
+            "resumed from {} after epoch {} (step {})",
+            path.display(),
+            first_epoch - 1,
+            optimizer.steps()
+        );
+    }
     let mut rng = SplitMix64::new(args.seed ^ 0x5EED);
     let mut order = train_idx.to_vec();
     let step_options = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
@@ -170,6 +185,9 @@ fn train(
     println!("\n== {name}: {} params", vars.params().size());
     for epoch in 1..=args.epochs {
         rng.shuffle(&mut order);
+        if epoch < first_epoch {
+            continue; // done before the checkpoint; the shuffle above keeps the order in step
+        }
         let bar = ProgressBar::new(batches_per_epoch as u64).with_style(
             ProgressStyle::with_template("epoch {prefix:>3} [{bar:30}] {pos}/{len} loss {msg}")?,
         );
@@ -212,6 +230,13 @@ fn train(
         );
         history.train_loss.push(train_loss);
         history.test_accuracy.push(test_accuracy);
+        if let Some(path) = save {
+            checkpoint::save_training(&vars, optimizer.as_ref(), path)?;
+        }
+        if args.stop_after == Some(epoch) {
+            println!("stopping after epoch {epoch}, as asked");
+            break;
+        }
     }
     Ok((history, vars))
 }
@@ -252,14 +277,14 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
     let without_bn = Mlp::new(&hidden, 6);
     let mut stats_in_grads = 0;
     let split = (train_idx, test_idx);
-    let resume = args.resume.as_deref();
+    let checkpoints = (args.resume.as_deref(), args.save.as_deref());
     let (bn_history, bn_vars) = train(
         "MLP with BatchNorm",
         &with_bn,
         &args,
         &data,
         split,
-        resume,
+        checkpoints,
         &mut stats_in_grads,
     )?;
     let (plain_history, _) = train(
@@ -268,7 +293,7 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         &args,
         &data,
         split,
-        None,
+        (None, None),
         &mut stats_in_grads,
     )?;
 
@@ -307,7 +332,8 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
     );
     println!("plot written to {}", plot_path.display());
     if let Some(path) = &args.save {
-        checkpoint::save(&bn_vars, path)?;
+        // The training checkpoint is a variables checkpoint too: load_into reads the
+        // variables and skips the optimizer's state.
         let (x0, _) = data.rows(&train_idx[..2]);
         let mut reloaded = with_bn.init(args.seed.wrapping_add(1), &x0)?;
         checkpoint::load_into(&mut reloaded, path, LoadMode::Strict)?;
@@ -316,7 +342,7 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
             accuracy(&with_bn, &reloaded, &data, test_idx),
         );
         println!(
-            "saved {} (params and batch_stats); reloaded, it scores {:.1}% on the test set, {}",
+            "saved {} (params, batch_stats and the optimizer's state); reloaded, it scores {:.1}% on the test set, {}",
             path.display(),
             100.0 * after,
             if before.to_bits() == after.to_bits() {

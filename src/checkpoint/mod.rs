@@ -5,8 +5,13 @@
 //! model whose evaluation accuracy collapses. A tapegrad checkpoint holds *every* collection,
 //! each tensor named `collection/path` (`batch_stats/BatchNorm_0/mean`).
 //!
-//! * [`save`] is atomic: the file is written beside the target and renamed over it, so a
-//!   crash never leaves a half-written checkpoint where the old one was.
+//! * [`save`] is atomic: the file is written beside the target (under a unique temporary
+//!   name) and renamed over it, so a crash never leaves a half-written checkpoint where the
+//!   old one was; it is deterministic (the same variables, the same bytes) and stores values
+//!   bit for bit.
+//! * [`save_training`] and [`load_training_into`] add the optimizer's state (velocities,
+//!   moments, the step count that positions the learning-rate schedule), so that a run
+//!   resumed from a checkpoint is the same run as one never stopped.
 //! * [`load_into`] is all-or-nothing: it checks the file against the model's variables
 //!   (names, shapes, dtypes, a corrupt or truncated file) and reports every problem at once,
 //!   leaving the variables untouched unless there is none.
@@ -32,8 +37,12 @@
 //! ```
 
 mod file;
+mod format;
 mod pytorch;
+mod training;
+mod write;
 
 pub use crate::error::CheckpointProblem;
 pub use file::{FORMAT_VERSION, LoadMode, load_into, read, save};
 pub use pytorch::{TorchLayer, TorchMapping, import_pytorch_into};
+pub use training::{load_training_into, save_training};

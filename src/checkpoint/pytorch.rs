@@ -21,10 +21,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use safetensors::tensor::Dtype;
-
 use crate::checkpoint::file::LoadMode;
-use crate::checkpoint::file::{Decoded, apply_checked, read_tensors};
+use crate::checkpoint::file::{apply_checked, read_tensors};
+use crate::checkpoint::format::Decoded;
 use crate::error::CheckpointProblem;
 use crate::error::{Error, Result};
 use crate::float::Float;
@@ -81,7 +80,7 @@ impl TorchMapping {
     /// [`Sequential`](crate::nn::Sequential) name them.
     pub fn derive_sequential(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let (tensors, _) = read_tensors(path)?;
+        let tensors = read_tensors(path)?.tensors;
         let mut modules: BTreeMap<Vec<u64>, (String, Vec<&str>)> = BTreeMap::new();
         for name in tensors.keys() {
             let Some((prefix, field)) = name.rsplit_once('.') else {
@@ -155,7 +154,7 @@ pub fn import_pytorch_into<A: Float>(
     mode: LoadMode,
 ) -> Result<()> {
     let path = path.as_ref();
-    let (tensors, _) = read_tensors(path)?;
+    let tensors = read_tensors(path)?.tensors;
     let mut converted: BTreeMap<String, Decoded> = BTreeMap::new();
     let mut problems = Vec::new();
     for (name, tensor) in tensors {
@@ -172,7 +171,7 @@ pub fn import_pytorch_into<A: Float>(
         match destination(layer, field) {
             Some(Some((collection, ours_field))) => {
                 let tensor = if layer == TorchLayer::Linear && ours_field == "kernel" {
-                    transposed(tensor)
+                    tensor.transposed()
                 } else {
                     tensor
                 };
@@ -187,24 +186,4 @@ pub fn import_pytorch_into<A: Float>(
         }
     }
     apply_checked(variables, converted, mode, false, path, problems)
-}
-
-/// The transpose of a 2-D tensor (PyTorch's `(out, in)` weight to a `(in, out)` kernel).
-fn transposed(tensor: Decoded) -> Decoded {
-    match (tensor.shape.as_slice(), &tensor.values) {
-        (&[rows, cols], Some(values))
-            if tensor.dtype == Dtype::F32 || tensor.dtype == Dtype::F64 =>
-        {
-            let values = (0..cols)
-                .flat_map(|c| (0..rows).map(move |r| (r, c)))
-                .map(|(r, c)| values[r * cols + c])
-                .collect();
-            Decoded {
-                dtype: tensor.dtype,
-                shape: vec![cols, rows],
-                values: Some(values),
-            }
-        }
-        _ => tensor, // reported as a shape or dtype problem by the checks
-    }
 }

@@ -18,8 +18,9 @@ use crate::float::Float;
 use crate::module::context::{Context, Phase, check_shape};
 use crate::module::variable::Variable;
 use crate::rng::SplitMix64;
+use crate::shape::element_count;
 use crate::tensor::Tensor;
-use crate::variables::PARAMS;
+use crate::variables::{PARAMS, check_collection_name};
 
 /// A model or a layer: a computation that takes its variables from a [`Scope`].
 /// Flax: an `nn.Module` with an `@nn.compact` `__call__`.
@@ -139,6 +140,7 @@ impl<'a, A: Float> Scope<'a, A> {
         init: impl Initializer<A>,
     ) -> Result<Tensor<A>> {
         let path = join(&self.path, name);
+        element_count::<A>("Scope::param", shape)?;
         match &self.ctx.phase {
             Phase::Init { seed } => {
                 let existing = self.ctx.written.borrow().params().get(&path).cloned();
@@ -150,7 +152,8 @@ impl<'a, A: Float> Scope<'a, A> {
                         self.ctx
                             .written
                             .borrow_mut()
-                            .insert(PARAMS, path.clone(), value.clone());
+                            .collection_entry(PARAMS)
+                            .insert(path.clone(), value.clone());
                         value
                     }
                 };
@@ -184,6 +187,8 @@ impl<'a, A: Float> Scope<'a, A> {
         if collection == PARAMS {
             return Err(Error::ReservedCollection { path });
         }
+        check_collection_name("Scope::variable", collection)?;
+        element_count::<A>("Scope::variable", shape)?;
         let value = match self.ctx.read(collection, &path) {
             Some(value) => value,
             None if self.is_initializing() => {
@@ -196,7 +201,8 @@ impl<'a, A: Float> Scope<'a, A> {
                 self.ctx
                     .written
                     .borrow_mut()
-                    .insert(collection, path.clone(), value.clone());
+                    .collection_entry(collection)
+                    .insert(path.clone(), value.clone());
                 Arc::new(value)
             }
             None => {

@@ -53,8 +53,30 @@ impl<A: Float> Variable<'_, A> {
         self.ctx
             .written
             .borrow_mut()
-            .insert(&self.collection, self.path.clone(), value);
+            .collection_entry(&self.collection)
+            .insert(self.path.clone(), value);
         Ok(())
+    }
+
+    /// [`Variable::set`], refusing a value that holds NaN or an infinity
+    /// ([`Error::NonFinite`] naming the variable, nothing written): for state that must stay
+    /// finite, such as running statistics. `op` names the layer in the error.
+    pub fn set_finite(&self, op: &'static str, value: ArrayD<A>) -> Result<()> {
+        self.check_finite(op, &value)?;
+        self.set(value)
+    }
+
+    /// An error naming the variable if `value` holds NaN or an infinity: for a layer that
+    /// writes several variables and checks them all before it writes any.
+    pub fn check_finite(&self, op: &'static str, value: &ArrayD<A>) -> Result<()> {
+        if value.iter().all(|x| x.is_finite()) {
+            Ok(())
+        } else {
+            Err(Error::NonFinite {
+                op,
+                name: format!("the new value of \"{}\"", self.label),
+            })
+        }
     }
 
     /// Whether [`Variable::set`] may write.

@@ -32,10 +32,18 @@ impl<A: Float> Module<A> for Accumulator {
                 "expected (batch, features)",
             ));
         };
+        if x.shape()[0] == 0 {
+            // The mean of no rows is 0 / 0: NaN, which would be added to the sum for good.
+            return Err(Error::invalid(
+                "Accumulator",
+                x.shape(),
+                "an empty batch has no mean to accumulate",
+            ));
+        }
         let sum = scope.variable("state", "sum", &[features], init::zeros())?;
         let updated = sum.value().add(&x.mean_axes(&[0], false)?.detach())?;
         if !scope.is_initializing() {
-            sum.set(updated.value().clone())?;
+            sum.set_finite("Accumulator", updated.value().clone())?;
         }
         x.add(&updated)
     }

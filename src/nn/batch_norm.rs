@@ -83,6 +83,26 @@ impl<A: Float> Module<A> for BatchNorm {
 }
 
 impl BatchNorm {
+    /// Momentum in `[0, 1]` and epsilon at least 0, both finite; checked before the layer
+    /// reads or writes anything.
+    fn check_settings(&self) -> Result<()> {
+        let invalid = |setting, value, expected| {
+            Err(Error::InvalidSetting {
+                op: "BatchNorm",
+                setting,
+                value,
+                expected,
+            })
+        };
+        if !(self.momentum.is_finite() && (0.0..=1.0).contains(&self.momentum)) {
+            return invalid("momentum", self.momentum, "finite and in [0, 1]");
+        }
+        if !(self.epsilon.is_finite() && self.epsilon >= 0.0) {
+            return invalid("epsilon", self.epsilon, "finite and at least 0");
+        }
+        Ok(())
+    }
+
     /// The layer, then `epilogue`: with fusion on and in training mode, the epilogue runs
     /// inside the fused node; otherwise it is applied to the layer's output.
     fn normalize<A: Float>(
@@ -98,6 +118,7 @@ impl BatchNorm {
                 "expected (batch, ..., features)",
             ));
         };
+        self.check_settings()?;
         let running_mean = scope.variable("batch_stats", "mean", &[features], init::zeros())?;
         let running_var = scope.variable("batch_stats", "var", &[features], init::ones())?;
         let eps = A::of(self.epsilon);
@@ -114,6 +135,19 @@ impl BatchNorm {
             let inv_std = running_var.value().add_scalar(eps).sqrt().recip();
             let normalized = x.sub(&running_mean.value())?.mul(&inv_std)?;
             return Ok(then(normalized.mul(&scale)?.add(&bias)?));
+        }
+        // Statistics of no value are 0 / 0, and of one value a variance of 0 (PyTorch refuses
+        // both: "Expected more than 1 value per channel when training").
+        let per_channel = x.len() / features.max(1);
+        if per_channel < 2 {
+            return Err(Error::invalid(
+                "BatchNorm",
+                x.shape(),
+                format!(
+                    "expected more than 1 value per channel when training, got {per_channel} \
+                     (batch statistics of fewer are undefined or zero)"
+                ),
+            ));
         }
         let (y, batch_mean, batch_var) = if Fusion::is_on() {
             let (y, batch) = fused::batch_norm_train(x, &scale, &bias, eps, epilogue)?;
@@ -137,8 +171,16 @@ impl BatchNorm {
                 blended.zip_mut_with(old.value(), |b, &o| *b = m * o + (A::one() - m) * *b);
                 blended
             };
-            running_mean.set(blend(&running_mean.value(), batch_mean))?;
-            running_var.set(blend(&running_var.value(), batch_var))?;
+            let (mean, var) = (
+                blend(&running_mean.value(), batch_mean),
+                blend(&running_var.value(), batch_var),
+            );
+            // Both checked before either is written: a NaN in the input, or an overflow of
+            // f32, must not become the running statistics.
+            running_mean.check_finite("BatchNorm", &mean)?;
+            running_var.check_finite("BatchNorm", &var)?;
+            running_mean.set(mean)?;
+            running_var.set(var)?;
         }
         Ok(y)
     }

@@ -99,8 +99,9 @@ impl<A: Float> Tensor<A> {
         })
     }
 
-    /// Elementwise maximum, broadcasting. At a tie the gradient is split evenly between the
-    /// two inputs (as JAX does), so the sum of both gradients is always `g`.
+    /// Elementwise maximum, broadcasting; NaN if either side is NaN (PyTorch, JAX). At a tie
+    /// the gradient is split evenly between the two inputs (as JAX does), so the sum of both
+    /// gradients is always `g`.
     pub fn maximum(&self, other: &Tensor<A>) -> Result<Tensor<A>> {
         self.choose("maximum", other, |x, y| x > y)
     }
@@ -118,8 +119,15 @@ impl<A: Float> Tensor<A> {
         other: &Tensor<A>,
         prefer: fn(A, A) -> bool,
     ) -> Result<Tensor<A>> {
+        // A NaN on either side is the result (as PyTorch's and JAX's maximum): `x + y` is it.
         let value = zip_broadcast(op, self.value(), other.value(), |x, y| {
-            if prefer(y, x) { y } else { x }
+            if x.is_nan() || y.is_nan() {
+                x + y
+            } else if prefer(y, x) {
+                y
+            } else {
+                x
+            }
         })?;
         let (a, b) = (self.shared_value(), other.shared_value());
         record(op, &[self, other], value, move |g, needs| {

@@ -5,6 +5,7 @@ use ndarray::{ArrayD, ArrayView2, Ix2};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::gemm;
+use crate::shape::element_count;
 use crate::tensor::Tensor;
 use crate::tensor::record;
 
@@ -38,6 +39,7 @@ impl<A: Float> Tensor<A> {
                 "inner dimensions differ",
             ));
         }
+        element_count::<A>("matmul", &[a.nrows(), b.ncols()])?;
         let value = gemm::forward(self.shared_value(), other.shared_value(), None).into_dyn();
         let (a, b) = (self.shared_value(), other.shared_value());
         record("matmul", &[self, other], value, move |g, needs| {

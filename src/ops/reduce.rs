@@ -3,7 +3,7 @@
 use ndarray::{ArrayD, Axis, IxDyn, Zip};
 
 use crate::error::{Error, Result};
-use crate::float::Float;
+use crate::float::{Float, nan_max};
 use crate::shape::{check_axes, keep_dims_shape, reshaped};
 use crate::tensor::Tensor;
 use crate::tensor::record_one;
@@ -67,8 +67,9 @@ impl<A: Float> Tensor<A> {
             .mul_scalar(A::of(1.0 / self.len().max(1) as f64))
     }
 
-    /// Maximum over `axes`. Where several elements tie for the maximum the gradient is split
-    /// evenly among them (as JAX does), so it still sums to the output's gradient.
+    /// Maximum over `axes`; a NaN anywhere in a slice makes its maximum NaN (as in PyTorch and
+    /// JAX). Where several elements tie for the maximum the gradient is split evenly among
+    /// them (as JAX does), so it still sums to the output's gradient.
     pub fn max_axes(&self, axes: &[usize], keep_dims: bool) -> Result<Tensor<A>> {
         let axes = check_axes("max", self.shape(), axes)?;
         if axes.iter().any(|&a| self.shape()[a] == 0) {
@@ -81,7 +82,7 @@ impl<A: Float> Tensor<A> {
         let keep_shape = keep_dims_shape(self.shape(), &axes);
         let mut value = self.value().clone();
         for &axis in axes.iter().rev() {
-            value = value.fold_axis(Axis(axis), A::neg_infinity(), |&m, &x| m.max(x));
+            value = value.fold_axis(Axis(axis), A::neg_infinity(), |&m, &x| nan_max(m, x));
         }
         let max_keep = reshaped(value.clone(), &keep_shape);
         if keep_dims {

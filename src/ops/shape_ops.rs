@@ -4,7 +4,7 @@ use ndarray::{ArrayD, Axis, IxDyn, Slice};
 
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::shape::{broadcast_shape, reshaped};
+use crate::shape::{broadcast_shape, element_count, reshaped};
 use crate::tensor::Tensor;
 use crate::tensor::{record, record_one};
 
@@ -15,7 +15,7 @@ impl<A: Float> Tensor<A> {
         if shape == self.shape() {
             return Ok(self.clone());
         }
-        let n: usize = shape.iter().product();
+        let n = element_count::<A>("reshape", shape)?;
         if n != self.len() {
             return Err(Error::incompatible(
                 "reshape",

@@ -3,7 +3,7 @@
 
 use ndarray::Zip;
 
-use crate::float::Float;
+use crate::float::{Float, nan_max};
 use crate::tensor::Tensor;
 use crate::tensor::record_one;
 
@@ -74,10 +74,12 @@ impl<A: Float> Tensor<A> {
         self.unary("sigmoid", sigmoid, |_, y| y * (A::one() - y))
     }
 
-    /// `max(x, 0)`. The derivative at exactly 0 is taken as 0, as PyTorch and JAX do.
+    /// `max(x, 0)`; NaN stays NaN, as in PyTorch and JAX (a ReLU that maps NaN to 0 hides a
+    /// broken input from every later check). The derivative at exactly 0 is taken as 0, as
+    /// PyTorch and JAX do.
     pub fn relu(&self) -> Tensor<A> {
         let step = |x: A, _| if x > A::zero() { A::one() } else { A::zero() };
-        self.unary("relu", |x| x.max(A::zero()), step)
+        self.unary("relu", |x| nan_max(x, A::zero()), step)
     }
 
     /// `|x|`. The derivative at exactly 0 is taken as 0.

@@ -5,9 +5,12 @@ use std::collections::BTreeMap;
 use ndarray::{ArrayD, Zip};
 
 use crate::collection::{Grads, Params};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::optim::{LearningRate, Optimizer, check_state_shapes};
+use crate::optim::{
+    LearningRate, Optimizer, OptimizerState, check_gradients, check_state_shapes,
+    setting_at_least_zero, setting_below_one,
+};
 
 /// Adam with bias correction (Kingma and Ba), PyTorch's defaults: `β = (0.9, 0.999)`,
 /// `ε = 1e-8`. `m ← β₁ m + (1 − β₁) g`, `v ← β₂ v + (1 − β₂) g²`,
@@ -23,6 +26,7 @@ pub struct Adam<A: Float> {
     eps: f64,
     weight_decay: f64,
     decoupled: bool,
+    allow_non_finite: bool,
     first: BTreeMap<String, ArrayD<A>>,
     second: BTreeMap<String, ArrayD<A>>,
     steps: usize,
@@ -38,6 +42,7 @@ impl<A: Float> Adam<A> {
             eps: 1e-8,
             weight_decay: 0.0,
             decoupled: false,
+            allow_non_finite: false,
             first: BTreeMap::new(),
             second: BTreeMap::new(),
             steps: 0,
@@ -75,6 +80,39 @@ impl<A: Float> Adam<A> {
         }
     }
 
+    /// Whether to apply non-finite gradients instead of refusing them (default `false`:
+    /// `update` returns [`Error::NonFinite`] and moves nothing).
+    pub fn allow_non_finite(self, allow: bool) -> Self {
+        Adam {
+            allow_non_finite: allow,
+            ..self
+        }
+    }
+
+    /// `"Adam"`, or `"AdamW"` with decoupled weight decay.
+    fn kind(&self) -> &'static str {
+        if self.decoupled { "AdamW" } else { "Adam" }
+    }
+
+    /// PyTorch's checks of `torch.optim.Adam`'s arguments, made before a step moves anything;
+    /// stricter on `eps`, which must be above 0 (with 0, a zero gradient gives `0 / 0`).
+    fn check_settings(&self) -> Result<()> {
+        let op = self.kind();
+        self.learning_rate.check(op)?;
+        setting_below_one(op, "beta1", self.beta1)?;
+        setting_below_one(op, "beta2", self.beta2)?;
+        setting_at_least_zero(op, "weight decay", self.weight_decay)?;
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return Err(Error::InvalidSetting {
+                op,
+                setting: "eps",
+                value: self.eps,
+                expected: "finite and greater than 0",
+            });
+        }
+        Ok(())
+    }
+
     /// The first moment `m` of the param at `path`.
     pub fn first_moment(&self, path: &str) -> Option<&ArrayD<A>> {
         self.first.get(path)
@@ -88,7 +126,8 @@ impl<A: Float> Adam<A> {
 
 impl<A: Float> Optimizer<A> for Adam<A> {
     fn update(&mut self, params: &mut Params<A>, grads: &Grads<A>) -> Result<()> {
-        grads.check_matches(params, "Adam::update")?;
+        self.check_settings()?;
+        check_gradients("Adam::update", params, grads, self.allow_non_finite)?;
         check_state_shapes("Adam::update", &self.first, grads)?;
         check_state_shapes("Adam::update", &self.second, grads)?;
         let t = self.steps as i32 + 1;
@@ -132,5 +171,19 @@ impl<A: Float> Optimizer<A> for Adam<A> {
 
     fn steps(&self) -> usize {
         self.steps
+    }
+
+    fn state(&self) -> OptimizerState<A> {
+        let slots = [("mu", &self.first), ("nu", &self.second)];
+        OptimizerState::new(self.kind(), self.steps, slots)
+    }
+
+    fn load_state(&mut self, state: OptimizerState<A>) -> Result<()> {
+        let (steps, mut slots) =
+            state.into_slots("Adam::load_state", self.kind(), &["mu", "nu"])?;
+        self.first = slots.remove("mu").unwrap_or_default();
+        self.second = slots.remove("nu").unwrap_or_default();
+        self.steps = steps;
+        Ok(())
     }
 }

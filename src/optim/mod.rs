@@ -2,8 +2,17 @@
 //!
 //! Every optimizer's update is `update(&mut Params, &Grads)`: no signature gives an optimizer
 //! access to `batch_stats`, `state` or frozen params, so weight decay and Adam's moments can
-//! never move them. Optimizer state (velocities, moments) lives in the optimizer, keyed by
-//! param path, and can be inspected.
+//! never move them. Optimizer state (velocities, moments, the step count) lives in the
+//! optimizer, keyed by param path; [`Optimizer::state`] reads it out and
+//! [`Optimizer::load_state`] puts it back, which is how a checkpoint resumes a run
+//! ([`checkpoint::save_training`](crate::checkpoint::save_training)).
+//!
+//! Before anything moves, `update` checks its settings (as PyTorch's constructors do: a
+//! negative momentum, `β ≥ 1`, a NaN learning rate are [`Error::InvalidSetting`]), the keys
+//! and shapes of the gradients, and that every gradient is finite
+//! ([`Error::NonFinite`], naming the first one that is not; turn this check off with the
+//! optimizer's `allow_non_finite(true)`). A step that fails changes neither the params nor
+//! the optimizer's state.
 //!
 //! ```compile_fail,E0308
 //! use tapegrad::optim::{Optimizer, Sgd};
@@ -17,10 +26,12 @@ mod adam;
 mod momentum;
 mod schedule;
 mod sgd;
+mod state;
 
 pub use adam::Adam;
 pub use schedule::LearningRate;
 pub use sgd::Sgd;
+pub use state::OptimizerState;
 
 use std::collections::BTreeMap;
 
@@ -33,13 +44,23 @@ use crate::float::Float;
 /// A gradient-based optimizer.
 pub trait Optimizer<A: Float> {
     /// One step: moves `params` using `grads`, which must be keyed exactly like `params`
-    /// (otherwise [`Error::KeyMismatch`], and nothing moves). A
-    /// param whose shape changed since the optimizer kept state for it is
-    /// [`Error::IncompatibleShapes`], and nothing moves.
+    /// (otherwise [`Error::KeyMismatch`]), with each gradient of its param's shape and kept
+    /// state of that shape too ([`Error::IncompatibleShapes`]), every gradient finite unless
+    /// allowed ([`Error::NonFinite`]), and valid settings ([`Error::InvalidSetting`]). On any
+    /// error nothing moves: neither the params nor the optimizer's state.
     fn update(&mut self, params: &mut Params<A>, grads: &Grads<A>) -> Result<()>;
 
     /// How many steps have been taken.
     fn steps(&self) -> usize;
+
+    /// Everything the optimizer has learned from the steps so far (the step count, which
+    /// is the schedule's position, and per-param velocities or moments), as named arrays.
+    fn state(&self) -> OptimizerState<A>;
+
+    /// Replaces the optimizer's state with `state` (read back from [`Optimizer::state`] or a
+    /// checkpoint). An error, with nothing changed, if `state` is another optimizer's
+    /// (another `kind`) or has slots this optimizer does not keep.
+    fn load_state(&mut self, state: OptimizerState<A>) -> Result<()>;
 }
 
 /// Checks that the per-param state an optimizer kept (a velocity, a moment) still has its
@@ -62,3 +83,39 @@ pub(crate) fn check_state_shapes<A: Float>(
     }
     Ok(())
 }
+
+/// Everything `update` checks before it moves anything, in the order a user meets them:
+/// the keys and shapes of the gradients, then their values.
+pub(crate) fn check_gradients<A: Float>(
+    op: &'static str,
+    params: &Params<A>,
+    grads: &Grads<A>,
+    allow_non_finite: bool,
+) -> Result<()> {
+    grads.check_matches(params, op)?;
+    if !allow_non_finite {
+        if let Some(path) = grads.first_non_finite() {
+            return Err(Error::NonFinite {
+                op,
+                name: format!("the gradient of \"params/{path}\""),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// An error unless `value` is finite and in `[0, 1)` (a β of Adam, a decay rate).
+pub(crate) fn setting_below_one(op: &'static str, setting: &'static str, value: f64) -> Result<()> {
+    if value.is_finite() && (0.0..1.0).contains(&value) {
+        Ok(())
+    } else {
+        Err(Error::InvalidSetting {
+            op,
+            setting,
+            value,
+            expected: "in [0, 1)",
+        })
+    }
+}
+
+pub(crate) use schedule::setting_at_least_zero;

@@ -5,11 +5,14 @@ use std::collections::BTreeMap;
 use ndarray::{ArrayD, Zip};
 
 use crate::collection::{Grads, Params};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::simd;
 use crate::optim::momentum::heavy_ball;
-use crate::optim::{LearningRate, Optimizer, check_state_shapes};
+use crate::optim::{
+    LearningRate, Optimizer, OptimizerState, check_gradients, check_state_shapes,
+    setting_at_least_zero,
+};
 
 /// SGD: `g ← g + λ p` (weight decay), `v ← μ v + g`, `p ← p − lr · v` (or
 /// `p ← p − lr · (g + μ v)` with Nesterov). Equal to `torch.optim.SGD(lr, momentum,
@@ -38,6 +41,7 @@ pub struct Sgd<A: Float> {
     momentum: f64,
     nesterov: bool,
     weight_decay: f64,
+    allow_non_finite: bool,
     velocities: BTreeMap<String, ArrayD<A>>,
     steps: usize,
 }
@@ -50,6 +54,7 @@ impl<A: Float> Sgd<A> {
             momentum: 0.0,
             nesterov: false,
             weight_decay: 0.0,
+            allow_non_finite: false,
             velocities: BTreeMap::new(),
             steps: 0,
         }
@@ -71,6 +76,33 @@ impl<A: Float> Sgd<A> {
             weight_decay,
             ..self
         }
+    }
+
+    /// Whether to apply non-finite gradients instead of refusing them (default `false`:
+    /// `update` returns [`Error::NonFinite`] and moves nothing). Turning the check off saves
+    /// one pass over the gradients; a NaN then spreads into every param it reaches.
+    pub fn allow_non_finite(self, allow: bool) -> Self {
+        Sgd {
+            allow_non_finite: allow,
+            ..self
+        }
+    }
+
+    /// PyTorch's checks of `torch.optim.SGD`'s arguments, made before a step moves anything.
+    fn check_settings(&self) -> Result<()> {
+        const OP: &str = "Sgd";
+        self.learning_rate.check(OP)?;
+        setting_at_least_zero(OP, "momentum", self.momentum)?;
+        setting_at_least_zero(OP, "weight decay", self.weight_decay)?;
+        if self.nesterov && self.momentum == 0.0 {
+            return Err(Error::InvalidSetting {
+                op: OP,
+                setting: "momentum",
+                value: self.momentum,
+                expected: "greater than 0 with Nesterov",
+            });
+        }
+        Ok(())
     }
 
     /// The velocity of the param at `path` (after the first step with momentum).
@@ -96,7 +128,8 @@ impl<A: Float> Sgd<A> {
 
 impl<A: Float> Optimizer<A> for Sgd<A> {
     fn update(&mut self, params: &mut Params<A>, grads: &Grads<A>) -> Result<()> {
-        grads.check_matches(params, "Sgd::update")?;
+        self.check_settings()?;
+        check_gradients("Sgd::update", params, grads, self.allow_non_finite)?;
         check_state_shapes("Sgd::update", &self.velocities, grads)?;
         let lr = A::of(self.learning_rate.at(self.steps));
         let (mu, decay, nesterov) = (
@@ -129,6 +162,17 @@ impl<A: Float> Optimizer<A> for Sgd<A> {
 
     fn steps(&self) -> usize {
         self.steps
+    }
+
+    fn state(&self) -> OptimizerState<A> {
+        OptimizerState::new("Sgd", self.steps, [("velocity", &self.velocities)])
+    }
+
+    fn load_state(&mut self, state: OptimizerState<A>) -> Result<()> {
+        let (steps, mut slots) = state.into_slots("Sgd::load_state", "Sgd", &["velocity"])?;
+        self.velocities = slots.remove("velocity").unwrap_or_default();
+        self.steps = steps;
+        Ok(())
     }
 }
 

@@ -4,7 +4,7 @@
 use ndarray::ArrayD;
 
 use crate::error::{Error, Result};
-use crate::float::Float;
+use crate::float::{Float, nan_max};
 use crate::kernels::gemm::matrix;
 use crate::tensor::{Tensor, record};
 
@@ -43,7 +43,7 @@ pub(crate) fn softmax_cross_entropy<A: Float>(
     let mut probabilities = matrix(z).to_owned();
     let mut total = A::zero();
     for (mut row, &label) in probabilities.rows_mut().into_iter().zip(labels) {
-        let max = row.iter().fold(A::neg_infinity(), |m, &v| m.max(v));
+        let max = row.iter().fold(A::neg_infinity(), |m, &v| nan_max(m, v));
         let picked = row[label];
         row.mapv_inplace(|v| (v - max).exp());
         let sum = row.sum();

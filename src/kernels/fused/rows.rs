@@ -49,10 +49,11 @@ pub(crate) fn extend_affine<A: Float>(
     }
 }
 
-/// `max(z, 0)` as a select (NaN maps to 0), which vectorises where `max` may not.
+/// `max(z, 0)` as a select that keeps NaN (as `relu` does), which vectorises where `max` may
+/// not.
 #[inline(always)]
 fn positive_part<A: Float>(z: A) -> A {
-    if z > A::zero() { z } else { A::zero() }
+    if z < A::zero() { A::zero() } else { z }
 }
 
 /// ReLU's backward, read off its output `y`: `g · [y > 0]`. Only ever computed into a value
