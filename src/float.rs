@@ -86,7 +86,7 @@ impl Float for f64 {
 /// `maximum` (Rust's `f64::max` returns the other operand instead, which would hide it).
 #[inline(always)]
 pub(crate) fn nan_max<A: Float>(a: A, b: A) -> A {
-    if a.is_nan() || b > a { b } else { a }
+    if b > a || b.is_nan() { b } else { a }
 }
 
 mod sealed {
