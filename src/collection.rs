@@ -9,6 +9,7 @@ use ndarray::ArrayD;
 
 use crate::error::{Error, Result};
 use crate::float::Float;
+use crate::kernels::simd;
 
 /// One collection of variables: an ordered map from a slash path (`"Dense_0/kernel"`) to an
 /// array. Iteration is in path order, so it is deterministic.
@@ -416,7 +417,7 @@ impl<A: Float> Grads<A> {
     /// The path of the first gradient (in path order) holding a NaN or an infinity.
     pub fn first_non_finite(&self) -> Option<&str> {
         self.iter()
-            .find(|(_, g)| g.iter().any(|x| !x.is_finite()))
+            .find(|(_, g)| !simd::array_all_finite(g))
             .map(|(path, _)| path)
     }
 

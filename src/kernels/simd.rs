@@ -7,6 +7,8 @@
 //! and that copy runs when the CPU has it (all x86-64 CPUs since about 2013). The results are
 //! the same either way: the loops vectorise across features, never reassociating a sum.
 
+use crate::float::Float;
+
 /// Runs `f`, with AVX2 and FMA enabled for it (and whatever it inlines) when the CPU has them.
 /// Mark the loops `f` calls `#[inline(always)]` so they are compiled into the AVX2 copy.
 #[inline]
@@ -19,6 +21,41 @@ pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Whether every value is finite (no NaN, no infinity), in one vectorised pass: `x − x` is
+/// 0 for a finite `x` and NaN otherwise, and a NaN survives any sum. Sixteen partial sums,
+/// because the compiler may not reorder one float sum into lanes by itself.
+pub(crate) fn all_finite<A: Float>(values: &[A]) -> bool {
+    vectorized(
+        #[inline(always)]
+        || {
+            const LANES: usize = 16;
+            let mut lanes = [A::zero(); LANES];
+            let chunks = values.chunks_exact(LANES);
+            let mut total = chunks
+                .remainder()
+                .iter()
+                .fold(A::zero(), |t, &x| t + (x - x));
+            for chunk in chunks {
+                for j in 0..LANES {
+                    lanes[j] += chunk[j] - chunk[j];
+                }
+            }
+            for lane in lanes {
+                total += lane;
+            }
+            total == A::zero()
+        },
+    )
+}
+
+/// [`all_finite`] for an array in any layout.
+pub(crate) fn array_all_finite<A: Float>(array: &ndarray::ArrayD<A>) -> bool {
+    match array.as_slice_memory_order() {
+        Some(values) => all_finite(values),
+        None => array.iter().all(|x| x.is_finite()),
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
@@ -27,6 +64,20 @@ unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn all_finite_finds_any_nan_or_infinity_wherever_it_is() {
+        let mut values = vec![1.5f32; 37];
+        assert!(super::all_finite(&values));
+        for at in [0, 15, 16, 36] {
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                values[at] = bad;
+                assert!(!super::all_finite(&values), "{bad} at {at}");
+                values[at] = 1.5;
+            }
+        }
+        assert!(super::all_finite::<f64>(&[]));
+    }
+
     #[test]
     fn the_result_is_the_closures() {
         let values: Vec<f32> = (0..100).map(|i| i as f32).collect();

@@ -6,6 +6,7 @@ use ndarray::ArrayD;
 
 use crate::error::{Error, Result};
 use crate::float::Float;
+use crate::kernels::simd;
 use crate::module::context::{Context, check_shape};
 use crate::tensor::Tensor;
 
@@ -69,7 +70,7 @@ impl<A: Float> Variable<'_, A> {
     /// An error naming the variable if `value` holds NaN or an infinity: for a layer that
     /// writes several variables and checks them all before it writes any.
     pub fn check_finite(&self, op: &'static str, value: &ArrayD<A>) -> Result<()> {
-        if value.iter().all(|x| x.is_finite()) {
+        if simd::array_all_finite(value) {
             Ok(())
         } else {
             Err(Error::NonFinite {
