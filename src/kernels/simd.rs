@@ -24,6 +24,7 @@ pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
 /// Whether every value is finite (no NaN, no infinity), in one vectorised pass: `x − x` is
 /// 0 for a finite `x` and NaN otherwise, and a NaN survives any sum. Sixteen partial sums,
 /// because the compiler may not reorder one float sum into lanes by itself.
+#[allow(clippy::eq_op)] // `x - x` is the test itself
 pub(crate) fn all_finite<A: Float>(values: &[A]) -> bool {
     vectorized(
         #[inline(always)]
