@@ -333,6 +333,12 @@ impl<A: Float> Grads<A> {
 
     /// The sum of two sets of gradients of the same params (accumulating micro-batches);
     /// an error if their keys or shapes differ.
+    ///
+    /// K micro-batches accumulated and scaled by `1 / K` equal one batch of all their rows
+    /// for a mean loss of a model without BatchNorm. With BatchNorm they do not: each
+    /// micro-batch is normalised with its own statistics, which makes it another function of
+    /// the data (as in PyTorch, where accumulating gradients does not emulate a larger batch
+    /// for BatchNorm either).
     pub fn add(&self, other: &Grads<A>) -> Result<Grads<A>> {
         let keys_of_self: Collection<A> = self
             .iter()
