@@ -80,7 +80,7 @@ pub use float::Float;
 pub use fusion::Fusion;
 pub use gradients::Gradients;
 pub use module::{ApplyOptions, Initializer, Module, ModuleExt, Scope, Variable};
-pub use ops::{custom_op, mse, one_hot, softmax_cross_entropy};
+pub use ops::{ConvOptions, Padding, custom_op, mse, one_hot, softmax_cross_entropy};
 pub use rng::SplitMix64;
 pub use tape::{Operand, Tape, TapeEntry};
 pub use tensor::Tensor;

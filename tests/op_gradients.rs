@@ -8,8 +8,8 @@
 use ndarray::ArrayD;
 use proptest::prelude::*;
 use tapegrad::gradcheck::{GradCheckOptions, check_grads};
-use tapegrad::testing::{arrays, broadcast_pair, shape_with_rank};
-use tapegrad::{Float, Params, Result, Tensor, value_and_grad};
+use tapegrad::testing::{arrays, broadcast_pair, distinct_arrays, shape_with_rank};
+use tapegrad::{ConvOptions, Float, Padding, Params, Result, Tensor, value_and_grad};
 
 const CASES: u32 = 256;
 
@@ -263,6 +263,34 @@ proptest! {
         check_one("gather_rows", &[("table", &table)], |t| t[0].gather_rows(&ids))?;
     }
 
+    /// 2-D convolution: odd and even sizes, strides 1–2, dilation 1–2, 1×1 and 3×3 kernels,
+    /// SAME, VALID and explicit padding, one group or depthwise; input and kernel both
+    /// differentiated.
+    #[test]
+    fn conv2d_matches_finite_differences(
+        (x, kernel, options) in conv_case(),
+    ) {
+        check_one("conv2d", &[("x", &x), ("kernel", &kernel)], |t| t[0].conv2d(t[1], &options))?;
+    }
+
+    /// Max pooling on values that never tie (every pair at least 0.05 apart, far more than
+    /// the finite-difference step) and average pooling on any values.
+    #[test]
+    fn pooling_matches_finite_differences(
+        (x, window, strides, padding) in (1..3usize, 1..7usize, 1..7usize, 1..4usize)
+            .prop_flat_map(|(b, h, w, c)| (
+                distinct_arrays::<f64>(vec![b, h, w, c], 0.05),
+                [1..4usize, 1..4usize], [1..3usize, 1..3usize],
+                prop_oneof![Just(Padding::Same), Just(Padding::Valid)],
+            ))
+            .prop_filter("the window fits a VALID input", |(x, window, _, padding)| {
+                *padding == Padding::Same || (window[0] <= x.shape()[1] && window[1] <= x.shape()[2])
+            }),
+    ) {
+        check_one("max_pool", &[("x", &x)], |t| t[0].max_pool(window, strides, padding))?;
+        check_one("avg_pool", &[("x", &x)], |t| t[0].avg_pool(window, strides, padding))?;
+    }
+
     /// Mean softmax cross-entropy with integer labels.
     #[test]
     fn cross_entropy_matches_finite_differences(
@@ -321,4 +349,48 @@ fn detach_stops_the_gradient() {
     })
     .unwrap();
     assert_eq!(grads.get("x").unwrap()[[0]], 3.0);
+}
+
+/// An input, a kernel and options for `conv2d`, the kernel fitting the padded input.
+fn conv_case() -> impl Strategy<Value = (ArrayD<f64>, ArrayD<f64>, ConvOptions)> {
+    let padding = prop_oneof![
+        Just(Padding::Same),
+        Just(Padding::Valid),
+        (0..3usize, 0..3usize).prop_map(|(a, b)| Padding::Explicit([(a, b), (b, a)])),
+    ];
+    (
+        (1..3usize, 1..7usize, 1..7usize),
+        (1..3usize, 1..3usize, any::<bool>()),
+        (
+            prop_oneof![Just(1usize), Just(3)],
+            1..3usize,
+            1..3usize,
+            padding,
+        ),
+    )
+        .prop_flat_map(
+            |((batch, h, w), (per_group, outputs, depthwise), (k, stride, dilation, padding))| {
+                let groups = if depthwise { 2 } else { 1 };
+                let channels = per_group * groups;
+                let options = ConvOptions {
+                    strides: [stride, stride],
+                    padding,
+                    dilation: [dilation, dilation],
+                    groups,
+                };
+                (
+                    arrays::<f64>(vec![batch, h, w, channels], -2.0..2.0),
+                    arrays::<f64>(vec![k, k, per_group, outputs * groups], -1.0..1.0),
+                    Just(options),
+                )
+            },
+        )
+        .prop_filter(
+            "the kernel fits the padded input",
+            |(x, kernel, options)| {
+                Tensor::constant(x.clone())
+                    .conv2d(&Tensor::constant(kernel.clone()), options)
+                    .is_ok()
+            },
+        )
 }

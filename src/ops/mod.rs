@@ -4,13 +4,18 @@
 
 mod binary;
 mod composite;
+mod conv;
 mod custom;
 mod linalg;
 mod loss;
+mod pool;
 mod reduce;
 pub(crate) mod shape_ops;
 mod unary;
+mod window;
 
+pub use conv::ConvOptions;
 pub use custom::custom_op;
 pub use loss::{mse, softmax_cross_entropy};
 pub use shape_ops::one_hot;
+pub use window::Padding;

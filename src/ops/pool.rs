@@ -1,0 +1,160 @@
+//! Max and average pooling over NHWC inputs, each VJP beside its forward.
+//!
+//! Each output pixel reads the window's input pixels, all channels at once (NHWC keeps them
+//! contiguous), so the loops run along channels.
+
+use ndarray::{ArrayD, IxDyn};
+
+use crate::error::Result;
+use crate::float::Float;
+use crate::ops::window::{Padding, WindowAxis, require_nhwc, window_axes};
+use crate::shape::{standard_layout, standard_layout_shared};
+use crate::tensor::{Tensor, record_one};
+
+/// For every output pixel `(n, i, j)`, in order, the input pixels its window reads (their
+/// offsets in the input, in elements, row-major within the window).
+fn for_each_window(
+    batch: usize,
+    [rows, cols]: [WindowAxis; 2],
+    channels: usize,
+    mut visit: impl FnMut(usize, &mut dyn Iterator<Item = usize>),
+) {
+    let mut out = 0;
+    for n in 0..batch {
+        for i in 0..rows.output {
+            for j in 0..cols.output {
+                let mut taps = (0..rows.window).flat_map(|u| {
+                    let r = rows.source(i, u);
+                    (0..cols.window).filter_map(move |v| {
+                        let (r, c) = (r?, cols.source(j, v)?);
+                        Some(((n * rows.input + r) * cols.input + c) * channels)
+                    })
+                });
+                visit(out * channels, &mut taps);
+                out += 1;
+            }
+        }
+    }
+}
+
+fn output_shape(shape: &[usize], [rows, cols]: [WindowAxis; 2]) -> Vec<usize> {
+    vec![shape[0], rows.output, cols.output, shape[3]]
+}
+
+impl<A: Float> Tensor<A> {
+    /// Max pooling of an NHWC input with a `window`, `strides` and `padding` (padding never
+    /// wins: it counts as −∞, as in Flax). Flax: `nn.max_pool(x, window, strides, padding)`;
+    /// PyTorch: `F.max_pool2d` on NCHW.
+    ///
+    /// Ties: the first maximal element of the window in row-major order gets the whole
+    /// gradient (PyTorch's choice; JAX's `reduce_window` picks one too). A NaN in a window
+    /// makes its output NaN.
+    ///
+    /// ```
+    /// use tapegrad::{Padding, Tensor};
+    /// let x = Tensor::from_vec(&[1, 2, 2, 1], vec![1.0f64, 5.0, 3.0, 2.0])?;
+    /// let y = x.max_pool([2, 2], [2, 2], Padding::Valid)?;
+    /// assert_eq!(y.value().iter().copied().collect::<Vec<_>>(), [5.0]);
+    /// assert!(x.max_pool([3, 3], [1, 1], Padding::Valid).is_err()); // larger than the input
+    /// # Ok::<(), tapegrad::Error>(())
+    /// ```
+    pub fn max_pool(
+        &self,
+        window: [usize; 2],
+        strides: [usize; 2],
+        padding: Padding,
+    ) -> Result<Tensor<A>> {
+        require_nhwc("max_pool", self.shape())?;
+        let axes = window_axes("max_pool", self.shape(), window, strides, [1, 1], padding)?;
+        let (shape, channels) = (self.shape().to_vec(), self.shape()[3]);
+        let x = standard_layout_shared(self.shared_value());
+        let xs = x.as_slice().expect("standard layout");
+        let out_shape = output_shape(&shape, axes);
+        let len: usize = out_shape.iter().product();
+        let mut values = vec![A::neg_infinity(); len];
+        // For each output element, the input element it took (usize::MAX: only padding).
+        let mut taken = vec![usize::MAX; len];
+        for_each_window(shape[0], axes, channels, |out, taps| {
+            for tap in taps {
+                for c in 0..channels {
+                    let (v, best) = (xs[tap + c], values[out + c]);
+                    // Strictly greater, so the first maximum stays; a NaN wins and stays.
+                    let first = taken[out + c] == usize::MAX;
+                    if first || (!best.is_nan() && (v > best || v.is_nan())) {
+                        values[out + c] = v;
+                        taken[out + c] = tap + c;
+                    }
+                }
+            }
+        });
+        let value = ArrayD::from_shape_vec(IxDyn(&out_shape), values).expect("the output's shape");
+        Ok(record_one("max_pool", self, value, move |g| {
+            let g = standard_layout(g);
+            let mut dx = ArrayD::zeros(IxDyn(&shape));
+            let dxs = dx.as_slice_mut().expect("a new array is contiguous");
+            for (&from, &gradient) in taken.iter().zip(g.iter()) {
+                if from != usize::MAX {
+                    dxs[from] += gradient;
+                }
+            }
+            dx
+        }))
+    }
+
+    /// Average pooling of an NHWC input: the mean over each window, padding counted as
+    /// zeros (Flax's `nn.avg_pool` and PyTorch's `count_include_pad=True`, both defaults).
+    ///
+    /// ```
+    /// use tapegrad::{Padding, Tensor};
+    /// let x = Tensor::from_vec(&[1, 2, 2, 1], vec![1.0f64, 5.0, 3.0, 3.0])?;
+    /// let y = x.avg_pool([2, 2], [2, 2], Padding::Valid)?;
+    /// assert_eq!(y.value().iter().copied().collect::<Vec<_>>(), [3.0]);
+    /// # Ok::<(), tapegrad::Error>(())
+    /// ```
+    pub fn avg_pool(
+        &self,
+        window: [usize; 2],
+        strides: [usize; 2],
+        padding: Padding,
+    ) -> Result<Tensor<A>> {
+        require_nhwc("avg_pool", self.shape())?;
+        let axes = window_axes("avg_pool", self.shape(), window, strides, [1, 1], padding)?;
+        let (shape, channels) = (self.shape().to_vec(), self.shape()[3]);
+        let x = standard_layout_shared(self.shared_value());
+        let xs = x.as_slice().expect("standard layout");
+        let out_shape = output_shape(&shape, axes);
+        let scale = A::of(1.0 / (window[0] * window[1]) as f64);
+        let mut values = vec![A::zero(); out_shape.iter().product()];
+        for_each_window(shape[0], axes, channels, |out, taps| {
+            for tap in taps {
+                for (acc, &v) in values[out..out + channels]
+                    .iter_mut()
+                    .zip(&xs[tap..tap + channels])
+                {
+                    *acc += v;
+                }
+            }
+            values[out..out + channels]
+                .iter_mut()
+                .for_each(|v| *v *= scale);
+        });
+        let value = ArrayD::from_shape_vec(IxDyn(&out_shape), values).expect("the output's shape");
+        Ok(record_one("avg_pool", self, value, move |g| {
+            let g = standard_layout(g);
+            let gs = g.as_slice().expect("standard layout");
+            let mut dx = ArrayD::zeros(IxDyn(&shape));
+            let dxs = dx.as_slice_mut().expect("a new array is contiguous");
+            for_each_window(shape[0], axes, channels, |out, taps| {
+                for tap in taps {
+                    for (d, &g) in dxs[tap..tap + channels]
+                        .iter_mut()
+                        .zip(&gs[out..out + channels])
+                    {
+                        *d += g * scale;
+                    }
+                }
+            });
+            dx
+        }))
+    }
+}

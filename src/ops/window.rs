@@ -1,0 +1,146 @@
+//! Sliding-window geometry shared by convolution and pooling: how a window of a given size,
+//! stride, dilation and padding moves along one spatial axis, with Flax's (XLA's) `SAME`.
+
+use crate::error::{Error, Result};
+
+/// How the input is padded before a window slides over it (per spatial axis).
+///
+/// * `Same`: as XLA and Flax, enough zeros that the output has `ceil(input / stride)`
+///   positions, split evenly with the odd one at the end.
+/// * `Valid`: no padding; the window must fit inside the input.
+/// * `Explicit`: `(before, after)` for height, then width, as Flax's
+///   `padding=((1, 1), (2, 2))` and PyTorch's `padding=(1, 2)` (which pads both sides).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Padding {
+    /// Output size `ceil(input / stride)`.
+    #[default]
+    Same,
+    /// No padding.
+    Valid,
+    /// `[(before, after) for height, (before, after) for width]`.
+    Explicit([(usize, usize); 2]),
+}
+
+/// One spatial axis of a sliding window: output position `o` reads input positions
+/// `o · stride − pad_before + k · dilation` for `k < window`, where in range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WindowAxis {
+    pub(crate) input: usize,
+    pub(crate) window: usize,
+    pub(crate) stride: usize,
+    pub(crate) dilation: usize,
+    pub(crate) pad_before: usize,
+    pub(crate) output: usize,
+}
+
+impl WindowAxis {
+    /// The input position read by output `o` at window offset `k`, if inside the input.
+    #[inline]
+    pub(crate) fn source(&self, o: usize, k: usize) -> Option<usize> {
+        (o * self.stride + k * self.dilation)
+            .checked_sub(self.pad_before)
+            .filter(|&i| i < self.input)
+    }
+}
+
+/// The geometry of both spatial axes, or an error naming `op` and the input's `shape` for a
+/// zero window, stride or dilation, or a window that does not fit.
+pub(crate) fn window_axes(
+    op: &'static str,
+    shape: &[usize],
+    window: [usize; 2],
+    strides: [usize; 2],
+    dilation: [usize; 2],
+    padding: Padding,
+) -> Result<[WindowAxis; 2]> {
+    let invalid = |detail: String| Error::invalid(op, shape, detail);
+    let mut axes = [None, None];
+    for (a, slot) in axes.iter_mut().enumerate() {
+        let (input, k, s, d) = (shape[1 + a], window[a], strides[a], dilation[a]);
+        if k == 0 || s == 0 || d == 0 {
+            return Err(invalid(format!(
+                "window {window:?}, strides {strides:?} and dilation {dilation:?} must be at least 1"
+            )));
+        }
+        let reach = (k - 1)
+            .checked_mul(d)
+            .and_then(|r| r.checked_add(1))
+            .ok_or_else(|| invalid("the dilated window's size overflows".into()))?;
+        let (pad_before, output) = match padding {
+            Padding::Same => {
+                let output = input.div_ceil(s);
+                let needed = (output.max(1) - 1) * s + reach;
+                (needed.saturating_sub(input) / 2, output)
+            }
+            Padding::Valid | Padding::Explicit(_) => {
+                let (before, after) = match padding {
+                    Padding::Explicit(pads) => pads[a],
+                    _ => (0, 0),
+                };
+                let padded = input + before + after;
+                if reach > padded {
+                    return Err(invalid(format!(
+                        "a window of {reach} (size {k}, dilation {d}) does not fit in {padded} \
+                         positions of axis {} (padding {padding:?})",
+                        a + 1
+                    )));
+                }
+                (before, (padded - reach) / s + 1)
+            }
+        };
+        *slot = Some(WindowAxis {
+            input,
+            window: k,
+            stride: s,
+            dilation: d,
+            pad_before,
+            output,
+        });
+    }
+    Ok(axes.map(|a| a.expect("both axes set")))
+}
+
+/// Checks that `shape` is NHWC.
+pub(crate) fn require_nhwc(op: &'static str, shape: &[usize]) -> Result<()> {
+    if shape.len() == 4 {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            op,
+            shape,
+            "expected an input (batch, height, width, channels)",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn axis(input: usize, k: usize, s: usize, padding: Padding) -> WindowAxis {
+        window_axes("t", &[1, input, input, 1], [k, k], [s, s], [1, 1], padding).unwrap()[0]
+    }
+
+    #[test]
+    fn same_padding_follows_xla() {
+        // 5 positions, 3-wide window, stride 2: output 3, total padding 2, one each side.
+        let a = axis(5, 3, 2, Padding::Same);
+        assert_eq!((a.output, a.pad_before), (3, 1));
+        // 6 positions, stride 2: output 3, total padding 1, all of it after.
+        let a = axis(6, 3, 2, Padding::Same);
+        assert_eq!((a.output, a.pad_before), (3, 0));
+        // Stride 1 keeps the size; 2-wide windows pad after.
+        assert_eq!(axis(6, 3, 1, Padding::Same).output, 6);
+        assert_eq!(axis(4, 2, 1, Padding::Same).pad_before, 0);
+    }
+
+    #[test]
+    fn valid_and_explicit_padding() {
+        assert_eq!(axis(6, 3, 1, Padding::Valid).output, 4);
+        assert_eq!(axis(7, 2, 2, Padding::Valid).output, 3); // the last row is dropped
+        assert_eq!(axis(4, 3, 1, Padding::Explicit([(1, 1), (1, 1)])).output, 4);
+        assert!(window_axes("t", &[1, 2, 2, 1], [3, 3], [1, 1], [1, 1], Padding::Valid).is_err());
+        assert!(window_axes("t", &[1, 4, 4, 1], [3, 3], [0, 1], [1, 1], Padding::Same).is_err());
+        assert!(window_axes("t", &[1, 4, 4, 1], [3, 3], [1, 1], [0, 1], Padding::Same).is_err());
+    }
+}

@@ -1,0 +1,230 @@
+//! Convolution and pooling against their definitions written as direct loops (the six-deep
+//! sum the im2col lowering replaces), and their bad input.
+
+use ndarray::{ArrayD, IxDyn};
+use proptest::prelude::*;
+use tapegrad::testing::arrays;
+use tapegrad::{ConvOptions, Error, Padding, Tensor};
+
+/// `pad_before` and the output size of one axis, as Flax/XLA define them.
+fn axis(
+    input: usize,
+    k: usize,
+    stride: usize,
+    dilation: usize,
+    padding: Padding,
+    a: usize,
+) -> (usize, usize) {
+    let reach = (k - 1) * dilation + 1;
+    match padding {
+        Padding::Same => {
+            let out = input.div_ceil(stride);
+            let total = ((out - 1) * stride + reach).saturating_sub(input);
+            (total / 2, out)
+        }
+        Padding::Valid => (0, (input - reach) / stride + 1),
+        Padding::Explicit(p) => (p[a].0, (input + p[a].0 + p[a].1 - reach) / stride + 1),
+    }
+}
+
+/// The definition: `y[n,i,j,o] = Σ_{u,v,c} x[n, i·s − p + u·d, j·s − p + v·d, g·Cg + c] · k[u,v,c,o]`.
+fn direct_conv(x: &ArrayD<f64>, k: &ArrayD<f64>, o: &ConvOptions) -> ArrayD<f64> {
+    let (b, h, w, _) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
+    let (kh, kw, cg, outputs) = (k.shape()[0], k.shape()[1], k.shape()[2], k.shape()[3]);
+    let og = outputs / o.groups;
+    let (ph, oh) = axis(h, kh, o.strides[0], o.dilation[0], o.padding, 0);
+    let (pw, ow) = axis(w, kw, o.strides[1], o.dilation[1], o.padding, 1);
+    let mut y = ArrayD::zeros(IxDyn(&[b, oh, ow, outputs]));
+    for n in 0..b {
+        for i in 0..oh {
+            for j in 0..ow {
+                for out in 0..outputs {
+                    let g = out / og;
+                    let mut sum = 0.0;
+                    for u in 0..kh {
+                        for v in 0..kw {
+                            let r = (i * o.strides[0] + u * o.dilation[0]) as isize - ph as isize;
+                            let c = (j * o.strides[1] + v * o.dilation[1]) as isize - pw as isize;
+                            if r < 0 || c < 0 || r >= h as isize || c >= w as isize {
+                                continue;
+                            }
+                            for ch in 0..cg {
+                                sum += x[[n, r as usize, c as usize, g * cg + ch]]
+                                    * k[[u, v, ch, out]];
+                            }
+                        }
+                    }
+                    y[[n, i, j, out]] = sum;
+                }
+            }
+        }
+    }
+    y
+}
+
+proptest! {
+    #![proptest_config(tapegrad::testing::config(256))]
+
+    #[test]
+    fn conv2d_equals_the_direct_definition(
+        (x, k, options) in ((1..3usize, 1..8usize, 1..8usize), (1..4usize, 1..3usize, 0..3usize),
+                            (1..4usize, 1..4usize, 1..3usize, 1..3usize, 0..4usize))
+            .prop_flat_map(|((b, h, w), (cg, og, groups_pick), (kh, kw, stride, dilation, pad))| {
+                let groups = [1, 2, 3][groups_pick];
+                let padding = [Padding::Same, Padding::Valid, Padding::Explicit([(1, 0), (0, 2)]), Padding::Explicit([(2, 2), (1, 1)])][pad];
+                let options = ConvOptions { strides: [stride, stride + dilation - 1], padding, dilation: [dilation, 1], groups };
+                (arrays::<f64>(vec![b, h, w, cg * groups], -2.0..2.0), arrays::<f64>(vec![kh, kw, cg, og * groups], -2.0..2.0), Just(options))
+            }),
+    ) {
+        let y = Tensor::constant(x.clone()).conv2d(&Tensor::constant(k.clone()), &options);
+        let Ok(y) = y else {
+            // Only a window that does not fit may be refused.
+            prop_assume!(false);
+            unreachable!()
+        };
+        let reference = direct_conv(&x, &k, &options);
+        prop_assert_eq!(y.shape(), reference.shape());
+        for (a, b) in y.value().iter().zip(&reference) {
+            prop_assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn pooling_equals_the_direct_definition(
+        (x, window, stride) in (1..3usize, 1..7usize, 1..7usize, 1..3usize)
+            .prop_flat_map(|(b, h, w, c)| (arrays::<f64>(vec![b, h, w, c], -2.0..2.0), [1..4usize, 1..4usize], 1..3usize)),
+    ) {
+        let t = Tensor::constant(x.clone());
+        for padding in [Padding::Same, Padding::Valid] {
+            let (Ok(max), Ok(avg)) = (t.max_pool(window, [stride, stride], padding), t.avg_pool(window, [stride, stride], padding)) else {
+                prop_assert_eq!(padding, Padding::Valid, "SAME always fits");
+                continue;
+            };
+            let (ph, oh) = axis(x.shape()[1], window[0], stride, 1, padding, 0);
+            let (pw, ow) = axis(x.shape()[2], window[1], stride, 1, padding, 1);
+            prop_assert_eq!(max.shape(), &[x.shape()[0], oh, ow, x.shape()[3]]);
+            for ((n, i, j, c), &m) in max.value().indexed_iter().map(|(ix, v)| ((ix[0], ix[1], ix[2], ix[3]), v)) {
+                let (mut best, mut sum) = (f64::NEG_INFINITY, 0.0);
+                for u in 0..window[0] {
+                    for v in 0..window[1] {
+                        let (r, q) = ((i * stride + u) as isize - ph as isize, (j * stride + v) as isize - pw as isize);
+                        if r >= 0 && q >= 0 && (r as usize) < x.shape()[1] && (q as usize) < x.shape()[2] {
+                            let value = x[[n, r as usize, q as usize, c]];
+                            best = best.max(value);
+                            sum += value;
+                        }
+                    }
+                }
+                prop_assert_eq!(m, best);
+                let mean = avg.value()[[n, i, j, c]];
+                prop_assert!((mean - sum / (window[0] * window[1]) as f64).abs() < 1e-12);
+            }
+        }
+    }
+}
+
+/// Ties: the first maximum of the window (row-major) takes the whole gradient.
+#[test]
+fn a_tie_in_max_pool_sends_the_gradient_to_the_first_maximum() {
+    let tape = tapegrad::Tape::<f64>::new();
+    let x = tape.leaf(
+        "x",
+        ArrayD::from_shape_vec(vec![1, 2, 2, 1], vec![1.0, 3.0, 3.0, 0.0]).unwrap(),
+    );
+    let grads = x
+        .max_pool([2, 2], [2, 2], Padding::Valid)
+        .unwrap()
+        .sum_all()
+        .backward()
+        .unwrap();
+    assert_eq!(
+        grads.get(&x).unwrap().iter().copied().collect::<Vec<_>>(),
+        [0.0, 1.0, 0.0, 0.0]
+    );
+}
+
+fn invalid(result: tapegrad::Result<Tensor<f64>>, op: &str, mentions: &[&str]) {
+    let err = result.expect_err("bad input must be an error");
+    assert!(
+        matches!(
+            err,
+            Error::InvalidArgument { .. } | Error::IncompatibleShapes { .. }
+        ),
+        "{err}"
+    );
+    let message = err.to_string();
+    assert!(message.starts_with(op), "{message}");
+    for m in mentions {
+        assert!(message.contains(m), "{message} should mention {m}");
+    }
+}
+
+#[test]
+fn bad_convolution_and_pooling_input_is_an_error_naming_the_op_and_shapes() {
+    let x = Tensor::constant(ArrayD::<f64>::zeros(vec![2, 4, 4, 3]));
+    let kernel = |shape: &[usize]| Tensor::constant(ArrayD::<f64>::zeros(shape.to_vec()));
+    let valid = ConvOptions {
+        padding: Padding::Valid,
+        ..ConvOptions::default()
+    };
+    // The kernel's input channels do not match the input's.
+    invalid(
+        x.conv2d(&kernel(&[3, 3, 2, 5]), &valid),
+        "conv2d",
+        &["[2, 4, 4, 3]", "[3, 3, 2, 5]"],
+    );
+    // A kernel larger than a VALID input.
+    invalid(
+        x.conv2d(&kernel(&[5, 5, 3, 1]), &valid),
+        "conv2d",
+        &["[2, 4, 4, 3]", "does not fit"],
+    );
+    // Stride or dilation 0.
+    for options in [
+        ConvOptions {
+            strides: [0, 1],
+            ..ConvOptions::default()
+        },
+        ConvOptions {
+            dilation: [1, 0],
+            ..ConvOptions::default()
+        },
+    ] {
+        invalid(
+            x.conv2d(&kernel(&[3, 3, 3, 1]), &options),
+            "conv2d",
+            &["at least 1"],
+        );
+    }
+    // Not NHWC, a kernel of the wrong rank, groups that do not divide.
+    invalid(
+        Tensor::constant(ArrayD::zeros(vec![4, 4, 3])).conv2d(&kernel(&[3, 3, 3, 1]), &valid),
+        "conv2d",
+        &["[4, 4, 3]"],
+    );
+    invalid(
+        x.conv2d(&kernel(&[3, 3, 3]), &valid),
+        "conv2d",
+        &["[3, 3, 3]"],
+    );
+    let grouped = ConvOptions {
+        groups: 2,
+        ..ConvOptions::default()
+    };
+    invalid(
+        x.conv2d(&kernel(&[3, 3, 1, 2]), &grouped),
+        "conv2d",
+        &["groups"],
+    );
+    // A pooling window larger than the input.
+    invalid(
+        x.max_pool([5, 5], [1, 1], Padding::Valid),
+        "max_pool",
+        &["[2, 4, 4, 3]"],
+    );
+    invalid(
+        x.avg_pool([2, 2], [0, 1], Padding::Same),
+        "avg_pool",
+        &["at least 1"],
+    );
+}
