@@ -228,3 +228,43 @@ fn bad_convolution_and_pooling_input_is_an_error_naming_the_op_and_shapes() {
         &["at least 1"],
     );
 }
+
+/// BatchNorm over NCHW with `axis(1)` computes what BatchNorm over NHWC computes, permuted:
+/// the statistics are per channel either way. And without scale or bias it has no such
+/// params.
+#[test]
+fn batch_norm_axis_and_affine_options() {
+    use tapegrad::nn::BatchNorm;
+    use tapegrad::{ApplyOptions, ModuleExt, Mutable};
+    let x = Tensor::from_vec(
+        &[2, 3, 3, 4],
+        (0..72).map(|i| ((i * 7) as f64 * 0.31).sin()).collect(),
+    )
+    .unwrap();
+    let nchw = x.permute(&[0, 3, 1, 2]).unwrap();
+    let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
+    let last = BatchNorm::new();
+    let second = BatchNorm::new().axis(1);
+    let (v_last, v_second) = (last.init(0, &x).unwrap(), second.init(0, &nchw).unwrap());
+    assert_eq!(v_last, v_second);
+    let (y, updates) = last.apply(&v_last, &x, &train).unwrap();
+    let (y_nchw, updates_nchw) = second.apply(&v_second, &nchw, &train).unwrap();
+    let back = y_nchw.permute(&[0, 2, 3, 1]).unwrap();
+    for (a, b) in y.value().iter().zip(back.value()) {
+        assert!((a - b).abs() < 1e-12);
+    }
+    for name in ["batch_stats/mean", "batch_stats/var"] {
+        let (a, b) = (updates.get(name).unwrap(), updates_nchw.get(name).unwrap());
+        assert!(
+            a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-12),
+            "{name}"
+        );
+    }
+    let plain = BatchNorm::new()
+        .without_scale()
+        .without_bias()
+        .init(0, &x)
+        .unwrap();
+    assert!(plain.params().is_empty());
+    assert!(BatchNorm::new().axis(4).init(0, &x).is_err());
+}

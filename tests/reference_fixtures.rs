@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 
 use ndarray::ArrayD;
 use serde_json::Value;
-use tapegrad::nn::{BatchNorm, Mlp};
+use tapegrad::nn::{Activation, BatchNorm, Conv, Dense, GlobalAvgPool, Mlp, Pool, Sequential};
 use tapegrad::optim::{Optimizer, Sgd};
 use tapegrad::{
-    ApplyOptions, Module, ModuleExt, Mutable, Params, Result, Scope, Tensor, Variables,
+    ApplyOptions, Fusion, Module, ModuleExt, Mutable, Params, Result, Scope, Tensor, Variables,
     softmax_cross_entropy, value_and_grad, value_and_grad_with_aux,
 };
 
@@ -226,4 +226,39 @@ fn the_frozen_table_would_get_the_recorded_scatter_add_gradient_if_trainable() {
         "counterfactual/grads/state/embedding",
         grads.get("table").unwrap(),
     );
+}
+
+/// The CNN of workload section 10, built from the public layers as a user would: Conv →
+/// BatchNorm → ReLU → max pool, Conv → BatchNorm → ReLU → global average, Dense. BatchNorm on
+/// `(B, H, W, C)` normalises each channel over the batch and every pixel.
+fn cnn() -> Sequential<f64> {
+    let bn = || BatchNorm::new().momentum(0.9).epsilon(1e-5);
+    Sequential::new()
+        .push(Conv::new(3, [3, 3]))
+        .push(bn())
+        .push(Activation::Relu)
+        .push(Pool::max([2, 2]))
+        .push(Conv::new(4, [3, 3]))
+        .push(bn())
+        .push(Activation::Relu)
+        .push(GlobalAvgPool)
+        .push(Dense::new(3))
+}
+
+#[test]
+fn cnn_with_batch_norm_matches_pytorch_and_flax() {
+    let fixture = load("cnn_tiny_seed0.json");
+    let x = Tensor::constant(fixture.get("inputs/x").clone());
+    let model = cnn();
+    // The layers' variables are exactly the fixture's.
+    let initialised = model.init(0, &x).unwrap();
+    let names = |v: &Variables<f64>| {
+        v.iter()
+            .map(|(n, a)| (n, a.shape().to_vec()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&initialised), names(&fixture.variables()));
+    for fusion in [Fusion::On, Fusion::Off] {
+        fusion.run(|| replay(&fixture, &model, &x));
+    }
 }

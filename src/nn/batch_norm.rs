@@ -10,9 +10,13 @@ use crate::module::scope::{Module, Scope};
 use crate::nn::init;
 use crate::tensor::Tensor;
 
-/// Batch normalisation over every axis but the last (the features).
+/// Batch normalisation over every axis but the feature axis (the last by default: the
+/// features of `(batch, features)`, the channels of NHWC images, whose statistics are over
+/// the batch and every pixel, as PyTorch's `BatchNorm2d` computes them).
 ///
-/// * Params: `scale` (ones) and `bias` (zeros), shape `(features)`.
+/// * Params: `scale` (ones) and `bias` (zeros), shape `(features)`, unless turned off with
+///   [`BatchNorm::without_scale`] / [`BatchNorm::without_bias`] (Flax's `use_scale`,
+///   `use_bias`; PyTorch's `affine=False` turns off both).
 /// * batch_stats: `mean` (zeros) and `var` (ones), shape `(features)`.
 ///
 /// **Training mode** normalises with the batch's mean and *biased* variance, and the
@@ -40,6 +44,13 @@ pub struct BatchNorm {
     /// Force evaluation (`Some(true)`) or training (`Some(false)`) behaviour; `None` follows
     /// the mode given to `apply`.
     pub use_running_average: Option<bool>,
+    /// Whether to multiply by a learned `scale` (Flax's `use_scale`, default true).
+    pub use_scale: bool,
+    /// Whether to add a learned `bias` (Flax's `use_bias`, default true).
+    pub use_bias: bool,
+    /// The feature axis, negative counting from the end (Flax's `axis`, default `-1`;
+    /// NCHW inputs, as PyTorch lays them out, would be `1`).
+    pub axis: isize,
 }
 
 impl Default for BatchNorm {
@@ -48,6 +59,9 @@ impl Default for BatchNorm {
             momentum: 0.99,
             epsilon: 1e-5,
             use_running_average: None,
+            use_scale: true,
+            use_bias: true,
+            axis: -1,
         }
     }
 }
@@ -66,6 +80,27 @@ impl BatchNorm {
     /// The same layer with another epsilon.
     pub fn epsilon(self, epsilon: f64) -> Self {
         BatchNorm { epsilon, ..self }
+    }
+
+    /// The same layer without a learned scale (no `scale` param).
+    pub fn without_scale(self) -> Self {
+        BatchNorm {
+            use_scale: false,
+            ..self
+        }
+    }
+
+    /// The same layer without a learned bias (no `bias` param).
+    pub fn without_bias(self) -> Self {
+        BatchNorm {
+            use_bias: false,
+            ..self
+        }
+    }
+
+    /// The same layer normalising features along `axis` (negative: from the end).
+    pub fn axis(self, axis: isize) -> Self {
+        BatchNorm { axis, ..self }
     }
 }
 
@@ -103,6 +138,16 @@ impl BatchNorm {
         Ok(())
     }
 
+    /// The feature axis of an input of rank `ndim`, if in range.
+    fn feature_axis(&self, ndim: usize) -> Option<usize> {
+        let axis = if self.axis < 0 {
+            ndim.checked_sub(self.axis.unsigned_abs())?
+        } else {
+            self.axis as usize
+        };
+        (axis < ndim).then_some(axis)
+    }
+
     /// The layer, then `epilogue`: with fusion on and in training mode, the epilogue runs
     /// inside the fused node; otherwise it is applied to the layer's output.
     fn normalize<A: Float>(
@@ -111,20 +156,42 @@ impl BatchNorm {
         x: &Tensor<A>,
         epilogue: Epilogue,
     ) -> Result<Tensor<A>> {
-        let Some(&features) = x.shape().last().filter(|_| x.ndim() >= 2) else {
+        let axis = self.feature_axis(x.ndim()).filter(|_| x.ndim() >= 2);
+        let Some(axis) = axis else {
             return Err(Error::invalid(
                 "BatchNorm",
                 x.shape(),
-                "expected (batch, ..., features)",
+                format!(
+                    "expected (batch, ..., features) with feature axis {}",
+                    self.axis
+                ),
             ));
         };
         self.check_settings()?;
+        let features = x.shape()[axis];
         let running_mean = scope.variable("batch_stats", "mean", &[features], init::zeros())?;
         let running_var = scope.variable("batch_stats", "var", &[features], init::ones())?;
         let eps = A::of(self.epsilon);
-
-        let scale = scope.param("scale", &[features], init::ones())?;
-        let bias = scope.param("bias", &[features], init::zeros())?;
+        let scale = match self.use_scale {
+            true => scope.param("scale", &[features], init::ones())?,
+            false => Tensor::constant(ArrayD::ones(vec![features])),
+        };
+        let bias = match self.use_bias {
+            true => scope.param("bias", &[features], init::zeros())?,
+            false => Tensor::constant(ArrayD::zeros(vec![features])),
+        };
+        // Per-feature vectors shaped to broadcast along the feature axis: (F) when it is the
+        // last axis, (1, F, 1, 1) for NCHW.
+        let mut per_feature = vec![1; x.ndim()];
+        per_feature[axis] = features;
+        let last = axis == x.ndim() - 1;
+        let along = |t: &Tensor<A>| {
+            if last {
+                Ok(t.clone()) // (F) broadcasts along the last axis as it is
+            } else {
+                t.reshape(&per_feature)
+            }
+        };
         let then = |y: Tensor<A>| match epilogue {
             Epilogue::Nothing => y,
             Epilogue::Relu => y.relu(),
@@ -132,9 +199,9 @@ impl BatchNorm {
 
         if self.use_running_average.unwrap_or(!scope.is_training()) {
             // Constants only in the statistics: no node is recorded for them.
-            let inv_std = running_var.value().add_scalar(eps).sqrt().recip();
-            let normalized = x.sub(&running_mean.value())?.mul(&inv_std)?;
-            return Ok(then(normalized.mul(&scale)?.add(&bias)?));
+            let inv_std = along(&running_var.value())?.add_scalar(eps).sqrt().recip();
+            let normalized = x.sub(&along(&running_mean.value())?)?.mul(&inv_std)?;
+            return Ok(then(normalized.mul(&along(&scale)?)?.add(&along(&bias)?)?));
         }
         // Statistics of no value are 0 / 0, and of one value a variance of 0 (PyTorch refuses
         // both: "Expected more than 1 value per channel when training").
@@ -149,19 +216,24 @@ impl BatchNorm {
                 ),
             ));
         }
-        let (y, batch_mean, batch_var) = if Fusion::is_on() {
+        let (y, batch_mean, batch_var) = if Fusion::is_on() && last {
             let (y, batch) = fused::batch_norm_train(x, &scale, &bias, eps, epilogue)?;
             (y, batch.mean.into_dyn(), batch.var.into_dyn())
         } else {
             // The definition. Statistics over every axis but the features, the variance
             // biased (divided by N); the gradient flows through both.
-            let axes: Vec<usize> = (0..x.ndim() - 1).collect();
-            let mean = x.mean_axes(&axes, false)?;
+            let axes: Vec<usize> = (0..x.ndim()).filter(|&a| a != axis).collect();
+            let mean = x.mean_axes(&axes, true)?;
             let centred = x.sub(&mean)?;
-            let var = centred.square().mean_axes(&axes, false)?;
+            let var = centred.square().mean_axes(&axes, true)?;
             let inv_std = var.add_scalar(eps).sqrt().recip();
-            let y = centred.mul(&inv_std)?.mul(&scale)?.add(&bias)?;
-            (then(y), mean.value().clone(), var.value().clone())
+            let y = centred
+                .mul(&inv_std)?
+                .mul(&along(&scale)?)?
+                .add(&along(&bias)?)?;
+            let flat = |t: &Tensor<A>| t.value().clone().into_shape_with_order(vec![features]);
+            let (mean, var) = (flat(&mean), flat(&var));
+            (then(y), mean.expect("(F) values"), var.expect("(F) values"))
         };
         if !scope.is_initializing() {
             // Values, not tensors: the update is detached by type.

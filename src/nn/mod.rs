@@ -5,20 +5,24 @@
 mod accumulator;
 mod activation;
 mod batch_norm;
+mod conv;
 mod dense;
 mod dropout;
 mod embed;
 mod frozen_embed;
 pub mod init;
 mod mlp;
+mod pool;
 mod sequential;
 
 pub use accumulator::Accumulator;
 pub use activation::Activation;
 pub use batch_norm::BatchNorm;
+pub use conv::Conv;
 pub use dense::Dense;
 pub use dropout::Dropout;
 pub use embed::Embed;
 pub use frozen_embed::FrozenEmbed;
 pub use mlp::Mlp;
+pub use pool::{Flatten, GlobalAvgPool, Pool, PoolKind};
 pub use sequential::Sequential;
