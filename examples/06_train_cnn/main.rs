@@ -1,0 +1,287 @@
+//! Lesson 6: a convolutional network with BatchNorm, on real images.
+//!
+//! Trains a small CNN (Conv → BatchNorm → ReLU → max pool, twice, then a global average and
+//! a Dense layer) on the 1,797 8×8 handwritten digits with SGD and momentum. BatchNorm here
+//! is `BatchNorm2d` as PyTorch users know it: each channel's statistics are over the batch
+//! and every pixel, and its running mean and variance live in `batch_stats`, written only by
+//! the mutable `apply` of each step. Evaluation mode uses them to score the test split, and
+//! no gradient ever has a `batch_stats` entry (checked at every step).
+//!
+//! Run: `cargo run --release --example 06_train_cnn -- --help`
+
+use std::error::Error;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+
+mod data;
+#[path = "../05_train_batchnorm/plot.rs"]
+mod plot;
+
+use data::Digits;
+use plot::{History, plot};
+use tapegrad::checkpoint::{self, LoadMode};
+use tapegrad::nn::{Activation, BatchNorm, Conv, Dense, GlobalAvgPool, Pool, Sequential};
+use tapegrad::optim::{LearningRate, Optimizer, Sgd};
+use tapegrad::{
+    ApplyOptions, ModuleExt, Mutable, SplitMix64, Variables, softmax_cross_entropy,
+    value_and_grad_with_aux,
+};
+
+/// Train a CNN with BatchNorm on 8×8 handwritten digits, and score it in evaluation mode.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Passes over the training split.
+    #[arg(long, default_value_t = 30)]
+    epochs: usize,
+    /// Images per mini-batch (at least 2: BatchNorm needs a batch).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(2..))]
+    batch_size: u32,
+    /// Initial learning rate (cosine-decayed to 1% of it).
+    #[arg(long, default_value_t = 0.1)]
+    lr: f64,
+    /// Seed of the split, the shuffling and the initialisation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Channels of the two convolutions.
+    #[arg(long, num_args = 2, default_values_t = [16, 32])]
+    channels: Vec<usize>,
+    /// Folder for the plot.
+    #[arg(long, default_value = "out")]
+    out: PathBuf,
+    /// Save a training checkpoint (every collection and the optimizer's state) here after
+    /// every epoch.
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// Resume a run from a checkpoint that `--save` wrote, with the same other flags.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Stop after this epoch, as if interrupted (to try `--resume`).
+    #[arg(long)]
+    stop_after: Option<usize>,
+    /// The data file (CSV: 64 pixels in 0..=16, then the digit, per line).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/digits.csv"))]
+    data: PathBuf,
+}
+
+/// Conv → BatchNorm → ReLU → max pool, twice; global average; Dense to the 10 digits.
+fn model(channels: &[usize]) -> Sequential<f32> {
+    let mut model = Sequential::new();
+    for &c in channels {
+        model = model
+            .push(Conv::new(c, [3, 3]).without_bias()) // BatchNorm's mean cancels a bias
+            .push(BatchNorm::new().momentum(0.9))
+            .push(Activation::Relu)
+            .push(Pool::max([2, 2]));
+    }
+    model.push(GlobalAvgPool).push(Dense::new(10))
+}
+
+fn accuracy(model: &Sequential<f32>, vars: &Variables<f32>, data: &Digits, idx: &[usize]) -> f64 {
+    let (x, y) = data.batch(idx);
+    let (logits, _) = model.apply(vars, &x, &ApplyOptions::eval()).expect("eval");
+    let correct = logits
+        .value()
+        .outer_iter()
+        .zip(&y)
+        .filter(|(row, label)| {
+            let best = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1));
+            best.map(|(i, _)| i) == Some(**label)
+        })
+        .count();
+    correct as f64 / y.len() as f64
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), Box<dyn Error>> {
+    let started = Instant::now();
+    let data = Digits::load(&args.data)?;
+    // A fixed, seeded 80/20 split.
+    let mut idx: Vec<usize> = (0..data.labels.len()).collect();
+    SplitMix64::new(args.seed).shuffle(&mut idx);
+    let (train_idx, test_idx) = idx.split_at(data.labels.len() * 4 / 5);
+    println!(
+        "digits: {} train, {} test images of 8x8 pixels, 10 classes",
+        train_idx.len(),
+        test_idx.len()
+    );
+
+    let model = model(&args.channels);
+    let (x0, _) = data.batch(&train_idx[..2]);
+    let mut vars = model.init(args.seed, &x0)?;
+    let batch = args.batch_size as usize;
+    let batches_per_epoch = train_idx.len() / batch;
+    let schedule = LearningRate::Cosine {
+        initial: args.lr,
+        final_value: args.lr / 100.0,
+        steps: args.epochs * batches_per_epoch,
+    };
+    let mut optimizer = Sgd::new(schedule).momentum(0.9);
+    let mut first_epoch = 1;
+    if let Some(path) = &args.resume {
+        checkpoint::load_training_into(&mut vars, &mut optimizer, path, LoadMode::Strict)?;
+        first_epoch = optimizer.steps() / batches_per_epoch + 1;
+        println!(
+            "resumed from {} after epoch {}",
+            path.display(),
+            first_epoch - 1
+        );
+    }
+    println!(
+        "model: {} params, batch_stats {:?}",
+        vars.params().size(),
+        vars.collection("batch_stats")
+            .map(|c| c.paths().collect::<Vec<_>>())
+    );
+
+    let remaining = (args.epochs + 1 - first_epoch.min(args.epochs + 1)) * batches_per_epoch;
+    let bar = ProgressBar::new(remaining as u64).with_style(ProgressStyle::with_template(
+        "[{elapsed_precise}] [{bar:30}] {pos}/{len} steps, ETA {eta}  {msg}",
+    )?);
+    // Lines above the bar; printed plainly where there is no terminal to draw it on.
+    let say = |line: String| {
+        if bar.is_hidden() {
+            println!("{line}");
+        } else {
+            bar.println(line);
+        }
+    };
+    let step_options = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
+    let mut rng = SplitMix64::new(args.seed ^ 0x5EED);
+    let mut order = train_idx.to_vec();
+    let (mut history, mut stats_in_grads) = (History::default(), 0usize);
+    for epoch in 1..=args.epochs {
+        rng.shuffle(&mut order);
+        if epoch < first_epoch {
+            continue; // done before the checkpoint; the shuffle keeps the order in step
+        }
+        let mut loss_sum = 0.0;
+        for chunk in order.chunks_exact(batch) {
+            let (x, y) = data.batch(chunk);
+            let (loss, updates, grads) = value_and_grad_with_aux(vars.params(), |p| {
+                let (logits, updates) = model.apply_tracked(p, &vars, &x, &step_options)?;
+                Ok((softmax_cross_entropy(&logits, &y)?, updates))
+            })?;
+            let stats = vars.collection("batch_stats");
+            stats_in_grads += grads
+                .paths()
+                .filter(|p| stats.is_some_and(|c| c.contains(p)))
+                .count();
+            optimizer.update(vars.params_mut(), &grads)?;
+            vars.merge(updates)?;
+            loss_sum += f64::from(loss);
+            bar.set_message(format!("epoch {epoch}, loss {loss:.4}"));
+            bar.inc(1);
+        }
+        let train_loss = loss_sum / batches_per_epoch as f64;
+        let test_accuracy = accuracy(&model, &vars, &data, test_idx);
+        say(format!(
+            "epoch {epoch:>3}  train loss {train_loss:.4}  test accuracy {:.1}%",
+            100.0 * test_accuracy
+        ));
+        history.train_loss.push(train_loss);
+        history.test_accuracy.push(test_accuracy);
+        if let Some(path) = &args.save {
+            checkpoint::save_training(&vars, &optimizer, path)?;
+        }
+        if args.stop_after == Some(epoch) {
+            say(format!("stopping after epoch {epoch}, as asked"));
+            break;
+        }
+    }
+    bar.finish_and_clear();
+
+    std::fs::create_dir_all(&args.out)?;
+    let plot_path = args.out.join("train_cnn.svg");
+    plot(&plot_path, &[("CNN with BatchNorm", &history)], 0.1)?;
+    let final_accuracy = accuracy(&model, &vars, &data, test_idx);
+    println!(
+        "\nfinal test accuracy (evaluation mode, running statistics): {:.1}%",
+        100.0 * final_accuracy
+    );
+    check_statistics_matter(&model, &vars, &data, test_idx)?;
+    println!(
+        "gradient entries naming a batch_stats variable, over every step: {stats_in_grads} {}",
+        if stats_in_grads == 0 {
+            "(never: running statistics are not differentiated)"
+        } else {
+            "(BUG)"
+        }
+    );
+    println!("plot written to {}", plot_path.display());
+    if let Some(path) = &args.save {
+        reload_and_compare(&model, &vars, &data, test_idx, path)?;
+    }
+    println!("done in {:.1} s", started.elapsed().as_secs_f64());
+    if stats_in_grads != 0 {
+        return Err("a gradient reached batch_stats".into());
+    }
+    Ok(())
+}
+
+/// Evaluation with the running statistics reset to their initial values (mean 0, var 1):
+/// what a checkpoint of the params alone would give. The gap is what `batch_stats` carries.
+fn check_statistics_matter(
+    model: &Sequential<f32>,
+    vars: &Variables<f32>,
+    data: &Digits,
+    test: &[usize],
+) -> Result<(), Box<dyn Error>> {
+    let (x0, _) = data.batch(&test[..2]);
+    let fresh_stats = model.init(0, &x0)?;
+    let mut forgotten = vars.clone();
+    for (path, value) in fresh_stats
+        .collection("batch_stats")
+        .ok_or("no batch_stats")?
+        .iter()
+    {
+        forgotten.insert("batch_stats", path, value.clone())?;
+    }
+    println!(
+        "the same params with the running statistics forgotten (mean 0, var 1): {:.1}%",
+        100.0 * accuracy(model, &forgotten, data, test)
+    );
+    Ok(())
+}
+
+/// Reloads the saved checkpoint into a fresh model and checks it scores the same.
+fn reload_and_compare(
+    model: &Sequential<f32>,
+    vars: &Variables<f32>,
+    data: &Digits,
+    test: &[usize],
+    path: &Path,
+) -> Result<(), Box<dyn Error>> {
+    let (x0, _) = data.batch(&test[..2]);
+    let mut reloaded = model.init(1, &x0)?;
+    checkpoint::load_into(&mut reloaded, path, LoadMode::Strict)?;
+    let (before, after) = (
+        accuracy(model, vars, data, test),
+        accuracy(model, &reloaded, data, test),
+    );
+    println!(
+        "saved {}; reloaded, it scores {:.1}%, {}",
+        path.display(),
+        100.0 * after,
+        if before.to_bits() == after.to_bits() {
+            "bit for bit the same"
+        } else {
+            "DIFFERENT"
+        }
+    );
+    if before.to_bits() != after.to_bits() {
+        return Err("the reloaded checkpoint evaluates differently".into());
+    }
+    Ok(())
+}
