@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use tapegrad::checkpoint::{
     CheckpointProblem, LoadMode, TorchMapping, import_pytorch_into, load_into, read, save,
 };
-use tapegrad::nn::{BatchNorm, Mlp};
+use tapegrad::nn::{Activation, BatchNorm, Conv, Dense, Flatten, Mlp, Pool, Sequential};
 use tapegrad::testing::arrays;
 use tapegrad::{ApplyOptions, Error, Float, ModuleExt, Tensor, Variables};
 
@@ -264,4 +264,70 @@ fn a_pytorch_mlp_with_batch_norm_gives_pytorchs_eval_logits() {
         .map(|(a, b)| (f64::from(*a) - b).abs())
         .fold(0.0, f64::max);
     assert!(worst <= 1e-5, "worst f32 difference {worst:e}");
+}
+
+/// The tapegrad model of `scripts/make_pytorch_cnn_fixture.py`'s `nn.Sequential`, with the
+/// flatten in PyTorch's (C, H, W) order or in memory order.
+fn torch_cnn(flatten: Flatten) -> Sequential<f64> {
+    let block = |model: Sequential<f64>, channels| {
+        model
+            .push(Conv::new(channels, [3, 3])) // PyTorch's padding=1 on a 3×3 kernel is SAME
+            .push(BatchNorm::new().momentum(0.9))
+            .push(Activation::Relu)
+            .push(Pool::max([2, 2]))
+    };
+    block(block(Sequential::new(), 3), 4)
+        .push(flatten)
+        .push(Dense::new(3))
+}
+
+#[test]
+fn a_pytorch_cnn_with_batch_norm_2d_gives_pytorchs_eval_logits() {
+    let state_dict = fixture("torch_cnn_bn.safetensors");
+    let mapping = TorchMapping::derive_sequential(&state_dict).unwrap();
+    let names: Vec<_> = mapping
+        .layers()
+        .iter()
+        .map(|(t, ours, _)| format!("{t}->{ours}"))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "0->Conv_0",
+            "1->BatchNorm_0",
+            "4->Conv_1",
+            "5->BatchNorm_1",
+            "9->Dense_0"
+        ]
+    );
+
+    let expected: Variables<f64> = read(fixture("torch_cnn_bn_expected.safetensors")).unwrap();
+    let x = Tensor::constant(expected.get("inputs/x").unwrap().clone());
+    let want = expected.get("outputs/logits").unwrap();
+    let logits = |flatten: Flatten| {
+        let model = torch_cnn(flatten);
+        let mut vars = model.init(0, &x).unwrap();
+        import_pytorch_into(&mut vars, &state_dict, &mapping, LoadMode::Strict).unwrap();
+        let (logits, _) = model.apply(&vars, &x, &ApplyOptions::eval()).unwrap();
+        let worst = logits
+            .value()
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        (worst, vars)
+    };
+    let (worst, vars) = logits(Flatten::channels_first());
+    assert!(worst <= 1e-12, "worst difference {worst:e}");
+    // The kernel is PyTorch's weight with its axes permuted, (out, in, kh, kw) to HWIO.
+    assert_eq!(
+        vars.get("params/Conv_1/kernel").unwrap().shape(),
+        &[3, 3, 3, 4]
+    );
+    // The porting bug, shown: the same weights behind a flatten in NHWC order are wrong.
+    let (wrong, _) = logits(Flatten::new());
+    assert!(
+        wrong > 1e-3,
+        "flattening in the other order should change the logits ({wrong:e})"
+    );
 }

@@ -87,26 +87,48 @@ impl Decoded {
     }
 
     /// The transpose of a 2-D tensor (PyTorch's `(out, in)` weight into a `(in, out)`
-    /// kernel), moving bytes. Anything else, including a shape whose size does not match
-    /// the bytes, is returned as it is, for the checks to report.
+    /// kernel). See [`Decoded::permuted`].
     pub(crate) fn transposed(self) -> Decoded {
-        let (&[rows, cols], Some(size)) = (self.shape.as_slice(), self.element_size()) else {
+        self.permuted(&[1, 0])
+    }
+
+    /// The tensor with its axes reordered, output axis `i` being input axis `axes[i]`
+    /// (PyTorch's `(out, in, kh, kw)` convolution weight into an `(kh, kw, in, out)` kernel
+    /// is `[2, 3, 1, 0]`), moving bytes. Anything else, including a shape whose size does
+    /// not match the bytes, is returned as it is, for the checks to report. The work is
+    /// bounded by the data, never by dimensions taken from the file (`[0, 2^63]` is empty).
+    pub(crate) fn permuted(self, axes: &[usize]) -> Decoded {
+        let Some(size) = self.element_size() else {
             return self;
         };
-        // The loop below visits each element once: its length is the data's, never a
-        // product of dimensions taken from the file (`[0, 2^63]` is empty, not 2^63 steps).
-        if rows.checked_mul(cols).and_then(|n| n.checked_mul(size)) != Some(self.data.len()) {
+        let fits = self
+            .shape
+            .iter()
+            .try_fold(size, |n, &d| n.checked_mul(d))
+            .is_some_and(|n| n == self.data.len());
+        if self.shape.len() != axes.len() || !fits {
             return self;
         }
-        let mut data = vec![0u8; self.data.len()];
-        for (index, element) in self.data.chunks_exact(size).enumerate() {
-            let (r, c) = (index / cols, index % cols);
-            let to = (c * rows + r) * size;
-            data[to..to + size].copy_from_slice(element);
-        }
+        // Elements as opaque words of their size, permuted by ndarray.
+        let words = |chunk: &[u8]| -> u64 {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            u64::from_le_bytes(word)
+        };
+        let elements: Vec<u64> = self.data.chunks_exact(size).map(words).collect();
+        let Ok(array) = ndarray::ArrayD::from_shape_vec(self.shape.clone(), elements) else {
+            return self;
+        };
+        let permuted = array.permuted_axes(ndarray::IxDyn(axes));
+        let shape = permuted.shape().to_vec();
+        let data = permuted
+            .as_standard_layout()
+            .iter()
+            .flat_map(|w| w.to_le_bytes()[..size].to_vec())
+            .collect();
         Decoded {
             dtype: self.dtype,
-            shape: vec![cols, rows],
+            shape,
             data,
         }
     }

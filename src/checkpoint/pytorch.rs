@@ -4,10 +4,20 @@
 //! |---|---|
 //! | `Linear.weight` `(out, in)` | `params/<path>/kernel` `(in, out)`, transposed |
 //! | `Linear.bias` | `params/<path>/bias` |
-//! | `BatchNorm1d.weight`, `.bias` | `params/<path>/scale`, `params/<path>/bias` |
-//! | `BatchNorm1d.running_mean`, `.running_var` | `batch_stats/<path>/mean`, `batch_stats/<path>/var` |
-//! | `BatchNorm1d.num_batches_tracked` | dropped: tapegrad's BatchNorm has a fixed momentum and no use for it |
+//! | `Conv2d.weight` `(out, in, kh, kw)` | `params/<path>/kernel` `(kh, kw, in, out)` (HWIO), `permute(2, 3, 1, 0)` |
+//! | `Conv2d.bias` | `params/<path>/bias` |
+//! | `BatchNorm1d`/`BatchNorm2d` `.weight`, `.bias` | `params/<path>/scale`, `params/<path>/bias` |
+//! | `BatchNorm1d`/`BatchNorm2d` `.running_mean`, `.running_var` | `batch_stats/<path>/mean`, `batch_stats/<path>/var` |
+//! | `BatchNorm1d`/`BatchNorm2d` `.num_batches_tracked` | dropped: tapegrad's BatchNorm has a fixed momentum and no use for it |
 //! | `Embedding.weight` `(n, d)` | `params/<path>/embedding` |
+//!
+//! PyTorch's images are NCHW and tapegrad's NHWC: feed the same images with their axes
+//! permuted (`x.permute(0, 2, 3, 1)`). One place where the layout is baked into weights is
+//! an `nn.Flatten` before an `nn.Linear`: PyTorch flattens `(C, H, W)`, so the Linear's
+//! columns are in that order. Use [`Flatten::channels_first`](crate::nn::Flatten::channels_first)
+//! there, and the imported weights work unchanged; `Flatten::new` would feed them the
+//! features in `(H, W, C)` order, giving wrong logits without any error (a classic porting
+//! bug: a state_dict cannot tell which flatten the model used).
 //!
 //! Non-persistent buffers (`register_buffer(..., persistent=False)`) are not in a
 //! `state_dict`, by PyTorch's design, so they cannot be imported: the model's `init` values
@@ -34,7 +44,9 @@ use crate::variables::Variables;
 pub enum TorchLayer {
     /// `nn.Linear` → `Dense`.
     Linear,
-    /// `nn.BatchNorm1d` → `BatchNorm`.
+    /// `nn.Conv2d` → `Conv`.
+    Conv2d,
+    /// `nn.BatchNorm1d` or `nn.BatchNorm2d` → `BatchNorm` (their tensors are the same).
     BatchNorm,
     /// `nn.Embedding` → `Embed`.
     Embedding,
@@ -73,11 +85,12 @@ impl TorchMapping {
         &self.layers
     }
 
-    /// The mapping of an `nn.Sequential` of `Linear` and `BatchNorm1d` layers (activations
-    /// and dropout have no tensors), derived from the file's names: modules in numeric
-    /// order, a module with `running_mean` is a BatchNorm, one with a 2-D `weight` a Linear;
-    /// they are named `Dense_0`, `BatchNorm_0`, `Dense_1`, … as [`Mlp`](crate::nn::Mlp) and
-    /// [`Sequential`](crate::nn::Sequential) name them.
+    /// The mapping of an `nn.Sequential` of `Conv2d`, `BatchNorm1d`/`BatchNorm2d` and
+    /// `Linear` layers (activations, pooling, flattening and dropout have no tensors),
+    /// derived from the file's names: modules in numeric order, a module with
+    /// `running_mean` is a BatchNorm, one with a 4-D `weight` a Conv2d, one with a 2-D
+    /// `weight` a Linear; they are named `Conv_0`, `BatchNorm_0`, `Dense_0`, … as
+    /// [`Sequential`](crate::nn::Sequential) and [`Mlp`](crate::nn::Mlp) name them.
     pub fn derive_sequential(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let tensors = read_tensors(path)?.tensors;
@@ -98,16 +111,19 @@ impl TorchMapping {
                 .push(field);
         }
         let mut mapping = TorchMapping::new();
-        let (mut dense, mut norms) = (0, 0);
+        let (mut dense, mut norms, mut convs) = (0, 0, 0);
         for (prefix, fields) in modules.values() {
+            let weight_rank = tensors
+                .get(&format!("{prefix}.weight"))
+                .map(|w| w.shape.len());
             if fields.contains(&"running_mean") {
                 mapping =
                     mapping.layer(prefix, &format!("BatchNorm_{norms}"), TorchLayer::BatchNorm);
                 norms += 1;
-            } else if tensors
-                .get(&format!("{prefix}.weight"))
-                .is_some_and(|w| w.shape.len() == 2)
-            {
+            } else if weight_rank == Some(4) {
+                mapping = mapping.layer(prefix, &format!("Conv_{convs}"), TorchLayer::Conv2d);
+                convs += 1;
+            } else if weight_rank == Some(2) {
                 mapping = mapping.layer(prefix, &format!("Dense_{dense}"), TorchLayer::Linear);
                 dense += 1;
             } else {
@@ -122,7 +138,7 @@ fn unmappable(path: &Path, name: &str) -> Error {
     Error::Checkpoint {
         path: path.display().to_string(),
         problems: vec![CheckpointProblem::Name(format!(
-            "{name} (not a Linear or BatchNorm1d of a Sequential)"
+            "{name} (not a Conv2d, BatchNorm1d/2d or Linear of a Sequential)"
         ))],
     }
 }
@@ -132,6 +148,8 @@ fn destination(layer: TorchLayer, field: &str) -> Option<Option<(&'static str, &
     Some(match (layer, field) {
         (TorchLayer::Linear, "weight") => Some(("params", "kernel")),
         (TorchLayer::Linear, "bias") => Some(("params", "bias")),
+        (TorchLayer::Conv2d, "weight") => Some(("params", "kernel")),
+        (TorchLayer::Conv2d, "bias") => Some(("params", "bias")),
         (TorchLayer::BatchNorm, "weight") => Some(("params", "scale")),
         (TorchLayer::BatchNorm, "bias") => Some(("params", "bias")),
         (TorchLayer::BatchNorm, "running_mean") => Some(("batch_stats", "mean")),
@@ -170,10 +188,10 @@ pub fn import_pytorch_into<A: Float>(
         };
         match destination(layer, field) {
             Some(Some((collection, ours_field))) => {
-                let tensor = if layer == TorchLayer::Linear && ours_field == "kernel" {
-                    tensor.transposed()
-                } else {
-                    tensor
+                let tensor = match (layer, ours_field) {
+                    (TorchLayer::Linear, "kernel") => tensor.transposed(),
+                    (TorchLayer::Conv2d, "kernel") => tensor.permuted(&[2, 3, 1, 0]),
+                    _ => tensor,
                 };
                 converted.insert(format!("{collection}/{ours}/{ours_field}"), tensor);
             }
