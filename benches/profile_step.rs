@@ -11,21 +11,27 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    let config = match args.first().map(String::as_str) {
-        Some("M") => workload::M,
-        Some("L") => workload::L,
-        _ => workload::S,
-    };
     let steps: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(200);
-    let mut w = workload::Workload::new(config);
+    let size = args.first().map_or("S", String::as_str);
+    let (per_step, loss) = match size {
+        "CNN-S" => run(workload::Workload::cnn(workload::CNN_S), steps),
+        "CNN-M" => run(workload::Workload::cnn(workload::CNN_M), steps),
+        "M" => run(workload::Workload::new(workload::M), steps),
+        "L" => run(workload::Workload::new(workload::L), steps),
+        _ => run(workload::Workload::new(workload::S), steps),
+    };
+    println!("{size} x {steps} steps: {per_step:.1} us/step (last loss {loss})");
+}
+
+/// Runs `steps` steps; returns the mean microseconds per step and the last loss.
+fn run<M>(mut w: workload::Workload<M>, steps: usize) -> (f64, f32)
+where
+    M: tapegrad::Module<f32, Input = tapegrad::Tensor<f32>, Output = tapegrad::Tensor<f32>>,
+{
     let started = std::time::Instant::now();
     let mut loss = 0.0;
     for _ in 0..steps {
         loss = w.step();
     }
-    let per_step = started.elapsed().as_secs_f64() * 1e6 / steps as f64;
-    println!(
-        "{} x {steps} steps: {per_step:.1} us/step (last loss {loss})",
-        config.name
-    );
+    (started.elapsed().as_secs_f64() * 1e6 / steps as f64, loss)
 }

@@ -5,7 +5,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
 #[path = "support/workload.rs"]
 mod workload;
-use workload::{L, M, S, Workload};
+use workload::{CNN_M, CNN_S, L, M, S, Workload};
 
 fn train_step(c: &mut Criterion) {
     let mut group = c.benchmark_group("train_step");
@@ -43,5 +43,19 @@ fn halves(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, train_step, halves);
+/// The CNN of workload section 10 at its two sizes.
+fn cnn_step(c: &mut Criterion) {
+    let mut group = c.benchmark_group("cnn_step");
+    group.sample_size(20);
+    for config in [CNN_S, CNN_M] {
+        let mut w = Workload::cnn(config);
+        for _ in 0..3 {
+            w.step();
+        }
+        group.bench_function(config.name, |b| b.iter(|| w.step()));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, train_step, halves, cnn_step);
 criterion_main!(benches);

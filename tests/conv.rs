@@ -268,3 +268,49 @@ fn batch_norm_axis_and_affine_options() {
     assert!(plain.params().is_empty());
     assert!(BatchNorm::new().axis(4).init(0, &x).is_err());
 }
+
+/// Enough positions and taps that the patch matrix is built in several blocks of rows
+/// (`conv.rs` keeps each block near 256 K elements): the blocks join up, in the value and in
+/// every gradient.
+#[test]
+fn a_convolution_in_several_blocks_equals_its_definition_and_its_gradients_check() {
+    use tapegrad::gradcheck::{GradCheckOptions, check_grads};
+    let shape = [2, 9, 9, 300]; // 162 positions of 2,700 taps: blocks of 97 rows
+    let n: usize = shape.iter().product();
+    let x = ArrayD::from_shape_vec(
+        shape.to_vec(),
+        (0..n).map(|i| ((i * 13) as f64 * 0.017).sin()).collect(),
+    )
+    .unwrap();
+    let k = ArrayD::from_shape_vec(
+        vec![3, 3, 300, 2],
+        (0..5400)
+            .map(|i| ((i * 7) as f64 * 0.023).cos() * 0.05)
+            .collect(),
+    )
+    .unwrap();
+    let options = ConvOptions {
+        strides: [1, 1],
+        ..ConvOptions::default()
+    };
+    let y = Tensor::constant(x.clone())
+        .conv2d(&Tensor::constant(k.clone()), &options)
+        .unwrap();
+    let reference = direct_conv(&x, &k, &options);
+    assert!(
+        y.value()
+            .iter()
+            .zip(&reference)
+            .all(|(a, b)| (a - b).abs() < 1e-10)
+    );
+    let params: tapegrad::Params<f64> = [("x".to_string(), x), ("k".to_string(), k)]
+        .into_iter()
+        .collect();
+    let report = check_grads(
+        &params,
+        |p| p.get("x")?.conv2d(p.get("k")?, &options),
+        &GradCheckOptions::default(),
+    )
+    .unwrap();
+    assert!(report.passed(), "{report}");
+}

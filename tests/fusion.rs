@@ -180,6 +180,33 @@ proptest! {
         }
     }
 
+    /// `Conv` with a bias: the bias written into the product against `conv2d` then `add`,
+    /// for strides 1–2, both paddings and one or two groups.
+    #[test]
+    fn conv_with_bias_fused_equals_conv_then_add(
+        (x, kernel, bias, options) in (1..3usize, 2..6usize, 1..3usize, 1..3usize, 1..3usize, any::<bool>(), any::<bool>())
+            .prop_flat_map(|(b, side, per_group, outputs, groups, same, strided)| {
+                let options = tapegrad::ConvOptions {
+                    strides: if strided { [2, 2] } else { [1, 1] },
+                    padding: if same { tapegrad::Padding::Same } else { tapegrad::Padding::Valid },
+                    groups,
+                    ..Default::default()
+                };
+                (arrays::<f64>(vec![b, side, side, per_group * groups], -2.0..2.0),
+                 arrays::<f64>(vec![2, 2, per_group, outputs * groups], -1.0..1.0),
+                 arrays::<f64>(vec![outputs * groups], -1.0..1.0),
+                 Just(options))
+            }),
+    ) {
+        let features = bias.len();
+        let params = params_of(vec![("x", x), ("kernel", kernel), ("bias", bias)]);
+        let layer = tapegrad::nn::Conv { options, ..tapegrad::nn::Conv::new(features, [2, 2]) };
+        fused_equals_definition(&params, &|p| {
+            let (y, _) = layer.apply_tracked(p, &Variables::new(), p.get("x")?, &ApplyOptions::eval())?;
+            Ok((y, None))
+        })?;
+    }
+
     /// Softmax cross-entropy: one node against `-(log_softmax · onehot).sum() / B`.
     #[test]
     fn softmax_cross_entropy_fused_equals_the_composite(

@@ -12,6 +12,12 @@ CONFIGS = {  # batch, d_in, hidden, classes, warm-up steps, timed steps
     "M": (128, 64, 256, 10, 100, 300),
     "L": (512, 256, 1024, 10, 20, 60),
 }
+# The CNN of section 10: batch, image side, input channels, conv channels, classes, warm-up,
+# timed steps.
+CNN_CONFIGS = {
+    "CNN-S": (32, 8, 1, (16, 32), 10, 100, 300),
+    "CNN-M": (64, 28, 1, (32, 64), 10, 10, 40),
+}
 MASK = (1 << 64) - 1
 
 
@@ -58,3 +64,13 @@ def measure(peer, config, step, warmup, timed, **versions):
     print(json.dumps({"peer": peer, "config": config, "median_us": round(median, 1), "p10_us": round(p10, 1),
                       "p90_us": round(p90, 1), "first_step_s": round(first_step_s, 3),
                       "first_loss": round(first_loss, 4), "peak_rss_mib": peak_rss_mib(), **versions}), flush=True)
+
+
+def cnn_data(name):
+    """The CNN workload's inputs (B, side, side, C) NHWC and labels, from SplitMix64 seed 42."""
+    batch, side, channels, _, classes, _, _ = CNN_CONFIGS[name]
+    rng = SplitMix64(42)
+    x = np.array([rng.normal() for _ in range(batch * side * side * channels)], dtype=np.float32)
+    labels = np.array([rng.next_u64() % classes for _ in range(batch)], dtype=np.int64)
+    return x.reshape(batch, side, side, channels), labels
+

@@ -1,17 +1,19 @@
 //! The benchmark workload of `../shared/bench/workload.md`, shared by the benches: the MLP
-//! with two BatchNorms, its data (SplitMix64 + Box-Muller, seed 42) and one training step.
+//! with two BatchNorms, the CNN of its section 10, their data (SplitMix64 + Box-Muller, seed
+//! 42) and one training step.
 
 use ndarray::ArrayD;
-use tapegrad::nn::{BatchNorm, Mlp};
+use tapegrad::nn::{Activation, BatchNorm, Conv, Dense, GlobalAvgPool, Mlp, Pool, Sequential};
 use tapegrad::optim::{Optimizer, Sgd};
 use tapegrad::{
-    ApplyOptions, Gradients, ModuleExt, Mutable, ParamTensors, SplitMix64, Tape, Tensor, Variables,
-    softmax_cross_entropy, value_and_grad_with_aux,
+    ApplyOptions, Gradients, Module, ModuleExt, Mutable, ParamTensors, SplitMix64, Tape, Tensor,
+    Variables, softmax_cross_entropy, value_and_grad_with_aux,
 };
 
 /// A size of the workload: batch, inputs, hidden width, classes.
 #[derive(Clone, Copy, Debug)]
 pub struct Config {
+    #[allow(dead_code)] // not every bench prints it
     pub name: &'static str,
     pub batch: usize,
     pub d_in: usize,
@@ -41,9 +43,59 @@ pub const L: Config = Config {
     classes: 10,
 };
 
+/// A size of the CNN workload (section 10): batch, image side, input channels, the two
+/// convolutions' channels, classes.
+#[derive(Clone, Copy, Debug)]
+pub struct CnnConfig {
+    #[allow(dead_code)] // not every bench prints it
+    pub name: &'static str,
+    pub batch: usize,
+    pub side: usize,
+    pub in_channels: usize,
+    pub channels: [usize; 2],
+    pub classes: usize,
+}
+
+/// Digits-sized: 8×8 grey images, 16 and 32 channels.
+#[allow(dead_code)]
+pub const CNN_S: CnnConfig = CnnConfig {
+    name: "CNN-S",
+    batch: 32,
+    side: 8,
+    in_channels: 1,
+    channels: [16, 32],
+    classes: 10,
+};
+/// MNIST-sized: 28×28 grey images, 32 and 64 channels.
+#[allow(dead_code)]
+pub const CNN_M: CnnConfig = CnnConfig {
+    name: "CNN-M",
+    batch: 64,
+    side: 28,
+    in_channels: 1,
+    channels: [32, 64],
+    classes: 10,
+};
+
+/// Section 10's CNN: Conv → BatchNorm → ReLU → 2×2 max pool, Conv → BatchNorm → ReLU,
+/// global average, Dense.
+pub fn cnn(config: CnnConfig) -> Sequential<f32> {
+    let bn = || BatchNorm::new().momentum(0.9);
+    Sequential::new()
+        .push(Conv::new(config.channels[0], [3, 3]))
+        .push(bn())
+        .push(Activation::Relu)
+        .push(Pool::max([2, 2]))
+        .push(Conv::new(config.channels[1], [3, 3]))
+        .push(bn())
+        .push(Activation::Relu)
+        .push(GlobalAvgPool)
+        .push(Dense::new(config.classes))
+}
+
 /// Everything one training step needs.
-pub struct Workload {
-    pub model: Mlp,
+pub struct Workload<M = Mlp> {
+    pub model: M,
     pub variables: Variables<f32>,
     pub optimizer: Sgd<f32>,
     pub x: Tensor<f32>,
@@ -72,7 +124,34 @@ impl Workload {
             labels,
         }
     }
+}
 
+impl Workload<Sequential<f32>> {
+    /// The CNN workload at `config`, with its inputs `(B, side, side, C)`.
+    #[allow(dead_code)]
+    pub fn cnn(config: CnnConfig) -> Self {
+        let mut rng = SplitMix64::new(42);
+        let shape = [config.batch, config.side, config.side, config.in_channels];
+        let x: Vec<f32> = (0..shape.iter().product())
+            .map(|_| rng.normal() as f32)
+            .collect();
+        let labels = (0..config.batch)
+            .map(|_| (rng.next_u64() % config.classes as u64) as usize)
+            .collect();
+        let x = Tensor::constant(ArrayD::from_shape_vec(shape.to_vec(), x).unwrap());
+        let model = cnn(config);
+        let variables = model.init(0, &x).unwrap();
+        Workload {
+            model,
+            variables,
+            optimizer: Sgd::new(0.1).momentum(0.9),
+            x,
+            labels,
+        }
+    }
+}
+
+impl<M: Module<f32, Input = Tensor<f32>, Output = Tensor<f32>>> Workload<M> {
     /// One training step (workload section 5): forward in training mode with batch_stats
     /// mutable, the loss and its gradient with respect to params, the SGD-momentum update,
     /// the merge of the new statistics; returns the loss as a host scalar.

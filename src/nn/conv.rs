@@ -2,6 +2,7 @@
 
 use crate::error::Result;
 use crate::float::Float;
+use crate::fusion::Fusion;
 use crate::module::scope::{Module, Scope};
 use crate::nn::init;
 use crate::ops::{ConvOptions, Padding};
@@ -96,11 +97,13 @@ impl<A: Float> Module<A> for Conv {
         let [kh, kw] = self.kernel_size;
         let shape = [kh, kw, per_group, self.features];
         let kernel = scope.param("kernel", &shape, init::lecun_normal())?;
-        let y = x.conv2d(&kernel, &self.options)?;
         if !self.use_bias {
-            return Ok(y);
+            return x.conv2d(&kernel, &self.options);
         }
         let bias = scope.param("bias", &[self.features], init::zeros())?;
-        y.add(&bias) // broadcast over batch, height and width
+        if Fusion::is_on() {
+            return x.conv2d_with_bias(&kernel, &bias, &self.options); // the same, in one node
+        }
+        x.conv2d(&kernel, &self.options)?.add(&bias) // broadcast over batch, height, width
     }
 }

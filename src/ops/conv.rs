@@ -11,6 +11,7 @@
 //! is scattered back onto the input (col2im, adding where windows overlap). NHWC keeps each
 //! pixel's channels contiguous, so a patch row is built from `KH·KW` slice copies.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use ndarray::{Array2, ArrayD, Axis, IxDyn, s};
@@ -76,54 +77,87 @@ impl Geometry {
         self.rows.window * self.cols.window * self.group_channels
     }
 
-    /// Calls `visit(patch row, window offset in the row, input offset)` for every kernel tap
-    /// of every output position that reads inside the input (both offsets in elements, for
-    /// slices of `group_channels` channels of group `g`).
-    fn for_each_tap(&self, g: usize, mut visit: impl FnMut(usize, usize, usize)) {
-        let (h, w, c) = (self.rows.input, self.cols.input, self.channels);
-        let mut row = 0;
-        for n in 0..self.batch {
-            for oi in 0..self.rows.output {
-                for oj in 0..self.cols.output {
+    /// Calls `visit(patch row, window offset in the row, input offset, length)` for every
+    /// run of kernel taps of every output position that reads inside the input: offsets in
+    /// elements, for slices of `length` elements of group `g`. Along a window row the taps
+    /// that fall inside the input are consecutive; with one group and no dilation they are
+    /// also contiguous in the input (NHWC), so each window row is one slice copy.
+    fn for_each_tap(
+        &self,
+        g: usize,
+        rows: Range<usize>,
+        mut visit: impl FnMut(usize, usize, usize, usize),
+    ) {
+        let (h, w, c, cg) = (
+            self.rows.input,
+            self.cols.input,
+            self.channels,
+            self.group_channels,
+        );
+        let contiguous = self.groups == 1 && self.cols.dilation == 1;
+        let per_image = self.rows.output * self.cols.output;
+        let start = rows.start;
+        for position in rows {
+            let row = position - start;
+            let (n, oi, oj) = (
+                position / per_image,
+                position % per_image / self.cols.output,
+                position % self.cols.output,
+            );
+            {
+                {
+                    // The window's columns inside the input: a range of v (no allocation).
+                    let inside =
+                        (0..self.cols.window).filter(|&v| self.cols.source(oj, v).is_some());
+                    let (first, count) = (inside.clone().next(), inside.count());
                     for u in 0..self.rows.window {
                         let Some(i) = self.rows.source(oi, u) else {
                             continue;
                         };
-                        for v in 0..self.cols.window {
-                            let Some(j) = self.cols.source(oj, v) else {
-                                continue;
-                            };
-                            let tap = (u * self.cols.window + v) * self.group_channels;
-                            let input = ((n * h + i) * w + j) * c + g * self.group_channels;
-                            visit(row, tap, input);
+                        let at = |v: usize, j: usize| {
+                            let tap = (u * self.cols.window + v) * cg;
+                            (tap, ((n * h + i) * w + j) * c + g * cg)
+                        };
+                        let Some(first) = first else { continue };
+                        if contiguous {
+                            let j = self.cols.source(oj, first).expect("inside");
+                            let (tap, input) = at(first, j);
+                            visit(row, tap, input, count * cg);
+                        } else {
+                            for v in first..first + count {
+                                let j = self.cols.source(oj, v).expect("inside");
+                                let (tap, input) = at(v, j);
+                                visit(row, tap, input, cg);
+                            }
                         }
                     }
-                    row += 1;
                 }
             }
         }
     }
 
-    /// The patch matrix of group `g` (im2col): zeros where a window reads padding.
-    fn patches<A: Float>(&self, x: &[A], g: usize) -> Array2<A> {
-        let (len, cg) = (self.patch_len(), self.group_channels);
-        let mut p = Array2::zeros((self.positions(), len));
+    /// The rows `rows` of group `g`'s patch matrix (im2col): zeros where a window reads
+    /// padding.
+    fn patches<A: Float>(&self, x: &[A], g: usize, rows: Range<usize>) -> Array2<A> {
+        let len = self.patch_len();
+        let mut p = Array2::zeros((rows.len(), len));
         let out = p.as_slice_mut().expect("a new array is contiguous");
-        self.for_each_tap(g, |row, tap, input| {
-            out[row * len + tap..row * len + tap + cg].copy_from_slice(&x[input..input + cg]);
+        self.for_each_tap(g, rows, |row, tap, input, run| {
+            out[row * len + tap..row * len + tap + run].copy_from_slice(&x[input..input + run]);
         });
         p
     }
 
     /// Adds the patch-shaped gradient `dp` of group `g` back onto the input's gradient
-    /// (col2im): each input element gets the sum over the windows that read it.
-    fn scatter<A: Float>(&self, dp: &Array2<A>, g: usize, dx: &mut [A]) {
-        let (len, cg) = (self.patch_len(), self.group_channels);
+    /// (col2im), for the patch rows `rows`: each input element gets the sum over the windows
+    /// that read it.
+    fn scatter<A: Float>(&self, dp: &Array2<A>, g: usize, rows: Range<usize>, dx: &mut [A]) {
+        let len = self.patch_len();
         let dp = dp.as_standard_layout();
         let dp = dp.as_slice().expect("standard layout");
-        self.for_each_tap(g, |row, tap, input| {
-            let from = &dp[row * len + tap..row * len + tap + cg];
-            for (d, &s) in dx[input..input + cg].iter_mut().zip(from) {
+        self.for_each_tap(g, rows, |row, tap, input, run| {
+            let from = &dp[row * len + tap..row * len + tap + run];
+            for (d, &s) in dx[input..input + run].iter_mut().zip(from) {
                 *d += s;
             }
         });
@@ -193,66 +227,140 @@ impl<A: Float> Tensor<A> {
     /// # Ok::<(), tapegrad::Error>(())
     /// ```
     pub fn conv2d(&self, kernel: &Tensor<A>, options: &ConvOptions) -> Result<Tensor<A>> {
-        let geo = geometry(self.shape(), kernel.shape(), options)?;
-        let x = standard_layout_shared(self.shared_value());
-        // The kernel as one (kh·kw·C_g, O) matrix; small, so copied once per call.
-        let k = Arc::new(
-            kernel
-                .value()
-                .as_standard_layout()
-                .into_owned()
-                .into_shape_with_order(IxDyn(&[geo.patch_len(), geo.group_outputs * geo.groups]))
-                .expect("an HWIO kernel"),
-        );
-        let out_shape = [
-            geo.batch,
-            geo.rows.output,
-            geo.cols.output,
-            geo.group_outputs * geo.groups,
-        ];
-        let xs = x.as_slice().expect("standard layout");
-        let mut y = Array2::zeros((geo.positions(), out_shape[3]));
-        for g in 0..geo.groups {
-            let p = Arc::new(geo.patches(xs, g).into_dyn());
-            let yg = gemm::forward(p, group_kernel(&k, &geo, g), None);
-            y.slice_mut(s![.., g * geo.group_outputs..(g + 1) * geo.group_outputs])
-                .assign(&yg);
+        convolve(self, kernel, None, options)
+    }
+
+    /// `conv2d(kernel) + bias` in one node, the bias written into the product's output as
+    /// it is made: the fused implementation [`Conv`](crate::nn::Conv) runs with fusion on
+    /// (`tests/fusion.rs` checks it against `conv2d` then `add`).
+    pub(crate) fn conv2d_with_bias(
+        &self,
+        kernel: &Tensor<A>,
+        bias: &Tensor<A>,
+        options: &ConvOptions,
+    ) -> Result<Tensor<A>> {
+        convolve(self, kernel, Some(bias), options)
+    }
+}
+
+/// Output positions per block: the patch matrix is built and multiplied a block of rows at
+/// a time, about 256 K elements each, so that it stays in cache and is never materialised
+/// whole (a 28×28 batch of 64 with 3×3×32 taps would be 14 MB, allocated and faulted in on
+/// every pass).
+fn block_rows(patch_len: usize) -> usize {
+    ((1 << 18) / patch_len.max(1)).max(64)
+}
+
+/// The convolution, and its VJP: for each group and each block of output positions,
+/// `Y_b = P_b · K_g (+ bias)`; backward rebuilds `P_b` (as PyTorch does) for
+/// `dK_g += P_bᵀ · dY_b`, and scatters `dP_b = dY_b · K_gᵀ` onto `dX`; `dbias = Σ_rows dY`.
+fn convolve<A: Float>(
+    x: &Tensor<A>,
+    kernel: &Tensor<A>,
+    bias: Option<&Tensor<A>>,
+    options: &ConvOptions,
+) -> Result<Tensor<A>> {
+    let geo = geometry(x.shape(), kernel.shape(), options)?;
+    let outputs = geo.group_outputs * geo.groups;
+    if let Some(b) = bias.filter(|b| b.shape() != [outputs]) {
+        return Err(Error::incompatible(
+            "conv2d",
+            kernel.shape(),
+            b.shape(),
+            "the bias must have one value per output channel",
+        ));
+    }
+    let input = standard_layout_shared(x.shared_value());
+    // The kernel as one (kh·kw·C_g, O) matrix; small, so copied once per call.
+    let k = Arc::new(
+        kernel
+            .value()
+            .as_standard_layout()
+            .into_owned()
+            .into_shape_with_order(IxDyn(&[geo.patch_len(), outputs]))
+            .expect("an HWIO kernel"),
+    );
+    let kernels: Vec<Arc<ArrayD<A>>> = (0..geo.groups).map(|g| group_kernel(&k, &geo, g)).collect();
+    let blocks = block_ranges(geo.positions(), block_rows(geo.patch_len()));
+    let xs = input.as_slice().expect("standard layout");
+    let mut y = Array2::zeros((geo.positions(), outputs));
+    for (g, kg) in kernels.iter().enumerate() {
+        let columns = g * geo.group_outputs..(g + 1) * geo.group_outputs;
+        let group_bias = bias.map(|b| {
+            Arc::new(
+                b.value()
+                    .slice_axis(Axis(0), columns.clone().into())
+                    .to_owned(),
+            )
+        });
+        for rows in &blocks {
+            let p = Arc::new(geo.patches(xs, g, rows.clone()).into_dyn());
+            let yb = gemm::forward(p, Arc::clone(kg), group_bias.clone());
+            y.slice_mut(s![rows.clone(), columns.clone()]).assign(&yb);
         }
-        let value = y
-            .into_shape_with_order(IxDyn(&out_shape))
-            .expect("one row per output position");
-        let kernel_shape = kernel.shape().to_vec();
-        record("conv2d", &[self, kernel], value, move |dy, needs| {
-            let dy = standard_layout(dy);
-            let dy = dy
-                .into_shape_with_order((geo.positions(), geo.group_outputs * geo.groups))
-                .expect("the output's shape");
-            let xs = x.as_slice().expect("standard layout");
-            let mut dx = needs[0].then(|| vec![A::zero(); xs.len()]);
-            let mut dk = needs[1].then(|| Array2::zeros((geo.patch_len(), dy.ncols())));
-            for g in 0..geo.groups {
-                let columns = g * geo.group_outputs..(g + 1) * geo.group_outputs;
-                let dyg = dy.slice(s![.., columns.clone()]).to_owned().into_dyn();
-                let p = Arc::new(geo.patches(xs, g).into_dyn());
-                let (dp, dkg) =
-                    gemm::backward(dyg, p, group_kernel(&k, &geo, g), (needs[0], needs[1]));
+    }
+    let out_shape = [geo.batch, geo.rows.output, geo.cols.output, outputs];
+    let value = y
+        .into_shape_with_order(IxDyn(&out_shape))
+        .expect("one row per output position");
+    let (x_shape, kernel_shape) = (x.shape().to_vec(), kernel.shape().to_vec());
+    let op = if bias.is_some() {
+        "conv2d_bias"
+    } else {
+        "conv2d"
+    };
+    let mut inputs = vec![x, kernel];
+    inputs.extend(bias);
+    record(op, &inputs, value, move |dy, needs| {
+        let dy = standard_layout(dy)
+            .into_shape_with_order(IxDyn(&[geo.positions(), outputs]))
+            .expect("the output's shape");
+        let dy = crate::kernels::gemm::matrix(&dy);
+        let xs = input.as_slice().expect("standard layout");
+        let mut dx = needs[0].then(|| vec![A::zero(); xs.len()]);
+        let mut dk = needs[1].then(|| Array2::zeros((geo.patch_len(), outputs)));
+        for (g, kg) in kernels.iter().enumerate() {
+            let columns = g * geo.group_outputs..(g + 1) * geo.group_outputs;
+            for rows in &blocks {
+                let dyb = dy
+                    .slice(s![rows.clone(), columns.clone()])
+                    .to_owned()
+                    .into_dyn();
+                let p = Arc::new(geo.patches(xs, g, rows.clone()).into_dyn());
+                let (dp, dkb) = gemm::backward(dyb, p, Arc::clone(kg), (needs[0], needs[1]));
                 if let (Some(dx), Some(dp)) = (dx.as_mut(), dp) {
-                    geo.scatter(&dp, g, dx);
+                    geo.scatter(&dp, g, rows.clone(), dx);
                 }
-                if let (Some(dk), Some(dkg)) = (dk.as_mut(), dkg) {
-                    dk.slice_mut(s![.., columns]).assign(&dkg);
+                if let (Some(dk), Some(dkb)) = (dk.as_mut(), dkb) {
+                    let mut target = dk.slice_mut(s![.., columns.clone()]);
+                    target += &dkb;
                 }
             }
-            let x_shape = x.shape().to_vec();
-            vec![
-                dx.map(|d| ArrayD::from_shape_vec(x_shape, d).expect("the input's shape")),
-                dk.map(|d| {
-                    d.into_shape_with_order(IxDyn(&kernel_shape))
-                        .expect("the kernel's shape")
-                }),
-            ]
-        })
-    }
+        }
+        let dbias = needs
+            .get(2)
+            .is_some_and(|&n| n)
+            .then(|| dy.sum_axis(Axis(0)).into_dyn());
+        let mut grads = vec![
+            dx.map(|d| ArrayD::from_shape_vec(x_shape.clone(), d).expect("the input's shape")),
+            dk.map(|d| {
+                d.into_shape_with_order(IxDyn(&kernel_shape))
+                    .expect("the kernel's shape")
+            }),
+        ];
+        if needs.len() == 3 {
+            grads.push(dbias);
+        }
+        grads
+    })
+}
+
+/// `0..total` cut into ranges of at most `size`.
+fn block_ranges(total: usize, size: usize) -> Vec<Range<usize>> {
+    (0..total)
+        .step_by(size.max(1))
+        .map(|start| start..(start + size).min(total))
+        .collect()
 }
 
 /// The kernel of group `g` as a `(kh·kw·C_g, O_g)` matrix: columns of the whole kernel's.

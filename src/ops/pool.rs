@@ -11,26 +11,27 @@ use crate::ops::window::{Padding, WindowAxis, require_nhwc, window_axes};
 use crate::shape::{standard_layout, standard_layout_shared};
 use crate::tensor::{Tensor, record_one};
 
-/// For every output pixel `(n, i, j)`, in order, the input pixels its window reads (their
-/// offsets in the input, in elements, row-major within the window).
+/// For every output pixel `(n, i, j)`, in order, calls `visit(output offset, taps)` with
+/// the offsets (in elements) of the input pixels its window reads, row-major within the
+/// window. The taps go into a buffer reused for every pixel: no allocation per pixel.
 fn for_each_window(
     batch: usize,
     [rows, cols]: [WindowAxis; 2],
     channels: usize,
-    mut visit: impl FnMut(usize, &mut dyn Iterator<Item = usize>),
+    mut visit: impl FnMut(usize, &[usize]),
 ) {
+    let mut taps = Vec::with_capacity(rows.window * cols.window);
     let mut out = 0;
     for n in 0..batch {
         for i in 0..rows.output {
             for j in 0..cols.output {
-                let mut taps = (0..rows.window).flat_map(|u| {
-                    let r = rows.source(i, u);
-                    (0..cols.window).filter_map(move |v| {
-                        let (r, c) = (r?, cols.source(j, v)?);
-                        Some(((n * rows.input + r) * cols.input + c) * channels)
-                    })
-                });
-                visit(out * channels, &mut taps);
+                taps.clear();
+                for r in (0..rows.window).filter_map(|u| rows.source(i, u)) {
+                    for c in (0..cols.window).filter_map(|v| cols.source(j, v)) {
+                        taps.push(((n * rows.input + r) * cols.input + c) * channels);
+                    }
+                }
+                visit(out * channels, &taps);
                 out += 1;
             }
         }
@@ -75,14 +76,19 @@ impl<A: Float> Tensor<A> {
         // For each output element, the input element it took (usize::MAX: only padding).
         let mut taken = vec![usize::MAX; len];
         for_each_window(shape[0], axes, channels, |out, taps| {
-            for tap in taps {
-                for c in 0..channels {
-                    let (v, best) = (xs[tap + c], values[out + c]);
+            let (values, taken) = (
+                &mut values[out..out + channels],
+                &mut taken[out..out + channels],
+            );
+            for &tap in taps {
+                let row = &xs[tap..tap + channels];
+                for (c, &v) in row.iter().enumerate() {
+                    let best = values[c];
                     // Strictly greater, so the first maximum stays; a NaN wins and stays.
-                    let first = taken[out + c] == usize::MAX;
+                    let first = taken[c] == usize::MAX;
                     if first || (!best.is_nan() && (v > best || v.is_nan())) {
-                        values[out + c] = v;
-                        taken[out + c] = tap + c;
+                        values[c] = v;
+                        taken[c] = tap + c;
                     }
                 }
             }
@@ -126,7 +132,7 @@ impl<A: Float> Tensor<A> {
         let scale = A::of(1.0 / (window[0] * window[1]) as f64);
         let mut values = vec![A::zero(); out_shape.iter().product()];
         for_each_window(shape[0], axes, channels, |out, taps| {
-            for tap in taps {
+            for &tap in taps {
                 for (acc, &v) in values[out..out + channels]
                     .iter_mut()
                     .zip(&xs[tap..tap + channels])
@@ -145,7 +151,7 @@ impl<A: Float> Tensor<A> {
             let mut dx = ArrayD::zeros(IxDyn(&shape));
             let dxs = dx.as_slice_mut().expect("a new array is contiguous");
             for_each_window(shape[0], axes, channels, |out, taps| {
-                for tap in taps {
+                for &tap in taps {
                     for (d, &g) in dxs[tap..tap + channels]
                         .iter_mut()
                         .zip(&gs[out..out + channels])
