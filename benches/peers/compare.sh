@@ -7,6 +7,7 @@
 # (default python3); dfdx builds in benches/peers/dfdx (about a minute, the first time).
 #
 #     benches/peers/compare.sh            # S, M and L
+#     benches/peers/compare.sh CNN-S CNN-M  # the CNN: tapegrad, JAX + Flax linen, PyTorch
 #     ROUNDS=5 benches/peers/compare.sh S M
 set -u
 cd "$(dirname "$0")/../.."
@@ -32,12 +33,20 @@ for round in $(seq "${ROUNDS:-3}"); do
     taskset -c 0,1 cargo bench -q --bench step_times -- "$size" 2>/dev/null
     (
       cd benches/peers
-      if [ -n "$have_jax" ]; then
-        taskset -c 0,1 "$jax_python" jax_train_step.py "$size" 2>/dev/null
-        taskset -c 0,1 "$jax_python" nnx_train_step.py "$size" 2>/dev/null
-      fi
-      [ -n "$have_torch" ] && taskset -c 0,1 "$torch_python" torch_train_step.py "$size" 2>/dev/null
-      [ -n "$have_dfdx" ] && (cd dfdx && taskset -c 0,1 cargo run --release -q -- "$size")
+      case "$size" in
+        CNN-*)  # the CNN of workload section 10: JAX + Flax linen and PyTorch
+          [ -n "$have_jax" ] && taskset -c 0,1 "$jax_python" jax_cnn_step.py "$size" 2>/dev/null
+          [ -n "$have_torch" ] && taskset -c 0,1 "$torch_python" torch_cnn_step.py "$size" 2>/dev/null
+          ;;
+        *)
+          if [ -n "$have_jax" ]; then
+            taskset -c 0,1 "$jax_python" jax_train_step.py "$size" 2>/dev/null
+            taskset -c 0,1 "$jax_python" nnx_train_step.py "$size" 2>/dev/null
+          fi
+          [ -n "$have_torch" ] && taskset -c 0,1 "$torch_python" torch_train_step.py "$size" 2>/dev/null
+          [ -n "$have_dfdx" ] && (cd dfdx && taskset -c 0,1 cargo run --release -q -- "$size")
+          ;;
+      esac
     )
   done | tee -a "$log"
 done

@@ -14,7 +14,8 @@ for line in sys.stdin:
         run = json.loads(line)
         runs.setdefault((run["config"], run["peer"]), []).append(run["median_us"])
 
-configs = sorted({c for c, _ in runs}, key="SML".index)
+ORDER = ["S", "M", "L", "CNN-S", "CNN-M"]
+configs = sorted({c for c, _ in runs}, key=lambda c: ORDER.index(c) if c in ORDER else len(ORDER))
 peers = sorted({p for _, p in runs if p != "tapegrad"})
 
 

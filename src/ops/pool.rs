@@ -80,25 +80,36 @@ impl<A: Float> Tensor<A> {
                 &mut values[out..out + channels],
                 &mut taken[out..out + channels],
             );
-            for &tap in taps {
+            let Some((&first, rest)) = taps.split_first() else {
+                return; // a window entirely in padding: −∞, and no gradient
+            };
+            values.copy_from_slice(&xs[first..first + channels]);
+            taken
+                .iter_mut()
+                .enumerate()
+                .for_each(|(c, t)| *t = first + c);
+            for &tap in rest {
                 let row = &xs[tap..tap + channels];
-                for (c, &v) in row.iter().enumerate() {
-                    let best = values[c];
+                for (c, (&v, (best, from))) in row
+                    .iter()
+                    .zip(values.iter_mut().zip(taken.iter_mut()))
+                    .enumerate()
+                {
                     // Strictly greater, so the first maximum stays; a NaN wins and stays.
-                    let first = taken[c] == usize::MAX;
-                    if first || (!best.is_nan() && (v > best || v.is_nan())) {
-                        values[c] = v;
-                        taken[c] = tap + c;
-                    }
+                    // Selects, not branches: which element wins is data, and unpredictable.
+                    let better = v > *best || (v.is_nan() && !best.is_nan());
+                    *best = if better { v } else { *best };
+                    *from = if better { tap + c } else { *from };
                 }
             }
         });
         let value = ArrayD::from_shape_vec(IxDyn(&out_shape), values).expect("the output's shape");
         Ok(record_one("max_pool", self, value, move |g| {
             let g = standard_layout(g);
+            let gs = g.as_slice().expect("standard layout");
             let mut dx = ArrayD::zeros(IxDyn(&shape));
             let dxs = dx.as_slice_mut().expect("a new array is contiguous");
-            for (&from, &gradient) in taken.iter().zip(g.iter()) {
+            for (&from, &gradient) in taken.iter().zip(gs) {
                 if from != usize::MAX {
                     dxs[from] += gradient;
                 }
