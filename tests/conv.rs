@@ -314,3 +314,43 @@ fn a_convolution_in_several_blocks_equals_its_definition_and_its_gradients_check
     .unwrap();
     assert!(report.passed(), "{report}");
 }
+
+proptest! {
+    #![proptest_config(tapegrad::testing::config(32))]
+
+    /// A small CNN in training mode (Conv → BatchNorm → tanh → average pool → Conv →
+    /// BatchNorm → global average → Dense), random sizes and strides: every param's gradient
+    /// matches finite differences, and `batch_stats` is held fixed and unchanged. Smooth
+    /// activations and average pooling keep finite differences valid everywhere; ReLU and max
+    /// pooling are checked op by op in `op_gradients.rs`.
+    #[test]
+    fn cnn_gradients_match_finite_differences_with_batch_stats_held_fixed(
+        (x, labels, stride, channels) in (2..4usize, 4..7usize, 1..3usize, 1..3usize, 1..4usize)
+            .prop_flat_map(|(b, side, c, stride, channels)| (
+                arrays::<f64>(vec![b, side, side, c], -2.0..2.0),
+                prop::collection::vec(0..3usize, b),
+                Just(stride),
+                Just(channels),
+            )),
+    ) {
+        use tapegrad::gradcheck::{GradCheckOptions, check_model};
+        use tapegrad::nn::{Activation, BatchNorm, Conv, Dense, GlobalAvgPool, Pool, Sequential};
+        use tapegrad::{ApplyOptions, ModuleExt, Mutable};
+        let model = Sequential::<f64>::new()
+            .push(Conv::new(channels + 1, [3, 3]).strides([stride, stride]))
+            .push(BatchNorm::new().momentum(0.8))
+            .push(Activation::Tanh)
+            .push(Pool::average([2, 2]).with_padding(Padding::Same))
+            .push(Conv::new(2, [1, 1]))
+            .push(BatchNorm::new())
+            .push(GlobalAvgPool)
+            .push(Dense::new(3));
+        let x = Tensor::constant(x);
+        let variables = model.init(1, &x)?;
+        let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
+        let report = check_model(&model, &variables, &x, &train,
+            |logits| tapegrad::softmax_cross_entropy(logits, &labels), &GradCheckOptions::default())?;
+        prop_assert!(report.passed(), "{report}");
+        prop_assert_eq!(report.held_fixed, vec![("batch_stats".to_string(), true)]);
+    }
+}

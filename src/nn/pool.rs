@@ -49,6 +49,16 @@ impl Pool {
             ..Pool::max(window)
         }
     }
+
+    /// The same pooling with other strides.
+    pub fn with_strides(self, strides: [usize; 2]) -> Self {
+        Pool { strides, ..self }
+    }
+
+    /// The same pooling with other padding.
+    pub fn with_padding(self, padding: Padding) -> Self {
+        Pool { padding, ..self }
+    }
 }
 
 impl<A: Float> Module<A> for Pool {
