@@ -204,7 +204,12 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
 
     std::fs::create_dir_all(&args.out)?;
     let plot_path = args.out.join("train_cnn.svg");
-    plot(&plot_path, &[("CNN with BatchNorm", &history)], 0.1)?;
+    let majority = (0..10)
+        .map(|d| test_idx.iter().filter(|&&i| data.labels[i] == d).count())
+        .max()
+        .unwrap_or(0) as f64
+        / test_idx.len() as f64;
+    plot(&plot_path, &[("CNN with BatchNorm", &history)], majority)?;
     let final_accuracy = accuracy(&model, &vars, &data, test_idx);
     println!(
         "\nfinal test accuracy (evaluation mode, running statistics): {:.1}%",
