@@ -26,43 +26,37 @@ use crate::tensor::Tensor;
 /// # Ok::<(), tapegrad::Error>(())
 /// ```
 pub fn softmax_cross_entropy<A: Float>(logits: &Tensor<A>, labels: &[usize]) -> Result<Tensor<A>> {
-    if Fusion::is_on() {
-        return fused::softmax_cross_entropy(logits, labels);
-    }
+    const OP: &str = "softmax_cross_entropy";
     let &[batch, classes] = logits.shape() else {
         return Err(Error::invalid(
-            "softmax_cross_entropy",
+            OP,
             logits.shape(),
             "expected logits of shape (batch, classes)",
         ));
     };
     if labels.len() != batch {
         return Err(Error::incompatible(
-            "softmax_cross_entropy",
+            OP,
             logits.shape(),
             &[labels.len()],
             "one label per row of logits",
         ));
     }
+    if let Some(&index) = labels.iter().find(|&&l| l >= classes) {
+        return Err(Error::IndexOutOfRange {
+            op: OP,
+            index,
+            len: classes,
+        });
+    }
+    if Fusion::is_on() {
+        return fused::softmax_cross_entropy(logits, labels); // the same, in one node
+    }
     let picked = logits
         .log_softmax(1)?
-        .mul(&one_hot(labels, classes).map_err(|_| out_of_range(labels, classes))?)?
+        .mul(&one_hot(labels, classes)?)?
         .sum_all();
     Ok(picked.mul_scalar(A::of(-1.0 / batch.max(1) as f64)))
-}
-
-/// The error for a label that is not a class, named after the loss rather than `one_hot`.
-fn out_of_range(labels: &[usize], classes: usize) -> Error {
-    let index = labels
-        .iter()
-        .copied()
-        .find(|&l| l >= classes)
-        .unwrap_or(classes);
-    Error::IndexOutOfRange {
-        op: "softmax_cross_entropy",
-        index,
-        len: classes,
-    }
 }
 
 /// Mean squared error `mean((prediction - target)^2)`, broadcasting.
