@@ -4,7 +4,7 @@
 //!   the cost of recording a node, allocating an output and dispatching, with no arithmetic
 //!   to hide it.
 //! * `matmul/*`: the L-size products of the training step, the tensor op (a large product's
-//!   row halves on two cores, src/gemm.rs) against the raw GEMM of the same shapes
+//!   row halves on two cores, src/kernels/gemm.rs) against the raw GEMM of the same shapes
 //!   (`ndarray::dot`: `matrixmultiply` on one thread, as tapegrad builds it); criterion
 //!   reports the throughput in elements, here multiply-adds, so GFLOP/s = 2 x the reported
 //!   Gelem/s.
