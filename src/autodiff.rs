@@ -11,10 +11,11 @@ use std::sync::Arc;
 
 use ndarray::ArrayD;
 
+use crate::collection::Params;
 use crate::collection::require_disjoint;
-use crate::collection::{Grads, Params};
 use crate::error::{Error, Result};
 use crate::float::Float;
+use crate::grads::Grads;
 use crate::tape::Tape;
 use crate::tensor::Tensor;
 

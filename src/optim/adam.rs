@@ -4,9 +4,10 @@ use std::collections::BTreeMap;
 
 use ndarray::{ArrayD, Zip};
 
-use crate::collection::{Grads, Params};
+use crate::collection::Params;
 use crate::error::{Error, Result};
 use crate::float::Float;
+use crate::grads::Grads;
 use crate::optim::{
     LearningRate, Optimizer, OptimizerState, check_gradients, check_state_shapes,
     setting_at_least_zero, setting_below_one,

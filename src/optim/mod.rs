@@ -37,9 +37,10 @@ use std::collections::BTreeMap;
 
 use ndarray::ArrayD;
 
-use crate::collection::{Grads, Params};
+use crate::collection::Params;
 use crate::error::{Error, Result};
 use crate::float::Float;
+use crate::grads::Grads;
 
 /// A gradient-based optimizer.
 pub trait Optimizer<A: Float> {

@@ -4,9 +4,10 @@ use std::collections::BTreeMap;
 
 use ndarray::{ArrayD, Zip};
 
-use crate::collection::{Grads, Params};
+use crate::collection::Params;
 use crate::error::{Error, Result};
 use crate::float::Float;
+use crate::grads::Grads;
 use crate::kernels::simd;
 use crate::optim::momentum::heavy_ball;
 use crate::optim::{
