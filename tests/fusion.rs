@@ -266,3 +266,31 @@ fn with_fusion_off_the_tape_records_primitives_and_variables_are_the_same() {
     );
     assert_eq!(fused_names, composite_names);
 }
+
+/// `Sequential` runs a BatchNorm followed by a ReLU as `Mlp` does, the ReLU inside the fused
+/// node with fusion on; the values are the same either way.
+#[test]
+fn sequential_runs_batch_norm_then_relu_in_one_node() {
+    use tapegrad::nn::{Activation, Sequential};
+    let model = Sequential::<f64>::new()
+        .push(Dense::new(3))
+        .push(BatchNorm::new())
+        .push(Activation::Relu)
+        .push(Dense::new(2));
+    let x = Tensor::from_vec(&[4, 2], (0..8).map(|i| (i as f64 * 0.7).cos()).collect()).unwrap();
+    let variables = model.init(0, &x).unwrap();
+    let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
+    let run = |fusion: Fusion| {
+        fusion.run(|| {
+            let tape = tapegrad::Tape::new();
+            let p = ParamTensors::leaves(variables.params(), &tape);
+            let (y, _) = model.apply_tracked(&p, &variables, &x, &train).unwrap();
+            let ops: Vec<&str> = tape.entries().iter().map(|e| e.op).collect();
+            (y.value().clone(), ops)
+        })
+    };
+    let ((fused, fused_ops), (composite, composite_ops)) = (run(Fusion::On), run(Fusion::Off));
+    assert!(fused_ops.contains(&"batch_norm_relu"), "{fused_ops:?}");
+    assert!(composite_ops.contains(&"relu") && !composite_ops.contains(&"batch_norm_relu"));
+    assert!(close(&fused, &composite, scale([&composite])));
+}

@@ -1,8 +1,12 @@
 //! `Sequential`: layers applied one after another.
 
+use std::any::Any;
+
 use crate::error::Result;
 use crate::float::Float;
 use crate::module::scope::{Module, Scope};
+use crate::nn::activation::Activation;
+use crate::nn::batch_norm::{BatchNorm, BatchNormRelu};
 use crate::tensor::Tensor;
 
 /// A boxed tensor-to-tensor module, what a [`Sequential`] holds.
@@ -26,7 +30,15 @@ pub type Layer<A> = Box<dyn Module<A, Input = Tensor<A>, Output = Tensor<A>>>;
 /// # Ok::<(), tapegrad::Error>(())
 /// ```
 pub struct Sequential<A: Float> {
-    layers: Vec<Layer<A>>,
+    layers: Vec<Entry<A>>,
+}
+
+/// A layer, with the two kinds `Sequential` recognises: a `BatchNorm` followed by a ReLU runs
+/// as one `BatchNormRelu` (the ReLU inside BatchNorm's fused node, as in [`Mlp`](crate::nn::Mlp)).
+enum Entry<A: Float> {
+    BatchNorm(BatchNorm),
+    Relu,
+    Other(Layer<A>),
 }
 
 impl<A: Float> Default for Sequential<A> {
@@ -46,7 +58,15 @@ impl<A: Float> Sequential<A> {
         mut self,
         layer: impl Module<A, Input = Tensor<A>, Output = Tensor<A>> + 'static,
     ) -> Self {
-        self.layers.push(Box::new(layer));
+        let any: &dyn Any = &layer;
+        let entry = if let Some(bn) = any.downcast_ref::<BatchNorm>() {
+            Entry::BatchNorm(bn.clone())
+        } else if any.downcast_ref::<Activation>() == Some(&Activation::Relu) {
+            Entry::Relu
+        } else {
+            Entry::Other(Box::new(layer))
+        };
+        self.layers.push(entry);
         self
     }
 
@@ -71,8 +91,17 @@ impl<A: Float> Module<A> for Sequential<A> {
 
     fn forward(&self, scope: &mut Scope<'_, A>, x: &Tensor<A>) -> Result<Tensor<A>> {
         let mut x = x.clone();
-        for layer in &self.layers {
-            x = scope.call(layer.as_ref(), &x)?;
+        let mut layers = self.layers.iter().peekable();
+        while let Some(layer) = layers.next() {
+            x = match layer {
+                Entry::BatchNorm(bn) if matches!(layers.peek(), Some(Entry::Relu)) => {
+                    layers.next(); // the ReLU runs inside BatchNorm's node: same variables
+                    scope.call(&BatchNormRelu(bn), &x)?
+                }
+                Entry::BatchNorm(bn) => scope.call(bn, &x)?,
+                Entry::Relu => scope.call(&Activation::Relu, &x)?,
+                Entry::Other(layer) => scope.call(layer.as_ref(), &x)?,
+            };
         }
         Ok(x)
     }
