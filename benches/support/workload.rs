@@ -102,19 +102,23 @@ pub struct Workload<M = Mlp> {
     pub labels: Vec<usize>,
 }
 
-impl Workload {
-    pub fn new(config: Config) -> Self {
-        let mut rng = SplitMix64::new(42);
-        let x: Vec<f32> = (0..config.batch * config.d_in)
-            .map(|_| rng.normal() as f32)
-            .collect();
-        let labels = (0..config.batch)
-            .map(|_| (rng.next_u64() % config.classes as u64) as usize)
-            .collect();
-        let x =
-            Tensor::constant(ArrayD::from_shape_vec(vec![config.batch, config.d_in], x).unwrap());
-        let model = Mlp::new(&[config.hidden, config.hidden], config.classes)
-            .with_batch_norm(BatchNorm::new().momentum(0.9));
+/// The workload's data (section 7): inputs of `shape` from N(0, 1) and one label in
+/// `0..classes` per row, from SplitMix64 seed 42 and Box-Muller.
+fn data(shape: &[usize], classes: usize) -> (Tensor<f32>, Vec<usize>) {
+    let mut rng = SplitMix64::new(42);
+    let x: Vec<f32> = (0..shape.iter().product())
+        .map(|_| rng.normal() as f32)
+        .collect();
+    let labels = (0..shape[0])
+        .map(|_| (rng.next_u64() % classes as u64) as usize)
+        .collect();
+    let x = Tensor::constant(ArrayD::from_shape_vec(shape.to_vec(), x).unwrap());
+    (x, labels)
+}
+
+impl<M: Module<f32, Input = Tensor<f32>, Output = Tensor<f32>>> Workload<M> {
+    /// `model` initialised on `x`, with SGD momentum 0.9 at learning rate 0.1.
+    fn with(model: M, (x, labels): (Tensor<f32>, Vec<usize>)) -> Self {
         let variables = model.init(0, &x).unwrap();
         Workload {
             model,
@@ -126,28 +130,21 @@ impl Workload {
     }
 }
 
+impl Workload {
+    /// The MLP workload at `config`.
+    pub fn new(config: Config) -> Self {
+        let model = Mlp::new(&[config.hidden, config.hidden], config.classes)
+            .with_batch_norm(BatchNorm::new().momentum(0.9));
+        Self::with(model, data(&[config.batch, config.d_in], config.classes))
+    }
+}
+
 impl Workload<Sequential<f32>> {
     /// The CNN workload at `config`, with its inputs `(B, side, side, C)`.
     #[allow(dead_code)]
     pub fn cnn(config: CnnConfig) -> Self {
-        let mut rng = SplitMix64::new(42);
         let shape = [config.batch, config.side, config.side, config.in_channels];
-        let x: Vec<f32> = (0..shape.iter().product())
-            .map(|_| rng.normal() as f32)
-            .collect();
-        let labels = (0..config.batch)
-            .map(|_| (rng.next_u64() % config.classes as u64) as usize)
-            .collect();
-        let x = Tensor::constant(ArrayD::from_shape_vec(shape.to_vec(), x).unwrap());
-        let model = cnn(config);
-        let variables = model.init(0, &x).unwrap();
-        Workload {
-            model,
-            variables,
-            optimizer: Sgd::new(0.1).momentum(0.9),
-            x,
-            labels,
-        }
+        Self::with(cnn(config), data(&shape, config.classes))
     }
 }
 
