@@ -71,14 +71,7 @@ fn mib(bytes: usize) -> f64 {
 }
 
 fn main() {
-    let mut sizes: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    if sizes.is_empty() {
-        sizes = vec!["S".into(), "M".into(), "L".into()];
-    }
-    for size in sizes {
+    for size in workload::sizes_from_args() {
         let config = match size.as_str() {
             "S" => workload::S,
             "M" => workload::M,

@@ -9,15 +9,7 @@ use std::time::Instant;
 mod workload;
 
 fn main() {
-    // cargo bench passes --bench; the sizes are the other arguments.
-    let mut sizes: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    if sizes.is_empty() {
-        sizes = vec!["S".into(), "M".into(), "L".into()];
-    }
-    for size in sizes {
+    for size in workload::sizes_from_args() {
         match size.as_str() {
             "S" => report(
                 workload::S.name,

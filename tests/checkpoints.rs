@@ -35,6 +35,15 @@ fn problems(err: Error) -> Vec<CheckpointProblem> {
     }
 }
 
+/// The largest elementwise difference between two arrays of logits.
+fn worst_difference(a: &ArrayD<f64>, b: &ArrayD<f64>) -> f64 {
+    assert_eq!(a.shape(), b.shape());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
 /// Random variables: 1 to 4 collections (params among them) of 1 to 3 arrays each.
 fn random_variables() -> impl Strategy<Value = Variables<f64>> {
     let entry = (
@@ -234,12 +243,7 @@ fn a_pytorch_mlp_with_batch_norm_gives_pytorchs_eval_logits() {
     let x = Tensor::constant(expected.get("inputs/x").unwrap().clone());
     let (logits, _) = model().apply(&vars, &x, &ApplyOptions::eval()).unwrap();
     let want = expected.get("outputs/logits").unwrap();
-    let worst = logits
-        .value()
-        .iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
+    let worst = worst_difference(logits.value(), want);
     assert!(worst <= 1e-12, "worst difference {worst:e}");
 
     // The running statistics came from PyTorch's buffers, not from init.
@@ -257,12 +261,7 @@ fn a_pytorch_mlp_with_batch_norm_gives_pytorchs_eval_logits() {
             &ApplyOptions::eval(),
         )
         .unwrap();
-    let worst = logits32
-        .value()
-        .iter()
-        .zip(want)
-        .map(|(a, b)| (f64::from(*a) - b).abs())
-        .fold(0.0, f64::max);
+    let worst = worst_difference(&logits32.value().mapv(f64::from), want);
     assert!(worst <= 1e-5, "worst f32 difference {worst:e}");
 }
 
@@ -309,12 +308,7 @@ fn a_pytorch_cnn_with_batch_norm_2d_gives_pytorchs_eval_logits() {
         let mut vars = model.init(0, &x).unwrap();
         import_pytorch_into(&mut vars, &state_dict, &mapping, LoadMode::Strict).unwrap();
         let (logits, _) = model.apply(&vars, &x, &ApplyOptions::eval()).unwrap();
-        let worst = logits
-            .value()
-            .iter()
-            .zip(want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max);
+        let worst = worst_difference(logits.value(), want);
         (worst, vars)
     };
     let (worst, vars) = logits(Flatten::channels_first());

@@ -207,3 +207,18 @@ pub fn peak_rss_mib() -> f64 {
         })
         .map_or(0.0, |kib| kib / 1024.0)
 }
+
+/// The sizes named on the command line (cargo bench passes `--bench` too: flags are
+/// skipped), or S, M and L.
+#[allow(dead_code)]
+pub fn sizes_from_args() -> Vec<String> {
+    let sizes: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    if sizes.is_empty() {
+        vec!["S".into(), "M".into(), "L".into()]
+    } else {
+        sizes
+    }
+}

@@ -25,6 +25,7 @@
 mod adam;
 mod momentum;
 mod schedule;
+mod settings;
 mod sgd;
 mod state;
 
@@ -32,6 +33,8 @@ pub use adam::Adam;
 pub use schedule::LearningRate;
 pub use sgd::Sgd;
 pub use state::OptimizerState;
+
+pub(crate) use settings::{setting_at_least_zero, setting_below_one};
 
 use std::collections::BTreeMap;
 
@@ -104,19 +107,3 @@ pub(crate) fn check_gradients<A: Float>(
     }
     Ok(())
 }
-
-/// An error unless `value` is finite and in `[0, 1)` (a β of Adam, a decay rate).
-pub(crate) fn setting_below_one(op: &'static str, setting: &'static str, value: f64) -> Result<()> {
-    if value.is_finite() && (0.0..1.0).contains(&value) {
-        Ok(())
-    } else {
-        Err(Error::InvalidSetting {
-            op,
-            setting,
-            value,
-            expected: "in [0, 1)",
-        })
-    }
-}
-
-pub(crate) use schedule::setting_at_least_zero;

@@ -1,6 +1,7 @@
 //! Learning-rate schedules.
 
 use crate::error::{Error, Result};
+use crate::optim::settings::setting_at_least_zero;
 
 /// A learning rate as a function of the step (0-based).
 ///
@@ -166,24 +167,6 @@ impl LearningRate {
 fn cosine_decay(from: f64, to: f64, step: usize, steps: usize) -> f64 {
     let progress = step as f64 / steps.max(1) as f64;
     to + (from - to) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
-}
-
-/// An error unless `value` is finite and at least 0.
-pub(crate) fn setting_at_least_zero(
-    op: &'static str,
-    setting: &'static str,
-    value: f64,
-) -> Result<()> {
-    if value.is_finite() && value >= 0.0 {
-        Ok(())
-    } else {
-        Err(Error::InvalidSetting {
-            op,
-            setting,
-            value,
-            expected: "finite and at least 0",
-        })
-    }
 }
 
 impl From<f64> for LearningRate {
