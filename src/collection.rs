@@ -1,7 +1,7 @@
 //! Ordered maps from slash paths to arrays: a [`Collection`] of variables, and the
 //! [`Params`] (the one collection that gradients and optimizers see).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, btree_map};
 use std::fmt;
 use std::sync::Arc;
 
@@ -9,6 +9,7 @@ use ndarray::ArrayD;
 
 use crate::error::{Error, Result};
 use crate::float::Float;
+use crate::into_array::IntoArray;
 
 /// One collection of variables: an ordered map from a slash path (`"Dense_0/kernel"`) to an
 /// array. Iteration is in path order, so it is deterministic.
@@ -54,9 +55,14 @@ impl<A: Float> Collection<A> {
         }
     }
 
-    /// Inserts or replaces the array at `path`, returning the old one.
-    pub fn insert(&mut self, path: impl Into<String>, value: ArrayD<A>) -> Option<ArrayD<A>> {
-        self.insert_shared(path.into(), Arc::new(value))
+    /// Inserts or replaces the array at `path`, returning the old one. `value` is any
+    /// ndarray array, view or reference to one (see [`IntoArray`]).
+    pub fn insert(
+        &mut self,
+        path: impl Into<String>,
+        value: impl IntoArray<A>,
+    ) -> Option<ArrayD<A>> {
+        self.insert_shared(path.into(), Arc::new(value.into_array()))
             .map(Arc::unwrap_or_clone)
     }
 
@@ -136,13 +142,46 @@ impl<A: Float> Collection<A> {
     }
 }
 
-impl<A: Float> FromIterator<(String, ArrayD<A>)> for Collection<A> {
-    fn from_iter<I: IntoIterator<Item = (String, ArrayD<A>)>>(iter: I) -> Self {
+/// Collects `(path, array)` pairs: any path that converts into a `String` and any
+/// [`IntoArray`] value, so `[("w", arr1(&[1.0]))].into_iter().collect()` works.
+impl<A: Float, K: Into<String>, V: IntoArray<A>> FromIterator<(K, V)> for Collection<A> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         Collection {
-            entries: iter.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
+            entries: iter
+                .into_iter()
+                .map(|(k, v)| (k.into(), Arc::new(v.into_array())))
+                .collect(),
         }
     }
 }
+
+/// `(path, array)` pairs in path order, by reference: `for (path, value) in &collection`.
+impl<'a, A: Float> IntoIterator for &'a Collection<A> {
+    type Item = (&'a str, &'a ArrayD<A>);
+    type IntoIter = Iter<'a, A>;
+
+    fn into_iter(self) -> Iter<'a, A> {
+        Iter(self.entries.iter())
+    }
+}
+
+/// `(path, array)` pairs in path order, borrowed from a [`Collection`] or [`Params`].
+#[derive(Debug, Clone)]
+pub struct Iter<'a, A>(btree_map::Iter<'a, String, Arc<ArrayD<A>>>);
+
+impl<'a, A> Iterator for Iter<'a, A> {
+    type Item = (&'a str, &'a ArrayD<A>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next().map(|(k, v)| (k.as_str(), &**v))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.0.size_hint()
+    }
+}
+
+impl<A> ExactSizeIterator for Iter<'_, A> {}
 
 impl<A: Float> fmt::Debug for Collection<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -247,9 +286,20 @@ impl<A: Float> std::ops::DerefMut for Params<A> {
     }
 }
 
-impl<A: Float> FromIterator<(String, ArrayD<A>)> for Params<A> {
-    fn from_iter<I: IntoIterator<Item = (String, ArrayD<A>)>>(iter: I) -> Self {
+/// As for [`Collection`]: `[("w", arr1(&[1.0]))].into_iter().collect::<Params<f64>>()`.
+impl<A: Float, K: Into<String>, V: IntoArray<A>> FromIterator<(K, V)> for Params<A> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         Params(iter.into_iter().collect())
+    }
+}
+
+/// `for (path, value) in &params`.
+impl<'a, A: Float> IntoIterator for &'a Params<A> {
+    type Item = (&'a str, &'a ArrayD<A>);
+    type IntoIter = Iter<'a, A>;
+
+    fn into_iter(self) -> Iter<'a, A> {
+        (&self.0).into_iter()
     }
 }
 

@@ -4,6 +4,7 @@ use ndarray::ArrayD;
 
 use crate::error::{Error, Result};
 use crate::float::Float;
+use crate::into_array::IntoArray;
 use crate::tape::{GradientSlots, Saved};
 use crate::tensor::Tensor;
 
@@ -71,8 +72,8 @@ impl<A: Float> Tensor<A> {
 
     /// Reverse mode seeded with an explicit cotangent of this tensor's shape: the result
     /// holds `J^T cotangent` for each leaf. PyTorch: `y.backward(gradient=cotangent)`.
-    pub fn backward_with(&self, cotangent: &ArrayD<A>) -> Result<Gradients<A>> {
-        self.reverse("backward_with", cotangent, Saved::Release)
+    pub fn backward_with(&self, cotangent: impl IntoArray<A>) -> Result<Gradients<A>> {
+        self.reverse("backward_with", &cotangent.into_array(), Saved::Release)
     }
 
     /// [`Tensor::backward_with`], keeping every op's saved values so that the tape can be
@@ -92,8 +93,8 @@ impl<A: Float> Tensor<A> {
     /// assert!(y.backward_with(&arr1(&[1.0, 1.0]).into_dyn()).is_err()); // released
     /// # Ok::<(), tapegrad::Error>(())
     /// ```
-    pub fn backward_retaining(&self, cotangent: &ArrayD<A>) -> Result<Gradients<A>> {
-        self.reverse("backward_retaining", cotangent, Saved::Retain)
+    pub fn backward_retaining(&self, cotangent: impl IntoArray<A>) -> Result<Gradients<A>> {
+        self.reverse("backward_retaining", &cotangent.into_array(), Saved::Retain)
     }
 
     fn reverse(

@@ -1,7 +1,7 @@
 //! [`Grads`]: gradients keyed exactly like the params they were taken with respect to, and
 //! the transforms (accumulate, scale, clip) that keep them so.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, btree_map};
 use std::fmt;
 
 use ndarray::ArrayD;
@@ -219,6 +219,19 @@ impl<A: Float> Grads<A> {
             }
         }
         Ok(())
+    }
+}
+
+/// `for (path, gradient) in &grads`, in path order.
+impl<'a, A: Float> IntoIterator for &'a Grads<A> {
+    type Item = (&'a str, &'a ArrayD<A>);
+    type IntoIter = std::iter::Map<
+        btree_map::Iter<'a, String, ArrayD<A>>,
+        fn((&'a String, &'a ArrayD<A>)) -> (&'a str, &'a ArrayD<A>),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.iter().map(|(k, v)| (k.as_str(), v))
     }
 }
 

@@ -9,6 +9,7 @@ use ndarray::{ArrayD, IxDyn};
 
 use crate::error::{Error, Result};
 use crate::float::Float;
+use crate::into_array::IntoArray;
 use crate::tape::{Operand, Tape};
 
 /// A value (an `ArrayD<A>`, shared, never copied when a tensor is cloned) and, if tracked,
@@ -48,8 +49,10 @@ impl<A: Float> Clone for Tensor<A> {
 
 impl<A: Float> Tensor<A> {
     /// A constant: no node, no gradient. PyTorch: a tensor with `requires_grad=False`.
-    pub fn constant(value: ArrayD<A>) -> Self {
-        Self::from_shared(Arc::new(value))
+    /// `value` is any ndarray array, view or reference to one (see [`IntoArray`]).
+    #[must_use]
+    pub fn constant(value: impl IntoArray<A>) -> Self {
+        Self::from_shared(Arc::new(value.into_array()))
     }
 
     /// A 0-d constant.
@@ -226,8 +229,10 @@ pub(crate) fn record_one<A: Float>(
 impl<A: Float> Tape<A> {
     /// A tracked leaf holding `value`: what the gradient is taken with respect to.
     /// `name` labels it when the tape is printed (tapegrad uses the param's path).
-    pub fn leaf(&self, name: impl Into<String>, value: ArrayD<A>) -> Tensor<A> {
-        self.leaf_shared(Some(name.into()), Arc::new(value))
+    /// `value` is any ndarray array, view or reference to one (see [`IntoArray`]).
+    #[must_use]
+    pub fn leaf(&self, name: impl Into<String>, value: impl IntoArray<A>) -> Tensor<A> {
+        self.leaf_shared(Some(name.into()), Arc::new(value.into_array()))
     }
 
     pub(crate) fn leaf_shared(&self, name: Option<String>, value: Arc<ArrayD<A>>) -> Tensor<A> {

@@ -25,6 +25,7 @@ mod plot;
 use data::Data;
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Axis;
+use rand::seq::SliceRandom;
 use plot::{History, plot};
 use tapegrad::checkpoint::{self, LoadMode};
 use tapegrad::nn::{BatchNorm, Dense, Mlp};
@@ -184,7 +185,7 @@ fn train(
 
     println!("\n== {name}: {} params", vars.params().size());
     for epoch in 1..=args.epochs {
-        rng.shuffle(&mut order);
+        order.shuffle(&mut rng);
         if epoch < first_epoch {
             continue; // done before the checkpoint; the shuffle above keeps the order in step
         }
@@ -257,7 +258,7 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
 
     // A fixed, seeded 80/20 split.
     let mut idx: Vec<usize> = (0..data.y.len()).collect();
-    SplitMix64::new(args.seed).shuffle(&mut idx);
+    idx.shuffle(&mut SplitMix64::new(args.seed));
     let (train_idx, test_idx) = idx.split_at(data.y.len() * 4 / 5);
     let majority = (0..6)
         .map(|c| test_idx.iter().filter(|&&i| data.y[i] == c).count())

@@ -22,6 +22,7 @@ mod plot;
 
 use data::Digits;
 use plot::{History, plot};
+use rand::seq::SliceRandom;
 use tapegrad::checkpoint::{self, LoadMode};
 use tapegrad::nn::{Activation, BatchNorm, Conv, Dense, GlobalAvgPool, Pool, Sequential};
 use tapegrad::optim::{LearningRate, Optimizer, Sgd};
@@ -109,7 +110,7 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
     let data = Digits::load(&args.data)?;
     // A fixed, seeded 80/20 split.
     let mut idx: Vec<usize> = (0..data.labels.len()).collect();
-    SplitMix64::new(args.seed).shuffle(&mut idx);
+    idx.shuffle(&mut SplitMix64::new(args.seed));
     let (train_idx, test_idx) = idx.split_at(data.labels.len() * 4 / 5);
     println!(
         "digits: {} train, {} test images of 8x8 pixels, 10 classes",
@@ -162,7 +163,7 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
     let mut order = train_idx.to_vec();
     let (mut history, mut stats_in_grads) = (History::default(), 0usize);
     for epoch in 1..=args.epochs {
-        rng.shuffle(&mut order);
+        order.shuffle(&mut rng);
         if epoch < first_epoch {
             continue; // done before the checkpoint; the shuffle keeps the order in step
         }

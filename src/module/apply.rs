@@ -7,6 +7,7 @@ use crate::error::Result;
 use crate::float::Float;
 use crate::module::context::{Context, Phase};
 use crate::module::scope::{Module, Scope};
+use crate::rng::IntoSeed;
 use crate::variables::{Mutable, Updates, Variables};
 
 /// How to run `apply`: training or evaluation mode, which collections are mutable, and the
@@ -46,9 +47,10 @@ impl ApplyOptions {
         self
     }
 
-    /// Gives the random stream `stream` (e.g. `"dropout"`) the seed `seed`.
-    pub fn rng(mut self, stream: &str, seed: u64) -> Self {
-        self.rngs.insert(stream.to_string(), seed);
+    /// Gives the random stream `stream` (e.g. `"dropout"`) the seed `seed`: a `u64`, or a
+    /// draw from a `rand` generator (see [`IntoSeed`]).
+    pub fn rng(mut self, stream: &str, seed: impl IntoSeed) -> Self {
+        self.rngs.insert(stream.to_string(), seed.into_seed());
         self
     }
 
@@ -67,19 +69,29 @@ impl ApplyOptions {
 pub trait ModuleExt<A: Float>: Module<A> {
     /// Runs the module once in evaluation mode and returns every variable it created, in
     /// every collection. Param values come from random streams derived from `seed` and
-    /// each variable's path. Flax: `model.init(key, x)`.
-    fn init(&self, seed: u64, input: &Self::Input) -> Result<Variables<A>> {
+    /// each variable's path; `seed` is a `u64` or a user's `rand` generator
+    /// (`&mut rng`, see [`IntoSeed`]). Flax: `model.init(key, x)`.
+    ///
+    /// # Errors
+    ///
+    /// Whatever the module's `forward` returns: a shape or setting error naming the layer.
+    fn init(&self, seed: impl IntoSeed, input: &Self::Input) -> Result<Variables<A>> {
         self.init_with(seed, input, &ApplyOptions::eval())
     }
 
     /// [`ModuleExt::init`] with explicit options (e.g. training mode). Layers do not update
     /// state while initialising.
+    ///
+    /// # Errors
+    ///
+    /// As [`ModuleExt::init`].
     fn init_with(
         &self,
-        seed: u64,
+        seed: impl IntoSeed,
         input: &Self::Input,
         options: &ApplyOptions,
     ) -> Result<Variables<A>> {
+        let seed = seed.into_seed();
         let mutable = Mutable::all();
         let ctx = Context::new(
             Phase::Init { seed },

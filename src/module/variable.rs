@@ -6,6 +6,7 @@ use ndarray::ArrayD;
 
 use crate::error::{Error, Result};
 use crate::float::Float;
+use crate::into_array::IntoArray;
 use crate::kernels::simd;
 use crate::module::context::{Context, check_shape};
 use crate::tensor::Tensor;
@@ -43,7 +44,12 @@ impl<A: Float> Variable<'_, A> {
     /// Writes a new value. An error, with nothing written, if the collection is not mutable
     /// in this `apply` ([`Error::ImmutableCollection`]) or if the shape differs from the
     /// stored one. In `init` every collection is writable.
-    pub fn set(&self, value: ArrayD<A>) -> Result<()> {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ImmutableCollection`] or [`Error::ShapeMismatch`], with nothing written.
+    pub fn set(&self, value: impl IntoArray<A>) -> Result<()> {
+        let value = value.into_array();
         if !self.is_mutable() {
             return Err(Error::ImmutableCollection {
                 collection: self.collection.clone(),
@@ -62,7 +68,12 @@ impl<A: Float> Variable<'_, A> {
     /// [`Variable::set`], refusing a value that holds NaN or an infinity
     /// ([`Error::NonFinite`] naming the variable, nothing written): for state that must stay
     /// finite, such as running statistics. `op` names the layer in the error.
-    pub fn set_finite(&self, op: &'static str, value: ArrayD<A>) -> Result<()> {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NonFinite`], or what [`Variable::set`] returns; nothing is written.
+    pub fn set_finite(&self, op: &'static str, value: impl IntoArray<A>) -> Result<()> {
+        let value = value.into_array();
         self.check_finite(op, &value)?;
         self.set(value)
     }

@@ -1,6 +1,7 @@
 //! `Dropout`, with its own random stream.
 
 use ndarray::ArrayD;
+use rand::RngExt;
 
 use crate::error::{Error, Result};
 use crate::float::Float;
@@ -9,7 +10,8 @@ use crate::tensor::Tensor;
 
 /// Zeroes each element with probability `rate` in training mode and scales the rest by
 /// `1 / (1 - rate)`; the identity in evaluation mode. The mask comes from the `"dropout"`
-/// random stream, which `apply` must be given (`ApplyOptions::train().rng("dropout", seed)`).
+/// random stream, which `apply` must be given (`ApplyOptions::train().rng("dropout", seed)`);
+/// each element keeps with `rand`'s `random_bool(1 - rate)` on that stream.
 /// Flax: `nn.Dropout(rate)`; PyTorch: `nn.Dropout(p=rate)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dropout {
@@ -47,7 +49,7 @@ impl<A: Float> Module<A> for Dropout {
         let mut rng = scope.rng("dropout")?;
         let scale = if keep > 0.0 { 1.0 / keep } else { 0.0 };
         let mask = ArrayD::from_shape_simple_fn(x.shape(), || {
-            A::of(if rng.uniform() < keep { scale } else { 0.0 })
+            A::of(if rng.random_bool(keep) { scale } else { 0.0 })
         });
         x.mul(&Tensor::constant(mask))
     }

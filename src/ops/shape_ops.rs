@@ -4,6 +4,7 @@ use ndarray::{ArrayD, Axis, IxDyn, Slice};
 
 use crate::error::{Error, Result};
 use crate::float::Float;
+use crate::into_array::IntoArray;
 use crate::shape::{broadcast_shape, element_count, reshaped};
 use crate::tensor::Tensor;
 use crate::tensor::{record, record_one};
@@ -160,7 +161,8 @@ impl<A: Float> Tensor<A> {
     /// assert!(table.gather_rows(&arr1(&[3usize]).into_dyn()).is_err()); // id out of range
     /// # Ok::<(), tapegrad::Error>(())
     /// ```
-    pub fn gather_rows(&self, ids: &ArrayD<usize>) -> Result<Tensor<A>> {
+    pub fn gather_rows(&self, ids: impl IntoArray<usize>) -> Result<Tensor<A>> {
+        let ids = ids.into_array();
         let [rows, width] = *self.shape() else {
             return Err(Error::invalid(
                 "gather_rows",
