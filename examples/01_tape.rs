@@ -11,8 +11,8 @@ use tapegrad::{Tape, Tensor};
 
 fn main() -> tapegrad::Result<()> {
     let tape = Tape::<f64>::new();
-    let w = tape.leaf("w", arr1(&[0.5, -1.0, 2.0]).into_dyn());
-    let x = Tensor::constant(arr1(&[1.0, 2.0, 3.0]).into_dyn()); // an input: a constant
+    let w = tape.leaf("w", arr1(&[0.5, -1.0, 2.0]));
+    let x = Tensor::constant(arr1(&[1.0, 2.0, 3.0])); // an input: a constant
 
     let f = x.mul(&w)?.tanh().add(&w.square())?.sum_all();
 

@@ -24,7 +24,7 @@ fn softplus(x: &Tensor<f64>) -> tapegrad::Result<Tensor<f64>> {
 fn main() -> tapegrad::Result<()> {
     // 1. Broadcasting, and its gradient summed back to shape.
     let tape = Tape::<f64>::new();
-    let bias = tape.leaf("bias", arr1(&[0.1, 0.2, 0.3]).into_dyn());
+    let bias = tape.leaf("bias", arr1(&[0.1, 0.2, 0.3]));
     let batch = Tensor::constant(ArrayD::ones(vec![4, 3])).with_label("batch");
     let y = batch.add(&bias)?.sum_all();
     let grads = y.backward()?;
@@ -35,18 +35,15 @@ fn main() -> tapegrad::Result<()> {
 
     // 2. A value used twice: f(x) = x * x, the tape adds both uses: 2x.
     let tape = Tape::<f64>::new();
-    let x = tape.leaf("x", arr1(&[3.0]).into_dyn());
+    let x = tape.leaf("x", arr1(&[3.0]));
     let grads = x.mul(&x)?.sum_all().backward()?;
     println!("d (x * x) / dx at 3 = {}", grads.get(&x).unwrap());
     println!("{tape}");
 
     // 3. An op of our own, checked against central differences.
-    let params: Params<f64> = [(
-        "x".to_string(),
-        arr2(&[[-2.0, -0.5], [0.5, 3.0]]).into_dyn(),
-    )]
-    .into_iter()
-    .collect();
+    let params: Params<f64> = [("x".to_string(), arr2(&[[-2.0, -0.5], [0.5, 3.0]]))]
+        .into_iter()
+        .collect();
     let report = check_grads(
         &params,
         |p| softplus(p.get("x")?),

@@ -36,7 +36,7 @@ fn main() -> tapegrad::Result<()> {
             vec![Some(g * &y2.mapv(|y| 1.0 - y))]
         })
     };
-    let params: Params<f64> = [("x".to_string(), arr1(&[-1.0, 0.5, 2.0]).into_dyn())]
+    let params: Params<f64> = [("x".to_string(), arr1(&[-1.0, 0.5, 2.0]))]
         .into_iter()
         .collect();
     let report = check_grads(

@@ -109,7 +109,7 @@ impl<A: Float> ParamTensors<A> {
 /// use ndarray::arr1;
 ///
 /// let mut params = Params::<f64>::new();
-/// params.insert("w", arr1(&[1.0, 2.0]).into_dyn());
+/// params.insert("w", arr1(&[1.0, 2.0]));
 /// // loss = sum(w^2), so d loss / d w = 2w.
 /// let (loss, grads) = value_and_grad(&params, |p| Ok(p.get("w")?.square().sum_all()))?;
 /// assert_eq!(loss, 5.0);

@@ -28,8 +28,8 @@ impl<A: Float> Tape<A> {
     /// ```
     /// use tapegrad::{Tape, Tensor};
     /// let tape = Tape::<f64>::new();
-    /// let w = tape.leaf("w", ndarray::arr1(&[1.0, 2.0]).into_dyn());
-    /// let x = Tensor::constant(ndarray::arr1(&[3.0, 4.0]).into_dyn()).with_label("x");
+    /// let w = tape.leaf("w", ndarray::arr1(&[1.0, 2.0]));
+    /// let x = Tensor::constant(ndarray::arr1(&[3.0, 4.0])).with_label("x");
     /// let _ = w.mul(&x)?.sum_all();
     /// let dot = tape.to_dot();
     /// assert!(dot.starts_with("digraph tape {"));

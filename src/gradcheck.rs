@@ -228,7 +228,7 @@ fn dot(a: &ArrayD<f64>, b: &ArrayD<f64>) -> f64 {
 /// use ndarray::arr1;
 ///
 /// let mut params = Params::new();
-/// params.insert("x", arr1(&[0.5, 1.5, 2.5]).into_dyn());
+/// params.insert("x", arr1(&[0.5, 1.5, 2.5]));
 /// let report = check_grads(&params, |p| Ok(p.get("x")?.log().tanh()), &GradCheckOptions::default())?;
 /// assert!(report.passed(), "{report}");
 /// # Ok::<(), tapegrad::Error>(())

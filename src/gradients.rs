@@ -67,7 +67,7 @@ impl<A: Float> Tensor<A> {
                 shape: self.shape().into(),
             });
         }
-        self.backward_with(&ArrayD::ones(self.shape()))
+        self.backward_with(ArrayD::ones(self.shape()))
     }
 
     /// Reverse mode seeded with an explicit cotangent of this tensor's shape: the result
@@ -84,13 +84,13 @@ impl<A: Float> Tensor<A> {
     /// use tapegrad::Tape;
     /// use ndarray::arr1;
     /// let tape = Tape::<f64>::new();
-    /// let x = tape.leaf("x", arr1(&[1.0, 2.0]).into_dyn());
+    /// let x = tape.leaf("x", arr1(&[1.0, 2.0]));
     /// let y = x.square(); // dy_i/dx_i = 2 x_i
-    /// let first = y.backward_retaining(&arr1(&[1.0, 0.0]).into_dyn())?;
-    /// let second = y.backward_with(&arr1(&[0.0, 1.0]).into_dyn())?; // the last walk
+    /// let first = y.backward_retaining(&arr1(&[1.0, 0.0]))?;
+    /// let second = y.backward_with(&arr1(&[0.0, 1.0]))?; // the last walk
     /// assert_eq!(first.wrt(&x)?.as_slice().unwrap(), &[2.0, 0.0]);
     /// assert_eq!(second.wrt(&x)?.as_slice().unwrap(), &[0.0, 4.0]);
-    /// assert!(y.backward_with(&arr1(&[1.0, 1.0]).into_dyn()).is_err()); // released
+    /// assert!(y.backward_with(&arr1(&[1.0, 1.0])).is_err()); // released
     /// # Ok::<(), tapegrad::Error>(())
     /// ```
     pub fn backward_retaining(&self, cotangent: impl IntoArray<A>) -> Result<Gradients<A>> {

@@ -22,7 +22,7 @@ use crate::kernels::simd;
 /// use tapegrad::{value_and_grad, Grads, Params};
 /// use ndarray::arr1;
 ///
-/// let params: Params<f64> = [("w".to_string(), arr1(&[3.0, 4.0]).into_dyn())].into_iter().collect();
+/// let params: Params<f64> = [("w".to_string(), arr1(&[3.0, 4.0]))].into_iter().collect();
 /// // Two micro-batches, accumulated: the gradient of sum(w²) is 2w each time.
 /// let mut total = Grads::zeros_like(&params);
 /// for _ in 0..2 {

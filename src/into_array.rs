@@ -6,7 +6,7 @@ use ndarray::{Array, ArrayBase, ArrayD, ArrayView, Data, Dimension};
 /// dimension (moved, not copied), a view, or a reference to any array (copied). This is what
 /// [`Tensor::constant`](crate::Tensor::constant), [`Tape::leaf`](crate::Tape::leaf),
 /// [`Collection::insert`](crate::Collection::insert) and [`Variable::set`](crate::Variable::set)
-/// take, so callers need no `.into_dyn()`.
+/// take, so callers need no ``.
 ///
 /// ```
 /// use ndarray::{Array2, arr1};

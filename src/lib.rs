@@ -17,10 +17,10 @@
 //!
 //! // A linear model y = x w + b and a squared-error loss.
 //! let mut params = Params::<f64>::new();
-//! params.insert("w", arr2(&[[0.5], [-1.0]]).into_dyn());
-//! params.insert("b", arr1(&[0.1]).into_dyn());
-//! let x = Tensor::constant(arr2(&[[1.0, 2.0], [3.0, 4.0]]).into_dyn());
-//! let y = Tensor::constant(arr2(&[[1.0], [0.0]]).into_dyn());
+//! params.insert("w", arr2(&[[0.5], [-1.0]]));
+//! params.insert("b", arr1(&[0.1]));
+//! let x = Tensor::constant(arr2(&[[1.0, 2.0], [3.0, 4.0]]));
+//! let y = Tensor::constant(arr2(&[[1.0], [0.0]]));
 //!
 //! let (loss, grads) = value_and_grad(&params, |p| {
 //!     let prediction = x.matmul(p.get("w")?)?.add(p.get("b")?)?;
@@ -55,8 +55,8 @@ pub mod fusion;
 pub mod gradcheck;
 mod gradients;
 mod grads;
-mod into_array;
 pub mod guide;
+mod into_array;
 mod kernels;
 mod module;
 pub mod nn;

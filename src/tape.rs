@@ -91,8 +91,8 @@ pub(crate) type GradientSlots<A> = Vec<Option<ArrayD<A>>>;
 /// use ndarray::arr1;
 ///
 /// let tape = Tape::<f64>::new();
-/// let x = tape.leaf("x", arr1(&[1.0, 2.0, 3.0]).into_dyn());
-/// let c = Tensor::constant(arr1(&[10.0, 10.0, 10.0]).into_dyn());
+/// let x = tape.leaf("x", arr1(&[1.0, 2.0, 3.0]));
+/// let c = Tensor::constant(arr1(&[10.0, 10.0, 10.0]));
 /// let y = x.mul(&x)?.add(&c)?.sum_all(); // sum(x^2 + 10)
 /// assert_eq!(tape.len(), 4); // leaf, mul, add, sum: the constant has no node
 /// println!("{tape}");

@@ -24,7 +24,7 @@ use crate::tape::{Operand, Tape};
 /// use tapegrad::Tensor;
 /// use ndarray::arr2;
 ///
-/// let x = Tensor::constant(arr2(&[[1.0f64, -2.0], [3.0, -4.0]]).into_dyn());
+/// let x = Tensor::constant(arr2(&[[1.0f64, -2.0], [3.0, -4.0]]));
 /// let y = x.relu().sum_all();
 /// assert!(!y.is_tracked());
 /// assert_eq!(y.item()?, 4.0);

@@ -191,7 +191,7 @@ fn shape_errors_name_the_op_and_both_shapes() {
     let msg = a.matmul(&a).unwrap_err().to_string();
     assert!(msg.contains("matmul") && msg.contains("[2, 3]"), "{msg}");
     let msg = a
-        .gather_rows(&arr1(&[7usize]).into_dyn())
+        .gather_rows(arr1(&[7usize]).into_dyn())
         .unwrap_err()
         .to_string();
     assert!(msg.contains("gather_rows") && msg.contains('7'), "{msg}");
@@ -281,7 +281,7 @@ fn a_second_backward_needs_the_first_to_retain() {
     let tape = Tape::<f64>::new();
     let x = leaf(&tape, "x", &[2.0]);
     let y = x.square().sum_all();
-    let first = y.backward_retaining(&ArrayD::ones(y.shape())).unwrap();
+    let first = y.backward_retaining(ArrayD::ones(y.shape())).unwrap();
     let second = y.backward().unwrap();
     assert_eq!(first.wrt(&x).unwrap(), second.wrt(&x).unwrap());
     match y.backward() {

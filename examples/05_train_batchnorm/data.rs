@@ -43,7 +43,7 @@ impl Data {
 
     /// The rows `idx` as a batch: inputs and labels.
     pub fn rows(&self, idx: &[usize]) -> (Tensor<f32>, Vec<usize>) {
-        let x = self.x.select(Axis(0), idx).into_dyn();
+        let x = self.x.select(Axis(0), idx);
         (
             Tensor::constant(x),
             idx.iter().map(|&i| self.y[i]).collect(),

@@ -47,7 +47,7 @@ impl Digits {
 
     /// The images `idx` as a batch, and their labels.
     pub fn batch(&self, idx: &[usize]) -> (Tensor<f32>, Vec<usize>) {
-        let x = self.images.select(Axis(0), idx).into_dyn();
+        let x = self.images.select(Axis(0), idx);
         (
             Tensor::constant(x),
             idx.iter().map(|&i| self.labels[i]).collect(),

@@ -42,10 +42,10 @@ impl<A: Float> Tensor<A> {
     /// ```
     /// use tapegrad::Tensor;
     /// use ndarray::{arr1, arr2};
-    /// let a = Tensor::constant(arr2(&[[1.0f64], [2.0]]).into_dyn()); // (2, 1)
-    /// let b = Tensor::constant(arr1(&[10.0, 20.0, 30.0]).into_dyn()); // (3,)
+    /// let a = Tensor::constant(arr2(&[[1.0f64], [2.0]])); // (2, 1)
+    /// let b = Tensor::constant(arr1(&[10.0, 20.0, 30.0])); // (3,)
     /// assert_eq!(a.add(&b)?.shape(), &[2, 3]);
-    /// let c = Tensor::constant(arr2(&[[1.0, 2.0], [3.0, 4.0]]).into_dyn()); // (2, 2)
+    /// let c = Tensor::constant(arr2(&[[1.0, 2.0], [3.0, 4.0]])); // (2, 2)
     /// assert!(b.add(&c).is_err()); // 3 against 2: not broadcastable
     /// # Ok::<(), tapegrad::Error>(())
     /// ```

@@ -27,7 +27,7 @@ use crate::tensor::record;
 ///     })
 /// }
 /// let tape = Tape::new();
-/// let x = tape.leaf("x", arr1(&[0.0, 1.0]).into_dyn());
+/// let x = tape.leaf("x", arr1(&[0.0, 1.0]));
 /// let grads = sin(&x)?.sum_all().backward()?;
 /// assert_eq!(grads.get(&x).unwrap()[[0]], 1.0);
 /// # Ok::<(), tapegrad::Error>(())

@@ -8,6 +8,7 @@ mod conv;
 mod custom;
 mod linalg;
 mod loss;
+mod operators;
 mod pool;
 mod reduce;
 pub(crate) mod shape_ops;

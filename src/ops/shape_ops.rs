@@ -153,12 +153,12 @@ impl<A: Float> Tensor<A> {
     /// ```
     /// use tapegrad::Tensor;
     /// use ndarray::{arr1, arr2};
-    /// let table = Tensor::constant(arr2(&[[0.0f64, 0.5], [1.0, 1.5], [2.0, 2.5]]).into_dyn());
-    /// let ids = arr1(&[2usize, 0, 2]).into_dyn();
+    /// let table = Tensor::constant(arr2(&[[0.0f64, 0.5], [1.0, 1.5], [2.0, 2.5]]));
+    /// let ids = arr1(&[2usize, 0, 2]);
     /// let rows = table.gather_rows(&ids)?;
     /// assert_eq!(rows.shape(), &[3, 2]);
     /// assert_eq!(rows.value()[[0, 1]], 2.5);
-    /// assert!(table.gather_rows(&arr1(&[3usize]).into_dyn()).is_err()); // id out of range
+    /// assert!(table.gather_rows(&arr1(&[3usize])).is_err()); // id out of range
     /// # Ok::<(), tapegrad::Error>(())
     /// ```
     pub fn gather_rows(&self, ids: impl IntoArray<usize>) -> Result<Tensor<A>> {

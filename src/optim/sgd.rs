@@ -24,7 +24,7 @@ use crate::optim::{
 /// use tapegrad::{value_and_grad, Params};
 /// use ndarray::arr1;
 ///
-/// let mut params: Params<f64> = [("w".to_string(), arr1(&[1.0]).into_dyn())].into_iter().collect();
+/// let mut params: Params<f64> = [("w".to_string(), arr1(&[1.0]))].into_iter().collect();
 /// let mut sgd = Sgd::new(0.1).momentum(0.9);
 /// for _ in 0..2 {
 ///     // loss = w^2, gradient 2w

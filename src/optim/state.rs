@@ -24,7 +24,7 @@ pub(crate) type SlotArrays<A> = BTreeMap<String, BTreeMap<String, ArrayD<A>>>;
 /// use tapegrad::{value_and_grad, Params};
 /// use ndarray::arr1;
 ///
-/// let mut params: Params<f64> = [("w".to_string(), arr1(&[1.0]).into_dyn())].into_iter().collect();
+/// let mut params: Params<f64> = [("w".to_string(), arr1(&[1.0]))].into_iter().collect();
 /// let mut sgd = Sgd::new(0.1).momentum(0.9);
 /// let (_, grads) = value_and_grad(&params, |p| Ok(p.get("w")?.square().sum_all()))?;
 /// sgd.update(&mut params, &grads)?;
