@@ -32,6 +32,7 @@ pub struct ParamTensors<A: Float> {
 
 impl<A: Float> ParamTensors<A> {
     /// The params as constants: for evaluating a model with no tape at all.
+    #[must_use] 
     pub fn constants(params: &Params<A>) -> Self {
         let tensors = params
             .iter_shared()
@@ -42,6 +43,7 @@ impl<A: Float> ParamTensors<A> {
 
     /// The params as leaves of `tape`, named by their paths: what `value_and_grad` does
     /// before it calls its closure. For driving a tape by hand (benchmarks, custom loops).
+    #[must_use] 
     pub fn leaves(params: &Params<A>, tape: &Tape<A>) -> Self {
         let tensors = params
             .iter_shared()
@@ -75,11 +77,13 @@ impl<A: Float> ParamTensors<A> {
     }
 
     /// The number of params.
+    #[must_use] 
     pub fn len(&self) -> usize {
         self.tensors.len()
     }
 
     /// Whether there are none.
+    #[must_use] 
     pub fn is_empty(&self) -> bool {
         self.tensors.is_empty()
     }

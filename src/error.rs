@@ -4,6 +4,8 @@
 //! This module imports nothing from the crate: every other module may use it.
 
 use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
 
 /// A shape, printed as `[2, 3]`.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -192,6 +194,11 @@ pub enum Error {
         path: String,
         /// Every problem found.
         problems: Vec<CheckpointProblem>,
+        /// The operating system's error, when the file could not be read or written: also
+        /// what [`std::error::Error::source`] returns, so `downcast_ref::<std::io::Error>()`
+        /// gives its `kind()` and `raw_os_error()`.
+        #[source]
+        io: Option<IoSource>,
     },
 
     /// A value that must be finite holds NaN or an infinity: a gradient handed to an
@@ -274,6 +281,44 @@ pub enum Error {
         /// Keys present but not expected.
         unexpected: Vec<String>,
     },
+}
+
+/// The `std::io::Error` behind a checkpoint error, shared so that [`Error`] stays `Clone`.
+///
+/// It dereferences to the `io::Error` itself (as a `dyn Error`), which is what makes
+/// `Error::source()` return that `io::Error` rather than this wrapper: a caller's
+/// `source().and_then(|s| s.downcast_ref::<std::io::Error>())` finds it. (For the same
+/// reason it does not implement `Error` itself.) Two are equal if their kinds and messages
+/// are.
+#[derive(Debug, Clone)]
+pub struct IoSource(Arc<std::io::Error>);
+
+impl IoSource {
+    /// Wraps `error`.
+    #[must_use]
+    pub fn new(error: std::io::Error) -> Self {
+        IoSource(Arc::new(error))
+    }
+
+    /// The error.
+    #[must_use]
+    pub fn io_error(&self) -> &std::io::Error {
+        &self.0
+    }
+}
+
+impl Deref for IoSource {
+    type Target = dyn std::error::Error + Send + Sync + 'static;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+impl PartialEq for IoSource {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.kind() == other.0.kind() && self.0.to_string() == other.0.to_string()
+    }
 }
 
 /// One thing wrong with a checkpoint, as listed by [`Error::Checkpoint`].

@@ -108,11 +108,13 @@ pub struct GradCheckReport {
 
 impl GradCheckReport {
     /// Whether every param passed and every held-fixed collection stayed unchanged.
+    #[must_use] 
     pub fn passed(&self) -> bool {
         self.params.iter().all(|p| p.passed) && self.held_fixed.iter().all(|(_, same)| *same)
     }
 
     /// The entry for `path`.
+    #[must_use] 
     pub fn get(&self, path: &str) -> Option<&ParamCheck> {
         self.params.iter().find(|p| p.path == path)
     }

@@ -23,6 +23,7 @@ pub struct Gradients<A: Float> {
 impl<A: Float> Gradients<A> {
     /// The gradient with respect to leaf `x`, or `None` if `x` is a constant, belongs to
     /// another tape, is not a leaf, or was not reached (the output does not depend on it).
+    #[must_use] 
     pub fn get(&self, x: &Tensor<A>) -> Option<&ArrayD<A>> {
         let (tape, id) = x.node()?;
         if Some(tape.id()) != self.tape {

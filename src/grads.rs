@@ -49,6 +49,7 @@ impl<A: Float> Grads<A> {
     }
 
     /// Zeros keyed and shaped like `params`: where an accumulation of gradients starts.
+    #[must_use] 
     pub fn zeros_like(params: &Params<A>) -> Self {
         let entries = params
             .iter()
@@ -78,6 +79,7 @@ impl<A: Float> Grads<A> {
 
     /// Every gradient times `factor` (the mean of accumulated micro-batches:
     /// `scale(1 / K)`). optax: `optax.scale(factor)`.
+    #[must_use]
     pub fn scale(&self, factor: A) -> Grads<A> {
         self.map_values(|g| g.mapv(|x| x * factor))
     }
@@ -107,6 +109,7 @@ impl<A: Float> Grads<A> {
     /// Scaled down, all together, so that their [`Grads::global_norm`] is at most
     /// `max_norm`: `g · max_norm / max(norm, max_norm)`. optax: `clip_by_global_norm`;
     /// PyTorch's `clip_grad_norm_` computes the same with `norm + 1e-6` in the denominator.
+    #[must_use]
     pub fn clip_by_global_norm(&self, max_norm: A) -> Grads<A> {
         let norm = self.global_norm();
         if norm <= max_norm {
@@ -117,6 +120,7 @@ impl<A: Float> Grads<A> {
 
     /// Every element clamped to `[-limit, limit]`. optax: `optax.clip(limit)`; PyTorch:
     /// `clip_grad_value_`. (NaN stays NaN, for the optimizer's check to find.)
+    #[must_use]
     pub fn clip_by_value(&self, limit: A) -> Grads<A> {
         self.map_values(|g| {
             g.mapv(|x| {
@@ -137,6 +141,7 @@ impl<A: Float> Grads<A> {
     }
 
     /// The gradient for the param at `path`.
+    #[must_use] 
     pub fn get(&self, path: &str) -> Option<&ArrayD<A>> {
         self.entries.get(path)
     }
@@ -152,16 +157,19 @@ impl<A: Float> Grads<A> {
     }
 
     /// The number of gradients.
+    #[must_use] 
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
     /// Whether there are none.
+    #[must_use] 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// The L2 norm over all gradients, as for gradient clipping.
+    #[must_use] 
     pub fn global_norm(&self) -> A {
         self.entries
             .values()
@@ -172,6 +180,7 @@ impl<A: Float> Grads<A> {
     }
 
     /// The path of the first gradient (in path order) holding a NaN or an infinity.
+    #[must_use] 
     pub fn first_non_finite(&self) -> Option<&str> {
         self.iter()
             .find(|(_, g)| !simd::array_all_finite(g))

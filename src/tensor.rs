@@ -94,12 +94,14 @@ impl<A: Float> Tensor<A> {
     /// The same tensor labelled `label`: a constant's label is shown where it enters the tape
     /// (in [`Tape::to_dot`] and when a tape is printed), and constants computed from it keep
     /// it. tapegrad labels the variables it hands out with their full names.
+    #[must_use]
     pub fn with_label(mut self, label: impl Into<Arc<str>>) -> Self {
         self.label = Some(label.into());
         self
     }
 
     /// The label, if any.
+    #[must_use] 
     pub fn label(&self) -> Option<&str> {
         self.label.as_deref()
     }
@@ -112,46 +114,55 @@ impl<A: Float> Tensor<A> {
     }
 
     /// The value.
+    #[must_use] 
     pub fn value(&self) -> &ArrayD<A> {
         &self.value
     }
 
     /// The value as a shared handle (no copy).
+    #[must_use] 
     pub fn shared_value(&self) -> Arc<ArrayD<A>> {
         Arc::clone(&self.value)
     }
 
     /// The value's shape.
+    #[must_use] 
     pub fn shape(&self) -> &[usize] {
         self.value.shape()
     }
 
     /// The number of dimensions.
+    #[must_use] 
     pub fn ndim(&self) -> usize {
         self.value.ndim()
     }
 
     /// The number of elements.
+    #[must_use] 
     pub fn len(&self) -> usize {
         self.value.len()
     }
 
     /// Whether the tensor has no elements.
+    #[must_use] 
     pub fn is_empty(&self) -> bool {
         self.value.is_empty()
     }
 
     /// Whether the tensor has a node on a tape.
+    #[must_use] 
     pub fn is_tracked(&self) -> bool {
         self.node.is_some()
     }
 
     /// The tape this tensor is recorded on, if tracked.
+    #[must_use] 
     pub fn tape(&self) -> Option<&Tape<A>> {
         self.node.as_ref().map(|(tape, _)| tape)
     }
 
     /// The node's id on its tape, if tracked.
+    #[must_use] 
     pub fn node_id(&self) -> Option<usize> {
         self.node.as_ref().map(|(_, id)| *id)
     }
@@ -173,6 +184,7 @@ impl<A: Float> Tensor<A> {
 
     /// The same value as a constant: gradients stop here. PyTorch: `.detach()`;
     /// JAX: `lax.stop_gradient`.
+    #[must_use] 
     pub fn detach(&self) -> Tensor<A> {
         Self::from_shared(self.shared_value())
     }

@@ -46,6 +46,7 @@ pub(crate) fn check_collection_name(op: &'static str, name: &str) -> Result<()> 
 
 impl<A: Float> Variables<A> {
     /// No variables.
+    #[must_use] 
     pub fn new() -> Self {
         Variables {
             params: Params::new(),
@@ -54,6 +55,7 @@ impl<A: Float> Variables<A> {
     }
 
     /// The params.
+    #[must_use] 
     pub fn params(&self) -> &Params<A> {
         &self.params
     }
@@ -64,6 +66,7 @@ impl<A: Float> Variables<A> {
     }
 
     /// A collection by name (`"params"` included, read-only).
+    #[must_use] 
     pub fn collection(&self, name: &str) -> Option<&Collection<A>> {
         if name == PARAMS {
             Some(&self.params)
@@ -88,6 +91,7 @@ impl<A: Float> Variables<A> {
     }
 
     /// A variable by full name, `collection/path`.
+    #[must_use] 
     pub fn get(&self, full_name: &str) -> Option<&ArrayD<A>> {
         let (collection, path) = full_name.split_once('/')?;
         self.collection(collection)?.get(path)
@@ -142,6 +146,7 @@ impl<A: Float> Variables<A> {
     /// assert_eq!(first.params().paths().collect::<Vec<_>>(), ["bias", "kernel"]);
     /// # Ok::<(), tapegrad::Error>(())
     /// ```
+    #[must_use] 
     pub fn subtree(&self, prefix: &str) -> Variables<A> {
         let prefix = format!("{}/", prefix.trim_end_matches('/'));
         let mut out = Variables::new();
@@ -158,6 +163,7 @@ impl<A: Float> Variables<A> {
     }
 
     /// Replaces the params (e.g. after loading a checkpoint), keeping the other collections.
+    #[must_use] 
     pub fn with_params(mut self, params: Params<A>) -> Self {
         self.params = params;
         self
@@ -209,11 +215,13 @@ pub struct Updates<A: Float> {
 
 impl<A: Float> Updates<A> {
     /// A collection by name.
+    #[must_use] 
     pub fn collection(&self, name: &str) -> Option<&Collection<A>> {
         self.collections.get(name)
     }
 
     /// A variable by full name, `collection/path`.
+    #[must_use] 
     pub fn get(&self, full_name: &str) -> Option<&ArrayD<A>> {
         let (collection, path) = full_name.split_once('/')?;
         self.collections.get(collection)?.get(path)
@@ -225,6 +233,7 @@ impl<A: Float> Updates<A> {
     }
 
     /// Whether no collection was returned (nothing was mutable).
+    #[must_use] 
     pub fn is_empty(&self) -> bool {
         self.collections.is_empty()
     }
@@ -267,11 +276,13 @@ impl Mutable {
     }
 
     /// Every collection.
+    #[must_use] 
     pub fn all() -> Self {
         Mutable::AllExcept(Vec::new())
     }
 
     /// Whether `collection` may be written. Params are never written by `apply`.
+    #[must_use] 
     pub fn allows(&self, collection: &str) -> bool {
         collection != PARAMS
             && match self {

@@ -185,10 +185,13 @@ fn every_problem_is_listed_and_nothing_changes() {
         )),
         "{found:?}"
     );
-    // And a missing file is an i/o problem, not a panic.
-    let found =
-        problems(load_into(&mut vars, folder.path().join("nope"), LoadMode::Strict).unwrap_err());
-    assert!(matches!(found[..], [CheckpointProblem::Io(_)]));
+    // And a missing file is an i/o problem, not a panic, whose source is the io::Error.
+    let err = load_into(&mut vars, folder.path().join("nope"), LoadMode::Strict).unwrap_err();
+    let io = std::error::Error::source(&err)
+        .and_then(|source| source.downcast_ref::<std::io::Error>())
+        .expect("the io::Error is the source");
+    assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+    assert!(matches!(problems(err)[..], [CheckpointProblem::Io(_)]));
 }
 
 #[test]

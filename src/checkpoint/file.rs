@@ -8,7 +8,7 @@ use safetensors::tensor::Dtype;
 
 use crate::checkpoint::format::{self, Decoded, FileContents, dtype_of};
 use crate::checkpoint::write::{read_regular_file, write_atomically};
-use crate::error::{CheckpointProblem, Error, Result};
+use crate::error::{CheckpointProblem, Error, IoSource, Result};
 use crate::float::Float;
 use crate::variables::{Variables, check_collection_name};
 
@@ -34,13 +34,24 @@ pub(crate) fn failure(path: &Path, problems: Vec<CheckpointProblem>) -> Error {
     Error::Checkpoint {
         path: path.display().to_string(),
         problems,
+        io: None,
+    }
+}
+
+/// A checkpoint error for a file that could not be read or written, keeping the
+/// `io::Error` as the error's source.
+pub(crate) fn io_failure(path: &Path, error: std::io::Error) -> Error {
+    Error::Checkpoint {
+        path: path.display().to_string(),
+        problems: vec![CheckpointProblem::Io(error.to_string())],
+        io: Some(IoSource::new(error)),
     }
 }
 
 /// Reads and parses a safetensors file: every tensor, and the metadata.
 pub(crate) fn read_tensors(path: &Path) -> Result<FileContents> {
     let bytes = read_regular_file(path)
-        .map_err(|e| failure(path, vec![CheckpointProblem::Io(e.to_string())]))?;
+        .map_err(|e| io_failure(path, e))?;
     format::parse(&bytes).map_err(|e| failure(path, vec![CheckpointProblem::Corrupt(e)]))
 }
 
@@ -169,7 +180,7 @@ pub(crate) fn base_metadata() -> BTreeMap<String, String> {
 /// Writes `bytes` to `path` atomically, as a checkpoint error on failure.
 pub(crate) fn write(bytes: &[u8], path: &Path) -> Result<()> {
     write_atomically(bytes, path)
-        .map_err(|e| failure(path, vec![CheckpointProblem::Io(e.to_string())]))
+        .map_err(|e| io_failure(path, e))
 }
 
 /// Saves every collection of `variables` to `path` in the safetensors format, tensor names

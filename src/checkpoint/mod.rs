@@ -42,7 +42,7 @@ mod pytorch;
 mod training;
 mod write;
 
-pub use crate::error::CheckpointProblem;
+pub use crate::error::{CheckpointProblem, IoSource};
 pub use file::{FORMAT_VERSION, LoadMode, load_into, read, save};
 pub use pytorch::{TorchLayer, TorchMapping, import_pytorch_into};
 pub use training::{load_training_into, save_training};

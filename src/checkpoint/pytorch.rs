@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::checkpoint::file::LoadMode;
-use crate::checkpoint::file::{apply_checked, read_tensors};
+use crate::checkpoint::file::{apply_checked, failure, read_tensors};
 use crate::checkpoint::format::Decoded;
 use crate::error::CheckpointProblem;
 use crate::error::{Error, Result};
@@ -68,12 +68,14 @@ pub struct TorchMapping {
 
 impl TorchMapping {
     /// No layers.
+    #[must_use] 
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Maps the PyTorch module `torch_prefix` (e.g. `"encoder.fc"`) of kind `layer` to the
     /// tapegrad module path `path` (e.g. `"Dense_0"`).
+    #[must_use] 
     pub fn layer(mut self, torch_prefix: &str, path: &str, layer: TorchLayer) -> Self {
         self.layers
             .push((torch_prefix.to_string(), path.to_string(), layer));
@@ -81,6 +83,7 @@ impl TorchMapping {
     }
 
     /// The layers, as `(torch prefix, tapegrad path, kind)`.
+    #[must_use] 
     pub fn layers(&self) -> &[(String, String, TorchLayer)] {
         &self.layers
     }
@@ -135,12 +138,12 @@ impl TorchMapping {
 }
 
 fn unmappable(path: &Path, name: &str) -> Error {
-    Error::Checkpoint {
-        path: path.display().to_string(),
-        problems: vec![CheckpointProblem::Name(format!(
+    failure(
+        path,
+        vec![CheckpointProblem::Name(format!(
             "{name} (not a Conv2d, BatchNorm1d/2d or Linear of a Sequential)"
         ))],
-    }
+    )
 }
 
 /// Where a PyTorch field goes: `(collection, field name)`, or `None` to drop it.

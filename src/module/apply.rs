@@ -28,12 +28,14 @@ pub struct ApplyOptions {
 
 impl ApplyOptions {
     /// Evaluation mode, nothing mutable (PyTorch `model.eval()`).
+    #[must_use] 
     pub fn eval() -> Self {
         ApplyOptions::default()
     }
 
     /// Training mode, nothing mutable yet: add `.mutable(...)` for layers that write state
     /// (PyTorch `model.train()`).
+    #[must_use] 
     pub fn train() -> Self {
         ApplyOptions {
             training: true,
@@ -42,6 +44,7 @@ impl ApplyOptions {
     }
 
     /// Which collections may be written.
+    #[must_use] 
     pub fn mutable(mut self, mutable: Mutable) -> Self {
         self.mutable = mutable;
         self
@@ -49,17 +52,20 @@ impl ApplyOptions {
 
     /// Gives the random stream `stream` (e.g. `"dropout"`) the seed `seed`: a `u64`, or a
     /// draw from a `rand` generator (see [`IntoSeed`]).
+    #[must_use]
     pub fn rng(mut self, stream: &str, seed: impl IntoSeed) -> Self {
         self.rngs.insert(stream.to_string(), seed.into_seed());
         self
     }
 
     /// Whether this is training mode.
+    #[must_use] 
     pub fn is_training(&self) -> bool {
         self.training
     }
 
     /// The mutability filter.
+    #[must_use] 
     pub fn mutability(&self) -> &Mutable {
         &self.mutable
     }

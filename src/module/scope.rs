@@ -111,18 +111,21 @@ impl<'a, A: Float> Scope<'a, A> {
     }
 
     /// This scope's path (`""` at the root).
+    #[must_use] 
     pub fn path(&self) -> &str {
         &self.path
     }
 
     /// Whether the model is in training mode (as given to `apply`). BatchNorm uses batch
     /// statistics and Dropout drops only in training mode.
+    #[must_use] 
     pub fn is_training(&self) -> bool {
         self.ctx.training
     }
 
     /// Whether this run is `init`. Layers skip state updates then, as Flax's BatchNorm does,
     /// so that initialisation does not move running statistics.
+    #[must_use] 
     pub fn is_initializing(&self) -> bool {
         self.ctx.is_initializing()
     }
@@ -223,6 +226,7 @@ impl<'a, A: Float> Scope<'a, A> {
 
     /// A sub-scope named `name`, for a sub-module called by hand. Two children of the same
     /// name share their variables.
+    #[must_use]
     pub fn child(&mut self, name: &str) -> Scope<'a, A> {
         Scope {
             ctx: self.ctx,

@@ -31,6 +31,7 @@ pub struct Variable<'a, A: Float> {
 
 impl<A: Float> Variable<'_, A> {
     /// The current value (as written earlier in this run, else as stored), as a constant.
+    #[must_use] 
     pub fn value(&self) -> Tensor<A> {
         Tensor::from_shared(self.current()).with_label(Arc::clone(&self.label))
     }
@@ -92,16 +93,19 @@ impl<A: Float> Variable<'_, A> {
     }
 
     /// Whether [`Variable::set`] may write.
+    #[must_use] 
     pub fn is_mutable(&self) -> bool {
         self.ctx.is_initializing() || self.ctx.mutable.allows(&self.collection)
     }
 
     /// The collection's name.
+    #[must_use] 
     pub fn collection(&self) -> &str {
         &self.collection
     }
 
     /// The path inside the collection.
+    #[must_use] 
     pub fn path(&self) -> &str {
         &self.path
     }

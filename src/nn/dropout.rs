@@ -21,6 +21,7 @@ pub struct Dropout {
 
 impl Dropout {
     /// Drops with probability `rate`.
+    #[must_use] 
     pub fn new(rate: f64) -> Self {
         Dropout { rate }
     }

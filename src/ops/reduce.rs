@@ -46,6 +46,7 @@ impl<A: Float> Tensor<A> {
     }
 
     /// Sum of all elements, as a 0-d tensor.
+    #[must_use] 
     pub fn sum_all(&self) -> Tensor<A> {
         let value = ArrayD::from_elem(IxDyn(&[]), self.value().sum());
         let input_shape = self.shape().to_vec();
@@ -62,6 +63,7 @@ impl<A: Float> Tensor<A> {
     }
 
     /// Mean of all elements, as a 0-d tensor.
+    #[must_use] 
     pub fn mean_all(&self) -> Tensor<A> {
         self.sum_all()
             .mul_scalar(A::of(1.0 / self.len().max(1) as f64))

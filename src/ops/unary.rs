@@ -29,6 +29,7 @@ impl<A: Float> Tensor<A> {
     }
 
     /// `-x`.
+    #[must_use] 
     pub fn neg(&self) -> Tensor<A> {
         record_one("neg", self, self.value().mapv(|x| -x), |mut g| {
             g.mapv_inplace(|x| -x);
@@ -37,31 +38,37 @@ impl<A: Float> Tensor<A> {
     }
 
     /// `e^x`.
+    #[must_use]
     pub fn exp(&self) -> Tensor<A> {
         self.unary("exp", A::exp, |_, y| y)
     }
 
     /// Natural logarithm; smooth for `x > 0`.
+    #[must_use]
     pub fn log(&self) -> Tensor<A> {
         self.unary("log", A::ln, |x, _| x.recip())
     }
 
     /// Square root; smooth for `x > 0`.
+    #[must_use]
     pub fn sqrt(&self) -> Tensor<A> {
         self.unary("sqrt", A::sqrt, |_, y| A::of(0.5) / y)
     }
 
     /// `1 / x`; smooth away from 0.
+    #[must_use]
     pub fn recip(&self) -> Tensor<A> {
         self.unary("recip", A::recip, |_, y| -y * y)
     }
 
     /// Hyperbolic tangent.
+    #[must_use]
     pub fn tanh(&self) -> Tensor<A> {
         self.unary("tanh", A::tanh, |_, y| A::one() - y * y)
     }
 
     /// Logistic sigmoid `1 / (1 + e^-x)`, computed without overflow for large `|x|`.
+    #[must_use] 
     pub fn sigmoid(&self) -> Tensor<A> {
         let sigmoid = |x: A| {
             if x >= A::zero() {
@@ -77,12 +84,14 @@ impl<A: Float> Tensor<A> {
     /// `max(x, 0)`; NaN stays NaN, as in PyTorch and JAX (a ReLU that maps NaN to 0 hides a
     /// broken input from every later check). The derivative at exactly 0 is taken as 0, as
     /// PyTorch and JAX do.
+    #[must_use] 
     pub fn relu(&self) -> Tensor<A> {
         let step = |x: A, _| if x > A::zero() { A::one() } else { A::zero() };
         self.unary("relu", |x| nan_max(x, A::zero()), step)
     }
 
     /// `|x|`. The derivative at exactly 0 is taken as 0.
+    #[must_use]
     pub fn abs(&self) -> Tensor<A> {
         let sign = |x: A, _| {
             if x > A::zero() {
@@ -97,11 +106,13 @@ impl<A: Float> Tensor<A> {
     }
 
     /// `x^2`.
+    #[must_use] 
     pub fn square(&self) -> Tensor<A> {
         self.unary("square", |x| x * x, |x, _| x + x)
     }
 
     /// `x^n` for an integer `n`.
+    #[must_use] 
     pub fn powi(&self, n: i32) -> Tensor<A> {
         self.unary(
             "powi",
@@ -111,6 +122,7 @@ impl<A: Float> Tensor<A> {
     }
 
     /// `x^p` for a real `p`; smooth for `x > 0`.
+    #[must_use]
     pub fn powf(&self, p: A) -> Tensor<A> {
         self.unary(
             "powf",
@@ -120,6 +132,7 @@ impl<A: Float> Tensor<A> {
     }
 
     /// `x + c` for a scalar `c`.
+    #[must_use]
     pub fn add_scalar(&self, c: A) -> Tensor<A> {
         record_one("add_scalar", self, self.value().mapv(|x| x + c), |g| {
             g.clone()
@@ -127,6 +140,7 @@ impl<A: Float> Tensor<A> {
     }
 
     /// `c * x` for a scalar `c`.
+    #[must_use]
     pub fn mul_scalar(&self, c: A) -> Tensor<A> {
         record_one("mul_scalar", self, self.value().mapv(|x| x * c), move |g| {
             g * c

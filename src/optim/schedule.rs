@@ -83,6 +83,7 @@ pub enum LearningRate {
 
 impl LearningRate {
     /// The rate at `step`.
+    #[must_use] 
     pub fn at(&self, step: usize) -> f64 {
         match *self {
             LearningRate::Constant(rate) => rate,
