@@ -32,7 +32,7 @@ pub struct ParamTensors<A: Float> {
 
 impl<A: Float> ParamTensors<A> {
     /// The params as constants: for evaluating a model with no tape at all.
-    #[must_use] 
+    #[must_use]
     pub fn constants(params: &Params<A>) -> Self {
         let tensors = params
             .iter_shared()
@@ -43,7 +43,7 @@ impl<A: Float> ParamTensors<A> {
 
     /// The params as leaves of `tape`, named by their paths: what `value_and_grad` does
     /// before it calls its closure. For driving a tape by hand (benchmarks, custom loops).
-    #[must_use] 
+    #[must_use]
     pub fn leaves(params: &Params<A>, tape: &Tape<A>) -> Self {
         let tensors = params
             .iter_shared()
@@ -62,6 +62,10 @@ impl<A: Float> ParamTensors<A> {
     }
 
     /// The param at `path`; an error naming it if there is none.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MissingVariable`] naming `path` if there is no such param.
     pub fn get(&self, path: &str) -> Result<&Tensor<A>> {
         self.tensors
             .get(path)
@@ -77,13 +81,13 @@ impl<A: Float> ParamTensors<A> {
     }
 
     /// The number of params.
-    #[must_use] 
+    #[must_use]
     pub fn len(&self) -> usize {
         self.tensors.len()
     }
 
     /// Whether there are none.
-    #[must_use] 
+    #[must_use]
     pub fn is_empty(&self) -> bool {
         self.tensors.is_empty()
     }
@@ -91,6 +95,10 @@ impl<A: Float> ParamTensors<A> {
     /// These params plus `frozen` ones read as constants: frozen params take part in the
     /// computation but are not leaves, so they get no gradient entry at all.
     /// An error naming the paths if both sets have a path in common.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::KeyMismatch`] listing the paths both sets have.
     pub fn with_frozen(&self, frozen: &Params<A>) -> Result<Self> {
         require_disjoint("ParamTensors::with_frozen", frozen.paths(), |p| {
             self.tensors.contains_key(p)
@@ -137,6 +145,11 @@ impl<A: Float> ParamTensors<A> {
 /// // Passing every collection where only params may go:
 /// let _ = value_and_grad(&variables, |p| Ok(p.get("Dense_0/kernel")?.sum_all()));
 /// ```
+///
+/// # Errors
+///
+/// What `f` returns, and [`Error::NotScalar`] if its result is not a single element; `params` are
+/// not changed either way.
 pub fn value_and_grad<A, F>(params: &Params<A>, f: F) -> Result<(A, Grads<A>)>
 where
     A: Float,
@@ -147,6 +160,10 @@ where
 }
 
 /// The gradient of `f(params)` with respect to every param. JAX: `jax.grad(f)(params)`.
+///
+/// # Errors
+///
+/// As [`value_and_grad`].
 pub fn grad<A, F>(params: &Params<A>, f: F) -> Result<Grads<A>>
 where
     A: Float,
@@ -158,6 +175,10 @@ where
 /// Like [`value_and_grad`] for a closure that returns `(loss, aux)`: `aux` is passed
 /// through untouched (typically the updated `batch_stats` of a mutable apply, or logits).
 /// JAX: `jax.value_and_grad(f, has_aux=True)`.
+///
+/// # Errors
+///
+/// As [`value_and_grad`].
 pub fn value_and_grad_with_aux<A, X, F>(params: &Params<A>, f: F) -> Result<(A, X, Grads<A>)>
 where
     A: Float,

@@ -49,7 +49,7 @@ impl<A: Float> PartialEq for Collection<A> {
 
 impl<A: Float> Collection<A> {
     /// An empty collection.
-    #[must_use] 
+    #[must_use]
     pub fn new() -> Self {
         Collection {
             entries: BTreeMap::new(),
@@ -76,7 +76,7 @@ impl<A: Float> Collection<A> {
     }
 
     /// The array at `path`.
-    #[must_use] 
+    #[must_use]
     pub fn get(&self, path: &str) -> Option<&ArrayD<A>> {
         self.entries.get(path).map(|a| &**a)
     }
@@ -96,25 +96,25 @@ impl<A: Float> Collection<A> {
     }
 
     /// Whether `path` is present.
-    #[must_use] 
+    #[must_use]
     pub fn contains(&self, path: &str) -> bool {
         self.entries.contains_key(path)
     }
 
     /// The number of variables.
-    #[must_use] 
+    #[must_use]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
     /// Whether there are no variables.
-    #[must_use] 
+    #[must_use]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// The total number of scalars over all variables.
-    #[must_use] 
+    #[must_use]
     pub fn size(&self) -> usize {
         self.entries.values().map(|a| a.len()).sum()
     }
@@ -141,7 +141,7 @@ impl<A: Float> Collection<A> {
     }
 
     /// Every array converted to another element type (e.g. `f64` reference values to `f32`).
-    #[must_use] 
+    #[must_use]
     pub fn cast<B: Float>(&self) -> Collection<B> {
         self.iter()
             .map(|(k, v)| (k.to_string(), v.mapv(|x| B::of(x.as_f64()))))
@@ -228,19 +228,19 @@ pub struct Params<A: Float>(Collection<A>);
 
 impl<A: Float> Params<A> {
     /// Empty params.
-    #[must_use] 
+    #[must_use]
     pub fn new() -> Self {
         Params(Collection::new())
     }
 
     /// Params from a collection of arrays (e.g. read from a checkpoint).
-    #[must_use] 
+    #[must_use]
     pub fn from_collection(collection: Collection<A>) -> Self {
         Params(collection)
     }
 
     /// The underlying collection.
-    #[must_use] 
+    #[must_use]
     pub fn into_collection(self) -> Collection<A> {
         self.0
     }
@@ -273,6 +273,10 @@ impl<A: Float> Params<A> {
 
     /// The union of two disjoint sets of params (undoes [`Params::partition`]); an error
     /// naming the shared paths if they overlap.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::KeyMismatch`] listing the paths both have.
     pub fn merged(&self, other: &Params<A>) -> Result<Params<A>> {
         require_disjoint("Params::merged", other.paths(), |p| self.contains(p))?;
         let mut out = self.clone();

@@ -37,7 +37,7 @@ impl<A: Float> Tape<A> {
     /// assert!(dot.contains("c0 [label=\"x\"") && dot.contains("c0 -> n1 [style=dashed]"));
     /// # Ok::<(), tapegrad::Error>(())
     /// ```
-    #[must_use] 
+    #[must_use]
     pub fn to_dot(&self) -> String {
         let entries = self.entries();
         let mut out = String::from(

@@ -53,7 +53,7 @@ thread_local! {
 
 impl Fusion {
     /// The setting in force on this thread.
-    #[must_use] 
+    #[must_use]
     pub fn current() -> Fusion {
         CURRENT.with(|current| {
             current.get().unwrap_or_else(|| {
@@ -65,7 +65,7 @@ impl Fusion {
     }
 
     /// Whether fused implementations run.
-    #[must_use] 
+    #[must_use]
     pub fn is_on() -> bool {
         Fusion::current() == Fusion::On
     }

@@ -108,13 +108,13 @@ pub struct GradCheckReport {
 
 impl GradCheckReport {
     /// Whether every param passed and every held-fixed collection stayed unchanged.
-    #[must_use] 
+    #[must_use]
     pub fn passed(&self) -> bool {
         self.params.iter().all(|p| p.passed) && self.held_fixed.iter().all(|(_, same)| *same)
     }
 
     /// The entry for `path`.
-    #[must_use] 
+    #[must_use]
     pub fn get(&self, path: &str) -> Option<&ParamCheck> {
         self.params.iter().find(|p| p.path == path)
     }
@@ -235,6 +235,11 @@ fn dot(a: &ArrayD<f64>, b: &ArrayD<f64>) -> f64 {
 /// assert!(report.passed(), "{report}");
 /// # Ok::<(), tapegrad::Error>(())
 /// ```
+///
+/// # Errors
+///
+/// What `f` returns, and [`Error::NotScalar`] if its result is not a single element. A gradient
+/// that disagrees is not an error: it is reported in the returned [`GradCheckReport`].
 pub fn check_grads<F>(
     params: &Params<f64>,
     f: F,
@@ -337,6 +342,11 @@ where
 /// assert_eq!(report.held_fixed, vec![("batch_stats".to_string(), true)]);
 /// # Ok::<(), tapegrad::Error>(())
 /// ```
+///
+/// # Errors
+///
+/// What the model or `loss` returns (a shape error, say). Disagreeing gradients and buffer leaks
+/// are reported in the returned [`GradCheckReport`], not as errors.
 pub fn check_model<M, L>(
     model: &M,
     variables: &Variables<f64>,

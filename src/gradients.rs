@@ -23,7 +23,7 @@ pub struct Gradients<A: Float> {
 impl<A: Float> Gradients<A> {
     /// The gradient with respect to leaf `x`, or `None` if `x` is a constant, belongs to
     /// another tape, is not a leaf, or was not reached (the output does not depend on it).
-    #[must_use] 
+    #[must_use]
     pub fn get(&self, x: &Tensor<A>) -> Option<&ArrayD<A>> {
         let (tape, id) = x.node()?;
         if Some(tape.id()) != self.tape {
@@ -34,6 +34,10 @@ impl<A: Float> Gradients<A> {
 
     /// The gradient with respect to leaf `x`, zeros if it was not reached; an error if `x`
     /// is not on this tape.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DifferentTapes`] if `x` is not a leaf of the tape these gradients came from.
     pub fn wrt(&self, x: &Tensor<A>) -> Result<ArrayD<A>> {
         match x.node() {
             Some((tape, _)) if Some(tape.id()) == self.tape => Ok(self
@@ -61,6 +65,11 @@ impl<A: Float> Tensor<A> {
     ///
     /// Each op's saved values are released once its VJP has run (PyTorch's default), so a
     /// second backward pass over the same nodes is [`Error::BackwardTwice`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotScalar`] if the tensor has more than one element, [`Error::BackwardTwice`] if
+    /// the tape's saved values were already released by an earlier backward pass.
     pub fn backward(&self) -> Result<Gradients<A>> {
         if self.len() != 1 {
             return Err(Error::NotScalar {
@@ -73,6 +82,11 @@ impl<A: Float> Tensor<A> {
 
     /// Reverse mode seeded with an explicit cotangent of this tensor's shape: the result
     /// holds `J^T cotangent` for each leaf. PyTorch: `y.backward(gradient=cotangent)`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::IncompatibleShapes`] if `cotangent` does not have this tensor's shape,
+    /// [`Error::BackwardTwice`] as for [`Tensor::backward`].
     pub fn backward_with(&self, cotangent: impl IntoArray<A>) -> Result<Gradients<A>> {
         self.reverse("backward_with", &cotangent.into_array(), Saved::Release)
     }
@@ -94,6 +108,10 @@ impl<A: Float> Tensor<A> {
     /// assert!(y.backward_with(&arr1(&[1.0, 1.0])).is_err()); // released
     /// # Ok::<(), tapegrad::Error>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Tensor::backward_with`].
     pub fn backward_retaining(&self, cotangent: impl IntoArray<A>) -> Result<Gradients<A>> {
         self.reverse("backward_retaining", &cotangent.into_array(), Saved::Retain)
     }

@@ -49,7 +49,7 @@ impl<A: Float> Grads<A> {
     }
 
     /// Zeros keyed and shaped like `params`: where an accumulation of gradients starts.
-    #[must_use] 
+    #[must_use]
     pub fn zeros_like(params: &Params<A>) -> Self {
         let entries = params
             .iter()
@@ -60,6 +60,10 @@ impl<A: Float> Grads<A> {
 
     /// `f(path, gradient)` for every gradient. An error naming the path, with no result, if
     /// `f` returns an array of another shape. optax: `jax.tree.map(f, grads)`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::IncompatibleShapes`] naming the path if `f` returns an array of another shape.
     pub fn map(&self, mut f: impl FnMut(&str, &ArrayD<A>) -> ArrayD<A>) -> Result<Grads<A>> {
         let mut entries = BTreeMap::new();
         for (path, g) in self.iter() {
@@ -92,6 +96,10 @@ impl<A: Float> Grads<A> {
     /// micro-batch is normalised with its own statistics, which makes it another function of
     /// the data (as in PyTorch, where accumulating gradients does not emulate a larger batch
     /// for BatchNorm either).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::KeyMismatch`] if the paths differ, [`Error::IncompatibleShapes`] if a shape does.
     pub fn add(&self, other: &Grads<A>) -> Result<Grads<A>> {
         let keys_of_self: Collection<A> = self
             .iter()
@@ -141,7 +149,7 @@ impl<A: Float> Grads<A> {
     }
 
     /// The gradient for the param at `path`.
-    #[must_use] 
+    #[must_use]
     pub fn get(&self, path: &str) -> Option<&ArrayD<A>> {
         self.entries.get(path)
     }
@@ -157,19 +165,19 @@ impl<A: Float> Grads<A> {
     }
 
     /// The number of gradients.
-    #[must_use] 
+    #[must_use]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
     /// Whether there are none.
-    #[must_use] 
+    #[must_use]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// The L2 norm over all gradients, as for gradient clipping.
-    #[must_use] 
+    #[must_use]
     pub fn global_norm(&self) -> A {
         self.entries
             .values()
@@ -180,7 +188,7 @@ impl<A: Float> Grads<A> {
     }
 
     /// The path of the first gradient (in path order) holding a NaN or an infinity.
-    #[must_use] 
+    #[must_use]
     pub fn first_non_finite(&self) -> Option<&str> {
         self.iter()
             .find(|(_, g)| !simd::array_all_finite(g))
@@ -189,6 +197,11 @@ impl<A: Float> Grads<A> {
 
     /// Checks that the gradients are keyed exactly like `params`, with matching shapes;
     /// `op` names the caller in the error.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::KeyMismatch`] if the paths differ, [`Error::IncompatibleShapes`] naming `op` if a
+    /// shape does.
     pub fn check_matches(&self, params: &Collection<A>, op: &'static str) -> Result<()> {
         // Both are ordered by path: one merge-like pass decides the common case.
         let same_paths_and_shapes = self.entries.len() == params.len()

@@ -44,6 +44,13 @@
 //! op and the shapes (see [`Error`]). Panics are left for broken internal invariants.
 
 #![warn(missing_docs)]
+// Every fallible public function says how it fails, and a value computed for nothing is a
+// warning (CI denies warnings, so these hold).
+#![warn(
+    clippy::missing_errors_doc,
+    clippy::must_use_candidate,
+    clippy::return_self_not_must_use
+)]
 
 mod autodiff;
 pub mod checkpoint;

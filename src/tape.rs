@@ -55,7 +55,7 @@ pub enum Operand {
 
 impl Operand {
     /// The node id, if the operand is a node.
-    #[must_use] 
+    #[must_use]
     pub fn node(&self) -> Option<usize> {
         match self {
             Operand::Node(id) => Some(*id),
@@ -135,19 +135,19 @@ impl<A: Float> Tape<A> {
     }
 
     /// The number of nodes recorded (leaves included).
-    #[must_use] 
+    #[must_use]
     pub fn len(&self) -> usize {
         self.nodes.borrow().len()
     }
 
     /// Whether nothing has been recorded.
-    #[must_use] 
+    #[must_use]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Whether two handles point to the same tape.
-    #[must_use] 
+    #[must_use]
     pub fn same_as(&self, other: &Tape<A>) -> bool {
         self.id == other.id
     }
@@ -157,7 +157,7 @@ impl<A: Float> Tape<A> {
     }
 
     /// One entry per node, in recording order: what the node is, its inputs and its shape.
-    #[must_use] 
+    #[must_use]
     pub fn entries(&self) -> Vec<TapeEntry> {
         self.nodes
             .borrow()

@@ -68,6 +68,10 @@ impl<A: Float> Tensor<A> {
     /// assert!(tapegrad::Tensor::from_vec(&[3], vec![1.0f32]).is_err());
     /// # Ok::<(), tapegrad::Error>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] if `data.len()` is not the product of `shape`.
     pub fn from_vec(shape: &[usize], data: Vec<A>) -> Result<Self> {
         let n = data.len();
         ArrayD::from_shape_vec(IxDyn(shape), data)
@@ -101,7 +105,7 @@ impl<A: Float> Tensor<A> {
     }
 
     /// The label, if any.
-    #[must_use] 
+    #[must_use]
     pub fn label(&self) -> Option<&str> {
         self.label.as_deref()
     }
@@ -114,55 +118,55 @@ impl<A: Float> Tensor<A> {
     }
 
     /// The value.
-    #[must_use] 
+    #[must_use]
     pub fn value(&self) -> &ArrayD<A> {
         &self.value
     }
 
     /// The value as a shared handle (no copy).
-    #[must_use] 
+    #[must_use]
     pub fn shared_value(&self) -> Arc<ArrayD<A>> {
         Arc::clone(&self.value)
     }
 
     /// The value's shape.
-    #[must_use] 
+    #[must_use]
     pub fn shape(&self) -> &[usize] {
         self.value.shape()
     }
 
     /// The number of dimensions.
-    #[must_use] 
+    #[must_use]
     pub fn ndim(&self) -> usize {
         self.value.ndim()
     }
 
     /// The number of elements.
-    #[must_use] 
+    #[must_use]
     pub fn len(&self) -> usize {
         self.value.len()
     }
 
     /// Whether the tensor has no elements.
-    #[must_use] 
+    #[must_use]
     pub fn is_empty(&self) -> bool {
         self.value.is_empty()
     }
 
     /// Whether the tensor has a node on a tape.
-    #[must_use] 
+    #[must_use]
     pub fn is_tracked(&self) -> bool {
         self.node.is_some()
     }
 
     /// The tape this tensor is recorded on, if tracked.
-    #[must_use] 
+    #[must_use]
     pub fn tape(&self) -> Option<&Tape<A>> {
         self.node.as_ref().map(|(tape, _)| tape)
     }
 
     /// The node's id on its tape, if tracked.
-    #[must_use] 
+    #[must_use]
     pub fn node_id(&self) -> Option<usize> {
         self.node.as_ref().map(|(_, id)| *id)
     }
@@ -172,6 +176,10 @@ impl<A: Float> Tensor<A> {
     }
 
     /// The single element of a one-element tensor. PyTorch: `.item()`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotScalar`] if the tensor has more than one element.
     pub fn item(&self) -> Result<A> {
         match self.value.iter().next() {
             Some(&x) if self.len() == 1 => Ok(x),
@@ -184,7 +192,7 @@ impl<A: Float> Tensor<A> {
 
     /// The same value as a constant: gradients stop here. PyTorch: `.detach()`;
     /// JAX: `lax.stop_gradient`.
-    #[must_use] 
+    #[must_use]
     pub fn detach(&self) -> Tensor<A> {
         Self::from_shared(self.shared_value())
     }

@@ -29,7 +29,7 @@ use crate::float::Float;
 ///     prop_assert!(x < 10);
 /// });
 /// ```
-#[must_use] 
+#[must_use]
 pub fn config(default_cases: u32) -> ProptestConfig {
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
@@ -145,7 +145,7 @@ pub struct MlpCase {
 
 impl MlpCase {
     /// The model this case describes.
-    #[must_use] 
+    #[must_use]
     pub fn model(&self) -> crate::nn::Mlp {
         let mlp = crate::nn::Mlp::new(&self.hidden, self.classes);
         match self.batch_norm {
@@ -158,7 +158,7 @@ impl MlpCase {
     /// from N(0, 0.5²). Zero biases (the default) with a zero input row put a ReLU exactly on
     /// its kink, where finite differences are meaningless; random biases make that a
     /// probability-zero event.
-    #[must_use] 
+    #[must_use]
     pub fn variables(&self) -> crate::variables::Variables<f64> {
         use crate::module::ModuleExt;
         let mut vars = self
@@ -178,7 +178,7 @@ impl MlpCase {
     /// any hidden unit in training mode, with [`MlpCase::variables`]. A finite difference
     /// of step `eps` straddles the kink when this is below about `eps` (times the input's
     /// size), and is then meaningless: [`mlp_case`] keeps it above `1e-4`.
-    #[must_use] 
+    #[must_use]
     pub fn relu_margin(&self) -> f64 {
         use crate::module::{ApplyOptions, ModuleExt};
         use crate::nn::{BatchNorm, Dense};

@@ -9,6 +9,7 @@ use ndarray::ArrayD;
 use crate::collection::{Collection, Params};
 use crate::error::{Error, Result};
 use crate::float::Float;
+use crate::into_array::IntoArray;
 
 /// The name of the one collection that is differentiated and optimized.
 pub const PARAMS: &str = "params";
@@ -46,7 +47,7 @@ pub(crate) fn check_collection_name(op: &'static str, name: &str) -> Result<()> 
 
 impl<A: Float> Variables<A> {
     /// No variables.
-    #[must_use] 
+    #[must_use]
     pub fn new() -> Self {
         Variables {
             params: Params::new(),
@@ -55,7 +56,7 @@ impl<A: Float> Variables<A> {
     }
 
     /// The params.
-    #[must_use] 
+    #[must_use]
     pub fn params(&self) -> &Params<A> {
         &self.params
     }
@@ -66,7 +67,7 @@ impl<A: Float> Variables<A> {
     }
 
     /// A collection by name (`"params"` included, read-only).
-    #[must_use] 
+    #[must_use]
     pub fn collection(&self, name: &str) -> Option<&Collection<A>> {
         if name == PARAMS {
             Some(&self.params)
@@ -91,7 +92,7 @@ impl<A: Float> Variables<A> {
     }
 
     /// A variable by full name, `collection/path`.
-    #[must_use] 
+    #[must_use]
     pub fn get(&self, full_name: &str) -> Option<&ArrayD<A>> {
         let (collection, path) = full_name.split_once('/')?;
         self.collection(collection)?.get(path)
@@ -111,11 +112,15 @@ impl<A: Float> Variables<A> {
     /// name (empty, containing `/`, or starting with `#`) is [`Error::InvalidName`], and
     /// nothing is inserted: `"a/b"` would be saved as `a/b/path` and come back from a
     /// checkpoint as collection `a`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`] for an invalid collection name; nothing is inserted.
     pub fn insert(
         &mut self,
         collection: &str,
         path: impl Into<String>,
-        value: ArrayD<A>,
+        value: impl IntoArray<A>,
     ) -> Result<()> {
         check_collection_name("Variables::insert", collection)?;
         self.collection_entry(collection).insert(path, value);
@@ -146,7 +151,7 @@ impl<A: Float> Variables<A> {
     /// assert_eq!(first.params().paths().collect::<Vec<_>>(), ["bias", "kernel"]);
     /// # Ok::<(), tapegrad::Error>(())
     /// ```
-    #[must_use] 
+    #[must_use]
     pub fn subtree(&self, prefix: &str) -> Variables<A> {
         let prefix = format!("{}/", prefix.trim_end_matches('/'));
         let mut out = Variables::new();
@@ -163,7 +168,7 @@ impl<A: Float> Variables<A> {
     }
 
     /// Replaces the params (e.g. after loading a checkpoint), keeping the other collections.
-    #[must_use] 
+    #[must_use]
     pub fn with_params(mut self, params: Params<A>) -> Self {
         self.params = params;
         self
@@ -173,6 +178,11 @@ impl<A: Float> Variables<A> {
     /// updated variable replaces the stored one. All-or-nothing: if any updated variable
     /// changes shape, nothing is written and the error names it.
     /// Flax: `variables = {**variables, **updates}`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::VariableShape`] naming the first variable whose shape would change; nothing is
+    /// written.
     pub fn merge(&mut self, updates: Updates<A>) -> Result<()> {
         for (collection, entries) in &updates.collections {
             for (path, value) in entries.iter() {
@@ -215,13 +225,13 @@ pub struct Updates<A: Float> {
 
 impl<A: Float> Updates<A> {
     /// A collection by name.
-    #[must_use] 
+    #[must_use]
     pub fn collection(&self, name: &str) -> Option<&Collection<A>> {
         self.collections.get(name)
     }
 
     /// A variable by full name, `collection/path`.
-    #[must_use] 
+    #[must_use]
     pub fn get(&self, full_name: &str) -> Option<&ArrayD<A>> {
         let (collection, path) = full_name.split_once('/')?;
         self.collections.get(collection)?.get(path)
@@ -233,7 +243,7 @@ impl<A: Float> Updates<A> {
     }
 
     /// Whether no collection was returned (nothing was mutable).
-    #[must_use] 
+    #[must_use]
     pub fn is_empty(&self) -> bool {
         self.collections.is_empty()
     }
@@ -276,13 +286,13 @@ impl Mutable {
     }
 
     /// Every collection.
-    #[must_use] 
+    #[must_use]
     pub fn all() -> Self {
         Mutable::AllExcept(Vec::new())
     }
 
     /// Whether `collection` may be written. Params are never written by `apply`.
-    #[must_use] 
+    #[must_use]
     pub fn allows(&self, collection: &str) -> bool {
         collection != PARAMS
             && match self {

@@ -50,8 +50,7 @@ pub(crate) fn io_failure(path: &Path, error: std::io::Error) -> Error {
 
 /// Reads and parses a safetensors file: every tensor, and the metadata.
 pub(crate) fn read_tensors(path: &Path) -> Result<FileContents> {
-    let bytes = read_regular_file(path)
-        .map_err(|e| io_failure(path, e))?;
+    let bytes = read_regular_file(path).map_err(|e| io_failure(path, e))?;
     format::parse(&bytes).map_err(|e| failure(path, vec![CheckpointProblem::Corrupt(e)]))
 }
 
@@ -179,8 +178,7 @@ pub(crate) fn base_metadata() -> BTreeMap<String, String> {
 
 /// Writes `bytes` to `path` atomically, as a checkpoint error on failure.
 pub(crate) fn write(bytes: &[u8], path: &Path) -> Result<()> {
-    write_atomically(bytes, path)
-        .map_err(|e| io_failure(path, e))
+    write_atomically(bytes, path).map_err(|e| io_failure(path, e))
 }
 
 /// Saves every collection of `variables` to `path` in the safetensors format, tensor names
@@ -191,6 +189,11 @@ pub(crate) fn write(bytes: &[u8], path: &Path) -> Result<()> {
 /// the old file or the new one, never a mixture, and a failed save removes its temporary
 /// file. Deterministic: the same variables give the same bytes. Values are stored bit for
 /// bit (a NaN keeps its payload).
+///
+/// # Errors
+///
+/// [`Error::Checkpoint`] if the file cannot be written (its `source()` is the `std::io::Error`); an
+/// existing file at `path` is then left as it was.
 pub fn save<A: Float>(variables: &Variables<A>, path: impl AsRef<Path>) -> Result<()> {
     let bytes = format::serialize(&variable_tensors_of(variables), &base_metadata());
     write(&bytes, path.as_ref())
@@ -211,6 +214,11 @@ pub(crate) fn check_version(metadata: &BTreeMap<String, String>) -> Vec<Checkpoi
 /// in [`LoadMode::Strict`] the file may hold nothing else (optimizer state, in a training
 /// checkpoint, is not a variable and is skipped). All problems are reported together in
 /// [`Error::Checkpoint`], and on any problem `variables` is left untouched.
+///
+/// # Errors
+///
+/// [`Error::Checkpoint`] listing every problem found (missing, unexpected, wrong shape or dtype,
+/// unreadable or corrupt file); `variables` are not changed.
 pub fn load_into<A: Float>(
     variables: &mut Variables<A>,
     path: impl AsRef<Path>,
@@ -231,6 +239,11 @@ pub fn load_into<A: Float>(
 
 /// Reads every variable of a checkpoint, without a model to check against. Tensors must be
 /// of the element type `A` and named `collection/path` with a valid collection name.
+///
+/// # Errors
+///
+/// [`Error::Checkpoint`] if the file cannot be read or is not a tapegrad checkpoint of element type
+/// `A`.
 pub fn read<A: Float>(path: impl AsRef<Path>) -> Result<Variables<A>> {
     let path = path.as_ref();
     let file = read_tensors(path)?;

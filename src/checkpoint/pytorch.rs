@@ -68,14 +68,14 @@ pub struct TorchMapping {
 
 impl TorchMapping {
     /// No layers.
-    #[must_use] 
+    #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Maps the PyTorch module `torch_prefix` (e.g. `"encoder.fc"`) of kind `layer` to the
     /// tapegrad module path `path` (e.g. `"Dense_0"`).
-    #[must_use] 
+    #[must_use]
     pub fn layer(mut self, torch_prefix: &str, path: &str, layer: TorchLayer) -> Self {
         self.layers
             .push((torch_prefix.to_string(), path.to_string(), layer));
@@ -83,7 +83,7 @@ impl TorchMapping {
     }
 
     /// The layers, as `(torch prefix, tapegrad path, kind)`.
-    #[must_use] 
+    #[must_use]
     pub fn layers(&self) -> &[(String, String, TorchLayer)] {
         &self.layers
     }
@@ -94,6 +94,11 @@ impl TorchMapping {
     /// `running_mean` is a BatchNorm, one with a 4-D `weight` a Conv2d, one with a 2-D
     /// `weight` a Linear; they are named `Conv_0`, `BatchNorm_0`, `Dense_0`, … as
     /// [`Sequential`](crate::nn::Sequential) and [`Mlp`](crate::nn::Mlp) name them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Checkpoint`] if the file cannot be read or holds a tensor that is not a Conv2d,
+    /// BatchNorm1d/2d or Linear of an `nn.Sequential`.
     pub fn derive_sequential(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let tensors = read_tensors(path)?.tensors;
@@ -168,6 +173,11 @@ fn destination(layer: TorchLayer, field: &str) -> Option<Option<(&'static str, &
 /// documentation say. `float32` and `float64` tensors are accepted whatever `A` is. As
 /// [`load_into`](crate::checkpoint::load_into): every problem is reported, and on any
 /// problem nothing changes.
+///
+/// # Errors
+///
+/// [`Error::Checkpoint`] listing every tensor that does not map, is missing, or has the wrong shape
+/// or dtype; `variables` are not changed.
 pub fn import_pytorch_into<A: Float>(
     variables: &mut Variables<A>,
     path: impl AsRef<Path>,

@@ -48,6 +48,11 @@ use crate::variables::Variables;
 /// # std::fs::remove_file(&path).ok();
 /// # Ok::<(), tapegrad::Error>(())
 /// ```
+///
+/// # Errors
+///
+/// As [`save`](crate::checkpoint::save): [`Error::Checkpoint`](crate::Error::Checkpoint) if the
+/// file cannot be written, the old file left as it was.
 pub fn save_training<A: Float>(
     variables: &Variables<A>,
     optimizer: &dyn Optimizer<A>,
@@ -72,6 +77,11 @@ pub fn save_training<A: Float>(
 /// optimizer's state against them (each array named after a param and of its shape, of the
 /// model's element type; the file's optimizer of the same kind as `optimizer`). Every problem
 /// is reported together, and on any problem neither `variables` nor `optimizer` changes.
+///
+/// # Errors
+///
+/// [`Error::Checkpoint`](crate::Error::Checkpoint) for a problem with the file or a mismatch with
+/// `variables` or with the optimizer's kind; neither `variables` nor `optimizer` is changed.
 pub fn load_training_into<A: Float>(
     variables: &mut Variables<A>,
     optimizer: &mut dyn Optimizer<A>,

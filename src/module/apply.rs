@@ -28,14 +28,14 @@ pub struct ApplyOptions {
 
 impl ApplyOptions {
     /// Evaluation mode, nothing mutable (PyTorch `model.eval()`).
-    #[must_use] 
+    #[must_use]
     pub fn eval() -> Self {
         ApplyOptions::default()
     }
 
     /// Training mode, nothing mutable yet: add `.mutable(...)` for layers that write state
     /// (PyTorch `model.train()`).
-    #[must_use] 
+    #[must_use]
     pub fn train() -> Self {
         ApplyOptions {
             training: true,
@@ -44,7 +44,7 @@ impl ApplyOptions {
     }
 
     /// Which collections may be written.
-    #[must_use] 
+    #[must_use]
     pub fn mutable(mut self, mutable: Mutable) -> Self {
         self.mutable = mutable;
         self
@@ -59,13 +59,13 @@ impl ApplyOptions {
     }
 
     /// Whether this is training mode.
-    #[must_use] 
+    #[must_use]
     pub fn is_training(&self) -> bool {
         self.training
     }
 
     /// The mutability filter.
-    #[must_use] 
+    #[must_use]
     pub fn mutability(&self) -> &Mutable {
         &self.mutable
     }
@@ -112,6 +112,15 @@ pub trait ModuleExt<A: Float>: Module<A> {
     /// Runs the module with `variables`, no tape: params are constants too. Returns the
     /// output and the mutable collections, updated. `variables` is never modified; merge the
     /// updates with [`Variables::merge`]. Flax: `model.apply(variables, x, mutable=...)`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ImmutableCollection`](crate::Error::ImmutableCollection) if the module writes a
+    /// collection `options` did not make mutable,
+    /// [`Error::MissingVariable`](crate::Error::MissingVariable) or
+    /// [`Error::VariableShape`](crate::Error::VariableShape) if `variables` do not fit the model,
+    /// [`Error::MissingRng`](crate::Error::MissingRng) for a stream not given, and the layers' own
+    /// shape errors. `variables` are never changed.
     fn apply(
         &self,
         variables: &Variables<A>,
@@ -130,6 +139,10 @@ pub trait ModuleExt<A: Float>: Module<A> {
     /// [`value_and_grad`](crate::value_and_grad)) and every other collection from
     /// `variables` (whose own params are ignored). This is how a training step differentiates
     /// a model with respect to its params only.
+    ///
+    /// # Errors
+    ///
+    /// As [`ModuleExt::apply`].
     fn apply_tracked(
         &self,
         params: &ParamTensors<A>,

@@ -64,6 +64,11 @@ pub trait Module<A: Float> {
     fn kind(&self) -> &'static str;
 
     /// The computation, reading and writing variables through `scope`.
+    ///
+    /// # Errors
+    ///
+    /// A shape or setting error naming the layer, or what [`Scope`]'s methods return (a missing or
+    /// misshapen variable, an immutable collection).
     fn forward(&self, scope: &mut Scope<'_, A>, input: &Self::Input) -> Result<Self::Output>;
 }
 
@@ -111,21 +116,21 @@ impl<'a, A: Float> Scope<'a, A> {
     }
 
     /// This scope's path (`""` at the root).
-    #[must_use] 
+    #[must_use]
     pub fn path(&self) -> &str {
         &self.path
     }
 
     /// Whether the model is in training mode (as given to `apply`). BatchNorm uses batch
     /// statistics and Dropout drops only in training mode.
-    #[must_use] 
+    #[must_use]
     pub fn is_training(&self) -> bool {
         self.ctx.training
     }
 
     /// Whether this run is `init`. Layers skip state updates then, as Flax's BatchNorm does,
     /// so that initialisation does not move running statistics.
-    #[must_use] 
+    #[must_use]
     pub fn is_initializing(&self) -> bool {
         self.ctx.is_initializing()
     }
@@ -136,6 +141,11 @@ impl<'a, A: Float> Scope<'a, A> {
     /// the param's full name (so it does not depend on creation order). In `apply` the
     /// stored value is returned, a tracked leaf when gradients are being taken; a missing
     /// param or one of another shape is an error naming it.
+    ///
+    /// # Errors
+    ///
+    /// In `apply`, [`Error::MissingVariable`] if the param does not exist and
+    /// [`Error::VariableShape`] if its stored shape is not `shape`.
     pub fn param(
         &mut self,
         name: &str,
@@ -179,6 +189,11 @@ impl<'a, A: Float> Scope<'a, A> {
     ///
     /// Asking for `"params"` here is [`Error::ReservedCollection`]: params come only from
     /// [`Scope::param`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ReservedCollection`] for `"params"`; in `apply`, [`Error::MissingVariable`] if the
+    /// variable does not exist and [`Error::VariableShape`] if its stored shape is not `shape`.
     pub fn variable(
         &mut self,
         collection: &str,
@@ -238,6 +253,10 @@ impl<'a, A: Float> Scope<'a, A> {
     /// Runs `module` in a child scope with its default name, `Kind_N`, N counting the
     /// children of that kind in this scope: `Dense_0`, `BatchNorm_0`, `Dense_1`, … (as
     /// Flax names the sub-modules of a compact module).
+    ///
+    /// # Errors
+    ///
+    /// What the sub-module's `forward` returns.
     pub fn call<M: Module<A> + ?Sized>(
         &mut self,
         module: &M,
@@ -251,6 +270,10 @@ impl<'a, A: Float> Scope<'a, A> {
     }
 
     /// Runs `module` in a child scope named `name`.
+    ///
+    /// # Errors
+    ///
+    /// What the sub-module's `forward` returns.
     pub fn call_named<M: Module<A> + ?Sized>(
         &mut self,
         name: &str,
@@ -263,6 +286,11 @@ impl<'a, A: Float> Scope<'a, A> {
     /// A random stream for this scope, from the seed given to `apply` for `stream` (e.g.
     /// `"dropout"`); each call draws a fresh one. In `init` it derives from the init seed.
     /// A stream `apply` was not given is [`Error::MissingRng`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MissingRng`] naming the stream and this scope's path if `apply` was not given the
+    /// stream.
     pub fn rng(&mut self, stream: &str) -> Result<SplitMix64> {
         let seed = match (&self.ctx.phase, self.ctx.rngs.get(stream)) {
             (_, Some(&seed)) => seed,

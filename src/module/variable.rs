@@ -31,7 +31,7 @@ pub struct Variable<'a, A: Float> {
 
 impl<A: Float> Variable<'_, A> {
     /// The current value (as written earlier in this run, else as stored), as a constant.
-    #[must_use] 
+    #[must_use]
     pub fn value(&self) -> Tensor<A> {
         Tensor::from_shared(self.current()).with_label(Arc::clone(&self.label))
     }
@@ -48,7 +48,8 @@ impl<A: Float> Variable<'_, A> {
     ///
     /// # Errors
     ///
-    /// [`Error::ImmutableCollection`] or [`Error::ShapeMismatch`], with nothing written.
+    /// [`Error::ImmutableCollection`] or
+    /// [`Error::VariableShape`], with nothing written.
     pub fn set(&self, value: impl IntoArray<A>) -> Result<()> {
         let value = value.into_array();
         if !self.is_mutable() {
@@ -72,7 +73,8 @@ impl<A: Float> Variable<'_, A> {
     ///
     /// # Errors
     ///
-    /// [`Error::NonFinite`], or what [`Variable::set`] returns; nothing is written.
+    /// [`Error::NonFinite`], or what [`Variable::set`] returns; nothing is
+    /// written.
     pub fn set_finite(&self, op: &'static str, value: impl IntoArray<A>) -> Result<()> {
         let value = value.into_array();
         self.check_finite(op, &value)?;
@@ -81,6 +83,10 @@ impl<A: Float> Variable<'_, A> {
 
     /// An error naming the variable if `value` holds NaN or an infinity: for a layer that
     /// writes several variables and checks them all before it writes any.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NonFinite`] naming `op` and the variable.
     pub fn check_finite(&self, op: &'static str, value: &ArrayD<A>) -> Result<()> {
         if simd::array_all_finite(value) {
             Ok(())
@@ -93,19 +99,19 @@ impl<A: Float> Variable<'_, A> {
     }
 
     /// Whether [`Variable::set`] may write.
-    #[must_use] 
+    #[must_use]
     pub fn is_mutable(&self) -> bool {
         self.ctx.is_initializing() || self.ctx.mutable.allows(&self.collection)
     }
 
     /// The collection's name.
-    #[must_use] 
+    #[must_use]
     pub fn collection(&self) -> &str {
         &self.collection
     }
 
     /// The path inside the collection.
-    #[must_use] 
+    #[must_use]
     pub fn path(&self) -> &str {
         &self.path
     }

@@ -21,7 +21,7 @@ pub enum Activation {
 
 impl Activation {
     /// Applies the activation.
-    #[must_use] 
+    #[must_use]
     pub fn apply<A: Float>(self, x: &Tensor<A>) -> Tensor<A> {
         match self {
             Activation::Relu => x.relu(),

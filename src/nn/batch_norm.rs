@@ -68,25 +68,25 @@ impl Default for BatchNorm {
 
 impl BatchNorm {
     /// Flax's defaults: momentum 0.99, epsilon 1e-5.
-    #[must_use] 
+    #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
     /// The same layer with another momentum (`0.9` is PyTorch's `momentum=0.1`).
-    #[must_use] 
+    #[must_use]
     pub fn momentum(self, momentum: f64) -> Self {
         BatchNorm { momentum, ..self }
     }
 
     /// The same layer with another epsilon.
-    #[must_use] 
+    #[must_use]
     pub fn epsilon(self, epsilon: f64) -> Self {
         BatchNorm { epsilon, ..self }
     }
 
     /// The same layer without a learned scale (no `scale` param).
-    #[must_use] 
+    #[must_use]
     pub fn without_scale(self) -> Self {
         BatchNorm {
             use_scale: false,
@@ -95,7 +95,7 @@ impl BatchNorm {
     }
 
     /// The same layer without a learned bias (no `bias` param).
-    #[must_use] 
+    #[must_use]
     pub fn without_bias(self) -> Self {
         BatchNorm {
             use_bias: false,
@@ -104,7 +104,7 @@ impl BatchNorm {
     }
 
     /// The same layer normalising features along `axis` (negative: from the end).
-    #[must_use] 
+    #[must_use]
     pub fn axis(self, axis: isize) -> Self {
         BatchNorm { axis, ..self }
     }

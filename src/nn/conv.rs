@@ -40,7 +40,7 @@ pub struct Conv {
 
 impl Conv {
     /// `features` output channels with a `kernel_size` window; Flax's defaults otherwise.
-    #[must_use] 
+    #[must_use]
     pub fn new(features: usize, kernel_size: [usize; 2]) -> Self {
         Conv {
             features,
@@ -51,21 +51,21 @@ impl Conv {
     }
 
     /// The same layer with other strides.
-    #[must_use] 
+    #[must_use]
     pub fn strides(mut self, strides: [usize; 2]) -> Self {
         self.options.strides = strides;
         self
     }
 
     /// The same layer with other padding.
-    #[must_use] 
+    #[must_use]
     pub fn padding(mut self, padding: Padding) -> Self {
         self.options.padding = padding;
         self
     }
 
     /// The same layer with a dilated kernel (Flax's `kernel_dilation`).
-    #[must_use] 
+    #[must_use]
     pub fn dilation(mut self, dilation: [usize; 2]) -> Self {
         self.options.dilation = dilation;
         self
@@ -73,14 +73,14 @@ impl Conv {
 
     /// The same layer in `groups` feature groups (Flax's `feature_group_count`;
     /// `groups = channels` is depthwise).
-    #[must_use] 
+    #[must_use]
     pub fn groups(mut self, groups: usize) -> Self {
         self.options.groups = groups;
         self
     }
 
     /// The same layer with no bias (as before a BatchNorm, whose mean subtraction cancels it).
-    #[must_use] 
+    #[must_use]
     pub fn without_bias(self) -> Self {
         Conv {
             use_bias: false,

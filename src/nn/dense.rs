@@ -22,7 +22,7 @@ pub struct Dense {
 
 impl Dense {
     /// A layer with `features` outputs, LeCun-normal kernel and zero bias (Flax's defaults).
-    #[must_use] 
+    #[must_use]
     pub fn new(features: usize) -> Self {
         Dense {
             features,
@@ -31,7 +31,7 @@ impl Dense {
     }
 
     /// The same layer with no bias.
-    #[must_use] 
+    #[must_use]
     pub fn without_bias(self) -> Self {
         Dense {
             use_bias: false,

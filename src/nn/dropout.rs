@@ -21,7 +21,7 @@ pub struct Dropout {
 
 impl Dropout {
     /// Drops with probability `rate`.
-    #[must_use] 
+    #[must_use]
     pub fn new(rate: f64) -> Self {
         Dropout { rate }
     }

@@ -23,7 +23,7 @@ pub struct Embed {
 
 impl Embed {
     /// A table of `num_embeddings` rows of width `features`.
-    #[must_use] 
+    #[must_use]
     pub fn new(num_embeddings: usize, features: usize) -> Self {
         Embed {
             num_embeddings,

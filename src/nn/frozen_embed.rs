@@ -28,7 +28,7 @@ pub struct FrozenEmbed {
 impl FrozenEmbed {
     /// A table of `num_embeddings` rows of width `features` in the `"state"` collection,
     /// initialised standard normal (load real vectors with `Variables::insert`).
-    #[must_use] 
+    #[must_use]
     pub fn new(num_embeddings: usize, features: usize) -> Self {
         FrozenEmbed {
             num_embeddings,

@@ -36,7 +36,7 @@ pub struct Mlp {
 
 impl Mlp {
     /// An MLP with ReLU, no BatchNorm, no dropout.
-    #[must_use] 
+    #[must_use]
     pub fn new(hidden: &[usize], outputs: usize) -> Self {
         Mlp {
             hidden: hidden.to_vec(),
@@ -48,7 +48,7 @@ impl Mlp {
     }
 
     /// Adds `batch_norm` after each hidden `Dense`.
-    #[must_use] 
+    #[must_use]
     pub fn with_batch_norm(self, batch_norm: BatchNorm) -> Self {
         Mlp {
             batch_norm: Some(batch_norm),
@@ -57,13 +57,13 @@ impl Mlp {
     }
 
     /// Uses another hidden activation.
-    #[must_use] 
+    #[must_use]
     pub fn with_activation(self, activation: Activation) -> Self {
         Mlp { activation, ..self }
     }
 
     /// Adds dropout after each hidden activation.
-    #[must_use] 
+    #[must_use]
     pub fn with_dropout(self, rate: f64) -> Self {
         Mlp {
             dropout: Some(rate),

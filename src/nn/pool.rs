@@ -33,7 +33,7 @@ pub enum PoolKind {
 impl Pool {
     /// Max pooling with non-overlapping windows (stride = window, VALID): PyTorch's
     /// `nn.MaxPool2d(k)`.
-    #[must_use] 
+    #[must_use]
     pub fn max(window: [usize; 2]) -> Self {
         Pool {
             kind: PoolKind::Max,
@@ -44,7 +44,7 @@ impl Pool {
     }
 
     /// Average pooling with non-overlapping windows.
-    #[must_use] 
+    #[must_use]
     pub fn average(window: [usize; 2]) -> Self {
         Pool {
             kind: PoolKind::Average,
@@ -53,13 +53,13 @@ impl Pool {
     }
 
     /// The same pooling with other strides.
-    #[must_use] 
+    #[must_use]
     pub fn with_strides(self, strides: [usize; 2]) -> Self {
         Pool { strides, ..self }
     }
 
     /// The same pooling with other padding.
-    #[must_use] 
+    #[must_use]
     pub fn with_padding(self, padding: Padding) -> Self {
         Pool { padding, ..self }
     }
@@ -126,13 +126,13 @@ pub struct Flatten {
 
 impl Flatten {
     /// Flax's order: `(height, width, channels)`.
-    #[must_use] 
+    #[must_use]
     pub fn new() -> Self {
         Flatten::default()
     }
 
     /// PyTorch's order: `(channels, height, width)`.
-    #[must_use] 
+    #[must_use]
     pub fn channels_first() -> Self {
         Flatten {
             channels_first: true,

@@ -49,7 +49,7 @@ impl<A: Float> Default for Sequential<A> {
 
 impl<A: Float> Sequential<A> {
     /// No layers (the identity).
-    #[must_use] 
+    #[must_use]
     pub fn new() -> Self {
         Sequential { layers: Vec::new() }
     }
@@ -73,13 +73,13 @@ impl<A: Float> Sequential<A> {
     }
 
     /// The number of layers.
-    #[must_use] 
+    #[must_use]
     pub fn len(&self) -> usize {
         self.layers.len()
     }
 
     /// Whether there are no layers.
-    #[must_use] 
+    #[must_use]
     pub fn is_empty(&self) -> bool {
         self.layers.is_empty()
     }

@@ -49,12 +49,24 @@ impl<A: Float> Tensor<A> {
     /// assert!(b.add(&c).is_err()); // 3 against 2: not broadcastable
     /// # Ok::<(), tapegrad::Error>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::IncompatibleShapes`](crate::Error::IncompatibleShapes) if the shapes do not
+    /// broadcast, [`Error::DifferentTapes`](crate::Error::DifferentTapes) if the operands are
+    /// tracked on different tapes; nothing is recorded.
     pub fn add(&self, other: &Tensor<A>) -> Result<Tensor<A>> {
         let value = zip_broadcast("add", self.value(), other.value(), |x, y| x + y)?;
         record("add", &[self, other], value, pass_through)
     }
 
     /// `self - other`, broadcasting.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::IncompatibleShapes`](crate::Error::IncompatibleShapes) if the shapes do not
+    /// broadcast, [`Error::DifferentTapes`](crate::Error::DifferentTapes) if the operands are
+    /// tracked on different tapes; nothing is recorded.
     pub fn sub(&self, other: &Tensor<A>) -> Result<Tensor<A>> {
         let value = zip_broadcast("sub", self.value(), other.value(), |x, y| x - y)?;
         record("sub", &[self, other], value, |g, needs| {
@@ -66,6 +78,12 @@ impl<A: Float> Tensor<A> {
     }
 
     /// `self * other` elementwise, broadcasting.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::IncompatibleShapes`](crate::Error::IncompatibleShapes) if the shapes do not
+    /// broadcast, [`Error::DifferentTapes`](crate::Error::DifferentTapes) if the operands are
+    /// tracked on different tapes; nothing is recorded.
     pub fn mul(&self, other: &Tensor<A>) -> Result<Tensor<A>> {
         let value = zip_broadcast("mul", self.value(), other.value(), |x, y| x * y)?;
         let (a, b) = (self.shared_value(), other.shared_value());
@@ -84,6 +102,12 @@ impl<A: Float> Tensor<A> {
     }
 
     /// `self / other` elementwise, broadcasting.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::IncompatibleShapes`](crate::Error::IncompatibleShapes) if the shapes do not
+    /// broadcast, [`Error::DifferentTapes`](crate::Error::DifferentTapes) if the operands are
+    /// tracked on different tapes; nothing is recorded.
     pub fn div(&self, other: &Tensor<A>) -> Result<Tensor<A>> {
         let value = zip_broadcast("div", self.value(), other.value(), |x, y| x / y)?;
         let (a, b) = (self.shared_value(), other.shared_value());
@@ -102,11 +126,23 @@ impl<A: Float> Tensor<A> {
     /// Elementwise maximum, broadcasting; NaN if either side is NaN (PyTorch, JAX). At a tie
     /// the gradient is split evenly between the two inputs (as JAX does), so the sum of both
     /// gradients is always `g`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::IncompatibleShapes`](crate::Error::IncompatibleShapes) if the shapes do not
+    /// broadcast, [`Error::DifferentTapes`](crate::Error::DifferentTapes) if the operands are
+    /// tracked on different tapes; nothing is recorded.
     pub fn maximum(&self, other: &Tensor<A>) -> Result<Tensor<A>> {
         self.choose("maximum", other, |x, y| x > y)
     }
 
     /// Elementwise minimum, broadcasting; ties split as in [`Tensor::maximum`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::IncompatibleShapes`](crate::Error::IncompatibleShapes) if the shapes do not
+    /// broadcast, [`Error::DifferentTapes`](crate::Error::DifferentTapes) if the operands are
+    /// tracked on different tapes; nothing is recorded.
     pub fn minimum(&self, other: &Tensor<A>) -> Result<Tensor<A>> {
         self.choose("minimum", other, |x, y| x < y)
     }
@@ -151,6 +187,12 @@ impl<A: Float> Tensor<A> {
     /// `mask ? on_true : on_false` elementwise, broadcasting all three. `mask` is read as a
     /// constant (nonzero is true); gradients flow to the branch that was chosen.
     /// JAX: `jnp.where`; PyTorch: `torch.where`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::IncompatibleShapes`](crate::Error::IncompatibleShapes) if the three shapes do not
+    /// broadcast together, [`Error::DifferentTapes`](crate::Error::DifferentTapes) if the branches
+    /// are tracked on different tapes; nothing is recorded.
     pub fn select(
         mask: &Tensor<A>,
         on_true: &Tensor<A>,
@@ -185,26 +227,56 @@ impl<A: Float> Tensor<A> {
 
     /// `1.0` where `self > other`, else `0.0`: a constant mask (comparisons have no
     /// gradient). Broadcasts.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::IncompatibleShapes`](crate::Error::IncompatibleShapes) if the shapes do not
+    /// broadcast, [`Error::DifferentTapes`](crate::Error::DifferentTapes) if the operands are
+    /// tracked on different tapes; nothing is recorded.
     pub fn gt(&self, other: &Tensor<A>) -> Result<Tensor<A>> {
         self.compare("gt", other, |x, y| x > y)
     }
 
     /// `1.0` where `self < other`, else `0.0`: a constant mask.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::IncompatibleShapes`](crate::Error::IncompatibleShapes) if the shapes do not
+    /// broadcast, [`Error::DifferentTapes`](crate::Error::DifferentTapes) if the operands are
+    /// tracked on different tapes; nothing is recorded.
     pub fn lt(&self, other: &Tensor<A>) -> Result<Tensor<A>> {
         self.compare("lt", other, |x, y| x < y)
     }
 
     /// `1.0` where `self >= other`, else `0.0`: a constant mask.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::IncompatibleShapes`](crate::Error::IncompatibleShapes) if the shapes do not
+    /// broadcast, [`Error::DifferentTapes`](crate::Error::DifferentTapes) if the operands are
+    /// tracked on different tapes; nothing is recorded.
     pub fn ge(&self, other: &Tensor<A>) -> Result<Tensor<A>> {
         self.compare("ge", other, |x, y| x >= y)
     }
 
     /// `1.0` where `self <= other`, else `0.0`: a constant mask.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::IncompatibleShapes`](crate::Error::IncompatibleShapes) if the shapes do not
+    /// broadcast, [`Error::DifferentTapes`](crate::Error::DifferentTapes) if the operands are
+    /// tracked on different tapes; nothing is recorded.
     pub fn le(&self, other: &Tensor<A>) -> Result<Tensor<A>> {
         self.compare("le", other, |x, y| x <= y)
     }
 
     /// `1.0` where `self == other`, else `0.0`: a constant mask.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::IncompatibleShapes`](crate::Error::IncompatibleShapes) if the shapes do not
+    /// broadcast, [`Error::DifferentTapes`](crate::Error::DifferentTapes) if the operands are
+    /// tracked on different tapes; nothing is recorded.
     pub fn eq_mask(&self, other: &Tensor<A>) -> Result<Tensor<A>> {
         self.compare("eq", other, |x, y| x == y)
     }

@@ -11,6 +11,11 @@ impl<A: Float> Tensor<A> {
     /// The maximum is taken of the detached value and enters as a constant: mathematically
     /// the result does not depend on the shift, so no gradient needs to flow through it (and
     /// none flows through ties of the maximum).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if `axis` is out of range; nothing
+    /// is recorded.
     pub fn logsumexp(&self, axis: usize, keep_dims: bool) -> Result<Tensor<A>> {
         // Taken from the detached value: nothing about the shift is recorded on the tape.
         let max = self.detach().max_axes(&[axis], true)?;
@@ -30,17 +35,32 @@ impl<A: Float> Tensor<A> {
     }
 
     /// `x - logsumexp(x)` over `axis`: log-probabilities, stable for large logits.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if `axis` is out of range; nothing
+    /// is recorded.
     pub fn log_softmax(&self, axis: usize) -> Result<Tensor<A>> {
         self.sub(&self.logsumexp(axis, true)?)
     }
 
     /// `exp(x) / sum(exp(x))` over `axis`, as `exp(log_softmax(x))`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if `axis` is out of range; nothing
+    /// is recorded.
     pub fn softmax(&self, axis: usize) -> Result<Tensor<A>> {
         Ok(self.log_softmax(axis)?.exp())
     }
 
     /// Biased variance over `axes` (divides by `n`, as `jnp.var` and BatchNorm do):
     /// `mean((x - mean(x))^2)`, the two-pass form.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) naming the op and the shape if an
+    /// axis is out of range or repeated; nothing is recorded.
     pub fn var_axes(&self, axes: &[usize], keep_dims: bool) -> Result<Tensor<A>> {
         let centred = self.sub(&self.mean_axes(axes, true)?)?;
         centred.square().mean_axes(axes, keep_dims)

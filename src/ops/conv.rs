@@ -226,6 +226,12 @@ impl<A: Float> Tensor<A> {
     /// assert_eq!(x.conv2d(&k, &ConvOptions::default())?.shape(), &[1, 3, 3, 1]); // SAME
     /// # Ok::<(), tapegrad::Error>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for an input that is not 4-D NHWC, a stride or dilation of 0, or
+    /// a window larger than the padded input; [`Error::IncompatibleShapes`] if the kernel is not
+    /// `(kh, kw, in / groups, out)` for this input; [`Error::DifferentTapes`]. Nothing is recorded.
     pub fn conv2d(&self, kernel: &Tensor<A>, options: &ConvOptions) -> Result<Tensor<A>> {
         convolve(self, kernel, None, options)
     }

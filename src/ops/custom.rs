@@ -32,6 +32,11 @@ use crate::tensor::record;
 /// assert_eq!(grads.get(&x).unwrap()[[0]], 1.0);
 /// # Ok::<(), tapegrad::Error>(())
 /// ```
+///
+/// # Errors
+///
+/// [`Error::DifferentTapes`](crate::Error::DifferentTapes) if the inputs are tracked on different
+/// tapes; nothing is recorded.
 pub fn custom_op<A: Float>(
     op: &'static str,
     inputs: &[&Tensor<A>],

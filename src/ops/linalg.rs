@@ -28,6 +28,11 @@ impl<A: Float> Tensor<A> {
     /// assert!(err.contains("matmul") && err.contains("[3, 4]"));
     /// # Ok::<(), tapegrad::Error>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] if an operand is not 2-D, [`Error::IncompatibleShapes`] if the
+    /// inner dimensions differ, [`Error::DifferentTapes`]; nothing is recorded.
     pub fn matmul(&self, other: &Tensor<A>) -> Result<Tensor<A>> {
         let a = as_matrix(self.value(), "matmul")?;
         let b = as_matrix(other.value(), "matmul")?;

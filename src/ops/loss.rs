@@ -25,6 +25,11 @@ use crate::tensor::Tensor;
 /// assert!((loss.item()? - 4f64.ln()).abs() < 1e-12);
 /// # Ok::<(), tapegrad::Error>(())
 /// ```
+///
+/// # Errors
+///
+/// [`Error::InvalidArgument`] if `logits` is not `(batch, classes)`, [`Error::IncompatibleShapes`]
+/// if `labels` has not `batch` entries, [`Error::IndexOutOfRange`] for a label `>= classes`.
 pub fn softmax_cross_entropy<A: Float>(logits: &Tensor<A>, labels: &[usize]) -> Result<Tensor<A>> {
     const OP: &str = "softmax_cross_entropy";
     let &[batch, classes] = logits.shape() else {
@@ -61,6 +66,11 @@ pub fn softmax_cross_entropy<A: Float>(logits: &Tensor<A>, labels: &[usize]) -> 
 
 /// Mean squared error `mean((prediction - target)^2)`, broadcasting.
 /// PyTorch: `F.mse_loss(prediction, target)`.
+///
+/// # Errors
+///
+/// [`Error::IncompatibleShapes`] if the shapes do not broadcast, [`Error::DifferentTapes`] if the
+/// operands are tracked on different tapes; nothing is recorded.
 pub fn mse<A: Float>(prediction: &Tensor<A>, target: &Tensor<A>) -> Result<Tensor<A>> {
     Ok(prediction.sub(target)?.square().mean_all())
 }

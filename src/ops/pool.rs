@@ -59,6 +59,12 @@ impl<A: Float> Tensor<A> {
     /// assert!(x.max_pool([3, 3], [1, 1], Padding::Valid).is_err()); // larger than the input
     /// # Ok::<(), tapegrad::Error>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an input that is not 4-D NHWC,
+    /// a window or stride with a 0 or of the wrong length, or a window larger than the padded
+    /// input; nothing is recorded.
     pub fn max_pool(
         &self,
         window: [usize; 2],
@@ -128,6 +134,12 @@ impl<A: Float> Tensor<A> {
     /// assert_eq!(y.value().iter().copied().collect::<Vec<_>>(), [3.0]);
     /// # Ok::<(), tapegrad::Error>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an input that is not 4-D NHWC,
+    /// a window or stride with a 0 or of the wrong length, or a window larger than the padded
+    /// input; nothing is recorded.
     pub fn avg_pool(
         &self,
         window: [usize; 2],

@@ -29,6 +29,11 @@ impl<A: Float> Tensor<A> {
     /// assert!(x.sum_axes(&[2], false).is_err()); // axis out of range
     /// # Ok::<(), tapegrad::Error>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] naming the op and the shape if an axis is out of range or
+    /// repeated; nothing is recorded.
     pub fn sum_axes(&self, axes: &[usize], keep_dims: bool) -> Result<Tensor<A>> {
         let axes = check_axes("sum", self.shape(), axes)?;
         let keep_shape = keep_dims_shape(self.shape(), &axes);
@@ -46,7 +51,7 @@ impl<A: Float> Tensor<A> {
     }
 
     /// Sum of all elements, as a 0-d tensor.
-    #[must_use] 
+    #[must_use]
     pub fn sum_all(&self) -> Tensor<A> {
         let value = ArrayD::from_elem(IxDyn(&[]), self.value().sum());
         let input_shape = self.shape().to_vec();
@@ -56,6 +61,11 @@ impl<A: Float> Tensor<A> {
     }
 
     /// Mean over `axes` (composed: a sum times `1/n`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] naming the op and the shape if an axis is out of range or
+    /// repeated; nothing is recorded.
     pub fn mean_axes(&self, axes: &[usize], keep_dims: bool) -> Result<Tensor<A>> {
         let sum = self.sum_axes(axes, keep_dims)?;
         let count: usize = axes.iter().map(|&a| self.shape()[a]).product();
@@ -63,7 +73,7 @@ impl<A: Float> Tensor<A> {
     }
 
     /// Mean of all elements, as a 0-d tensor.
-    #[must_use] 
+    #[must_use]
     pub fn mean_all(&self) -> Tensor<A> {
         self.sum_all()
             .mul_scalar(A::of(1.0 / self.len().max(1) as f64))
@@ -72,6 +82,11 @@ impl<A: Float> Tensor<A> {
     /// Maximum over `axes`; a NaN anywhere in a slice makes its maximum NaN (as in PyTorch and
     /// JAX). Where several elements tie for the maximum the gradient is split evenly among
     /// them (as JAX does), so it still sums to the output's gradient.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] naming the op and the shape if an axis is out of range or
+    /// repeated; nothing is recorded.
     pub fn max_axes(&self, axes: &[usize], keep_dims: bool) -> Result<Tensor<A>> {
         let axes = check_axes("max", self.shape(), axes)?;
         if axes.iter().any(|&a| self.shape()[a] == 0) {

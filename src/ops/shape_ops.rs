@@ -12,6 +12,10 @@ use crate::tensor::{record, record_one};
 impl<A: Float> Tensor<A> {
     /// The same elements (row-major order) in a new shape with the same element count.
     /// Reshaping to the same shape returns the tensor itself and records nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::IncompatibleShapes`] if the element counts differ; nothing is recorded.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor<A>> {
         if shape == self.shape() {
             return Ok(self.clone());
@@ -34,6 +38,10 @@ impl<A: Float> Tensor<A> {
 
     /// Reorders the axes: output axis `i` is input axis `axes[i]`.
     /// PyTorch: `x.permute(axes)`; the VJP permutes back by the inverse permutation.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] if `axes` is not a permutation of `0..ndim`; nothing is recorded.
     pub fn permute(&self, axes: &[usize]) -> Result<Tensor<A>> {
         let mut seen = vec![false; self.ndim()];
         let is_permutation = axes.len() == self.ndim()
@@ -58,6 +66,10 @@ impl<A: Float> Tensor<A> {
     }
 
     /// Reverses the axes (the matrix transpose for 2-D).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] if the tensor is not 2-D; nothing is recorded.
     pub fn transpose(&self) -> Result<Tensor<A>> {
         let axes: Vec<usize> = (0..self.ndim()).rev().collect();
         self.permute(&axes)
@@ -65,6 +77,11 @@ impl<A: Float> Tensor<A> {
 
     /// Broadcasts to `shape` (NumPy rules). The VJP is the identity: the tape sums the
     /// gradient back to this tensor's shape, as for every broadcast.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::IncompatibleShapes`] if the shape does not broadcast to `shape`; nothing is
+    /// recorded.
     pub fn broadcast_to(&self, shape: &[usize]) -> Result<Tensor<A>> {
         if broadcast_shape("broadcast_to", self.shape(), shape)? != shape {
             return Err(Error::incompatible(
@@ -84,6 +101,12 @@ impl<A: Float> Tensor<A> {
 
     /// Joins tensors along `axis`; all other dimensions must agree.
     /// PyTorch: `torch.cat(tensors, dim=axis)`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for no tensors or an axis out of range,
+    /// [`Error::IncompatibleShapes`] if the shapes differ off `axis`, [`Error::DifferentTapes`];
+    /// nothing is recorded.
     pub fn concat(tensors: &[&Tensor<A>], axis: usize) -> Result<Tensor<A>> {
         let Some(first) = tensors.first() else {
             return Err(Error::invalid("concat", &[], "no tensors to concatenate"));
@@ -126,6 +149,11 @@ impl<A: Float> Tensor<A> {
     }
 
     /// Elements `start..end` along `axis`. The VJP places the gradient back into zeros.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] if `axis` is out of range or `start..end` is not within it;
+    /// nothing is recorded.
     pub fn slice_axis(&self, axis: usize, start: usize, end: usize) -> Result<Tensor<A>> {
         if axis >= self.ndim() || start > end || end > self.shape()[axis] {
             return Err(Error::invalid(
@@ -161,6 +189,11 @@ impl<A: Float> Tensor<A> {
     /// assert!(table.gather_rows(&arr1(&[3usize])).is_err()); // id out of range
     /// # Ok::<(), tapegrad::Error>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] if the table is not 2-D, [`Error::IndexOutOfRange`] for an id
+    /// `>=` the number of rows; nothing is recorded.
     pub fn gather_rows(&self, ids: impl IntoArray<usize>) -> Result<Tensor<A>> {
         let ids = ids.into_array();
         let [rows, width] = *self.shape() else {
@@ -202,6 +235,10 @@ impl<A: Float> Tensor<A> {
 /// assert!(tapegrad::one_hot::<f64>(&[3], 3).is_err());
 /// # Ok::<(), tapegrad::Error>(())
 /// ```
+///
+/// # Errors
+///
+/// [`Error::IndexOutOfRange`] for a label `>= classes`.
 pub fn one_hot<A: Float>(labels: &[usize], classes: usize) -> Result<Tensor<A>> {
     let mut out = ArrayD::zeros(IxDyn(&[labels.len(), classes]));
     for (row, &label) in labels.iter().enumerate() {

@@ -29,7 +29,7 @@ impl<A: Float> Tensor<A> {
     }
 
     /// `-x`.
-    #[must_use] 
+    #[must_use]
     pub fn neg(&self) -> Tensor<A> {
         record_one("neg", self, self.value().mapv(|x| -x), |mut g| {
             g.mapv_inplace(|x| -x);
@@ -68,7 +68,7 @@ impl<A: Float> Tensor<A> {
     }
 
     /// Logistic sigmoid `1 / (1 + e^-x)`, computed without overflow for large `|x|`.
-    #[must_use] 
+    #[must_use]
     pub fn sigmoid(&self) -> Tensor<A> {
         let sigmoid = |x: A| {
             if x >= A::zero() {
@@ -84,7 +84,7 @@ impl<A: Float> Tensor<A> {
     /// `max(x, 0)`; NaN stays NaN, as in PyTorch and JAX (a ReLU that maps NaN to 0 hides a
     /// broken input from every later check). The derivative at exactly 0 is taken as 0, as
     /// PyTorch and JAX do.
-    #[must_use] 
+    #[must_use]
     pub fn relu(&self) -> Tensor<A> {
         let step = |x: A, _| if x > A::zero() { A::one() } else { A::zero() };
         self.unary("relu", |x| nan_max(x, A::zero()), step)
@@ -106,13 +106,13 @@ impl<A: Float> Tensor<A> {
     }
 
     /// `x^2`.
-    #[must_use] 
+    #[must_use]
     pub fn square(&self) -> Tensor<A> {
         self.unary("square", |x| x * x, |x, _| x + x)
     }
 
     /// `x^n` for an integer `n`.
-    #[must_use] 
+    #[must_use]
     pub fn powi(&self, n: i32) -> Tensor<A> {
         self.unary(
             "powi",

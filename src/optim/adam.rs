@@ -60,7 +60,7 @@ impl<A: Float> Adam<A> {
     }
 
     /// The decay rates of the moments.
-    #[must_use] 
+    #[must_use]
     pub fn betas(self, beta1: f64, beta2: f64) -> Self {
         Adam {
             beta1,
@@ -70,13 +70,13 @@ impl<A: Float> Adam<A> {
     }
 
     /// The term added to the denominator.
-    #[must_use] 
+    #[must_use]
     pub fn eps(self, eps: f64) -> Self {
         Adam { eps, ..self }
     }
 
     /// The weight decay `λ` (L2 for Adam, decoupled for AdamW).
-    #[must_use] 
+    #[must_use]
     pub fn weight_decay(self, weight_decay: f64) -> Self {
         Adam {
             weight_decay,
@@ -86,7 +86,7 @@ impl<A: Float> Adam<A> {
 
     /// Whether to apply non-finite gradients instead of refusing them (default `false`:
     /// `update` returns [`Error::NonFinite`] and moves nothing).
-    #[must_use] 
+    #[must_use]
     pub fn allow_non_finite(self, allow: bool) -> Self {
         Adam {
             allow_non_finite: allow,
@@ -119,13 +119,13 @@ impl<A: Float> Adam<A> {
     }
 
     /// The first moment `m` of the param at `path`.
-    #[must_use] 
+    #[must_use]
     pub fn first_moment(&self, path: &str) -> Option<&ArrayD<A>> {
         self.first.get(path)
     }
 
     /// The second moment `v` of the param at `path`.
-    #[must_use] 
+    #[must_use]
     pub fn second_moment(&self, path: &str) -> Option<&ArrayD<A>> {
         self.second.get(path)
     }

@@ -52,6 +52,13 @@ pub trait Optimizer<A: Float> {
     /// state of that shape too ([`Error::IncompatibleShapes`]), every gradient finite unless
     /// allowed ([`Error::NonFinite`]), and valid settings ([`Error::InvalidSetting`]). On any
     /// error nothing moves: neither the params nor the optimizer's state.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::KeyMismatch`] or [`Error::IncompatibleShapes`] if `grads` do not match `params`,
+    /// [`Error::NonFinite`] for a NaN or infinite gradient (unless allowed),
+    /// [`Error::InvalidSetting`] for a bad learning rate or setting. On any error neither `params`
+    /// nor the optimizer's state is changed.
     fn update(&mut self, params: &mut Params<A>, grads: &Grads<A>) -> Result<()>;
 
     /// How many steps have been taken.
@@ -64,6 +71,11 @@ pub trait Optimizer<A: Float> {
     /// Replaces the optimizer's state with `state` (read back from [`Optimizer::state`] or a
     /// checkpoint). An error, with nothing changed, if `state` is another optimizer's
     /// (another `kind`) or has slots this optimizer does not keep.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::KeyMismatch`] if `state` is another kind of optimizer's or holds a slot this one
+    /// does not keep; the optimizer is not changed.
     fn load_state(&mut self, state: OptimizerState<A>) -> Result<()>;
 }
 

@@ -83,7 +83,7 @@ pub enum LearningRate {
 
 impl LearningRate {
     /// The rate at `step`.
-    #[must_use] 
+    #[must_use]
     pub fn at(&self, step: usize) -> f64 {
         match *self {
             LearningRate::Constant(rate) => rate,

@@ -62,19 +62,19 @@ impl<A: Float> Sgd<A> {
     }
 
     /// Heavy-ball momentum `μ`.
-    #[must_use] 
+    #[must_use]
     pub fn momentum(self, momentum: f64) -> Self {
         Sgd { momentum, ..self }
     }
 
     /// Nesterov momentum.
-    #[must_use] 
+    #[must_use]
     pub fn nesterov(self, nesterov: bool) -> Self {
         Sgd { nesterov, ..self }
     }
 
     /// L2 weight decay `λ`, added to the gradient (PyTorch's `weight_decay`).
-    #[must_use] 
+    #[must_use]
     pub fn weight_decay(self, weight_decay: f64) -> Self {
         Sgd {
             weight_decay,
@@ -85,7 +85,7 @@ impl<A: Float> Sgd<A> {
     /// Whether to apply non-finite gradients instead of refusing them (default `false`:
     /// `update` returns [`Error::NonFinite`] and moves nothing). Turning the check off saves
     /// one pass over the gradients; a NaN then spreads into every param it reaches.
-    #[must_use] 
+    #[must_use]
     pub fn allow_non_finite(self, allow: bool) -> Self {
         Sgd {
             allow_non_finite: allow,
@@ -111,13 +111,13 @@ impl<A: Float> Sgd<A> {
     }
 
     /// The velocity of the param at `path` (after the first step with momentum).
-    #[must_use] 
+    #[must_use]
     pub fn velocity(&self, path: &str) -> Option<&ArrayD<A>> {
         self.velocities.get(path)
     }
 
     /// The learning rate the next step will use.
-    #[must_use] 
+    #[must_use]
     pub fn current_learning_rate(&self) -> f64 {
         self.learning_rate.at(self.steps)
     }
