@@ -186,15 +186,15 @@ impl<A: Float> Variables<A> {
     pub fn merge(&mut self, updates: Updates<A>) -> Result<()> {
         for (collection, entries) in &updates.collections {
             for (path, value) in entries.iter() {
-                if let Some(stored) = self.collection(collection).and_then(|c| c.get(path)) {
-                    if stored.shape() != value.shape() {
-                        return Err(Error::VariableShape {
-                            collection: collection.clone(),
-                            path: path.to_string(),
-                            stored: stored.shape().into(),
-                            expected: value.shape().into(),
-                        });
-                    }
+                if let Some(stored) = self.collection(collection).and_then(|c| c.get(path))
+                    && stored.shape() != value.shape()
+                {
+                    return Err(Error::VariableShape {
+                        collection: collection.clone(),
+                        path: path.to_string(),
+                        stored: stored.shape().into(),
+                        expected: value.shape().into(),
+                    });
                 }
             }
         }

@@ -67,10 +67,10 @@ impl Fixture {
     fn variables(&self) -> Variables<f64> {
         let mut vars = Variables::new();
         for (key, value) in &self.arrays {
-            if let Some((collection, path)) = key.split_once('/') {
-                if ["params", "batch_stats", "state"].contains(&collection) {
-                    vars.insert(collection, path, value.clone()).unwrap();
-                }
+            if let Some((collection, path)) = key.split_once('/')
+                && ["params", "batch_stats", "state"].contains(&collection)
+            {
+                vars.insert(collection, path, value.clone()).unwrap();
             }
         }
         vars

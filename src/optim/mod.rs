@@ -109,13 +109,11 @@ pub(crate) fn check_gradients<A: Float>(
     allow_non_finite: bool,
 ) -> Result<()> {
     grads.check_matches(params, op)?;
-    if !allow_non_finite {
-        if let Some(path) = grads.first_non_finite() {
-            return Err(Error::NonFinite {
-                op,
-                name: format!("the gradient of \"params/{path}\""),
-            });
-        }
+    if !allow_non_finite && let Some(path) = grads.first_non_finite() {
+        return Err(Error::NonFinite {
+            op,
+            name: format!("the gradient of \"params/{path}\""),
+        });
     }
     Ok(())
 }
