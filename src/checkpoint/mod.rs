@@ -16,7 +16,8 @@
 //!   (names, shapes, dtypes, a corrupt or truncated file) and reports every problem at once,
 //!   leaving the variables untouched unless there is none.
 //! * [`import_pytorch_into`] reads a PyTorch `state_dict` exported with
-//!   `safetensors.torch.save_file`, converting names and layouts.
+//!   `safetensors.torch.save_file`, converting names and layouts; [`export_pytorch`] writes
+//!   one that PyTorch's `load_state_dict` accepts.
 //!
 //! ```
 //! use tapegrad::checkpoint::{load_into, save, LoadMode};
@@ -44,5 +45,5 @@ mod write;
 
 pub use crate::error::{CheckpointProblem, IoSource};
 pub use file::{FORMAT_VERSION, LoadMode, load_into, read, save};
-pub use pytorch::{TorchLayer, TorchMapping, import_pytorch_into};
+pub use pytorch::{TorchLayer, TorchMapping, export_pytorch, import_pytorch_into};
 pub use training::{load_training_into, save_training};

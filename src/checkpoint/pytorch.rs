@@ -1,4 +1,5 @@
-//! Importing a PyTorch `state_dict` exported to safetensors.
+//! PyTorch `state_dict`s in safetensors, both ways: importing one into a model's variables,
+//! and exporting variables as one that `model.load_state_dict(load_file(path))` accepts.
 //!
 //! | PyTorch | tapegrad |
 //! |---|---|
@@ -8,7 +9,7 @@
 //! | `Conv2d.bias` | `params/<path>/bias` |
 //! | `BatchNorm1d`/`BatchNorm2d` `.weight`, `.bias` | `params/<path>/scale`, `params/<path>/bias` |
 //! | `BatchNorm1d`/`BatchNorm2d` `.running_mean`, `.running_var` | `batch_stats/<path>/mean`, `batch_stats/<path>/var` |
-//! | `BatchNorm1d`/`BatchNorm2d` `.num_batches_tracked` | dropped: tapegrad's BatchNorm has a fixed momentum and no use for it |
+//! | `BatchNorm1d`/`BatchNorm2d` `.num_batches_tracked` | `batch_stats/<path>/num_batches_tracked` for a [`BatchNorm::pytorch`](crate::nn::BatchNorm::pytorch) layer, which keeps the count; dropped on import into a Flax-convention BatchNorm, which has no use for it (exported as 0 from one) |
 //! | `Embedding.weight` `(n, d)` | `params/<path>/embedding` |
 //!
 //! PyTorch's images are NCHW and tapegrad's NHWC: feed the same images with their axes
@@ -24,16 +25,26 @@
 //! stay.
 //!
 //! Conventions differ (see the BatchNorm chapter of the guide): PyTorch's `momentum=0.1` is
-//! tapegrad's `momentum(0.9)`, and PyTorch blends the *unbiased* batch variance into
-//! `running_var`. Imported statistics give the same evaluation-mode outputs as PyTorch;
-//! continuing to train updates them with tapegrad's (Flax's) biased convention.
+//! the weight of the new value and it blends the *unbiased* batch variance into
+//! `running_var`. Imported statistics give the same evaluation-mode outputs as PyTorch
+//! whatever the model's convention; to go on training as PyTorch would (and export the
+//! result back), build the model's BatchNorms with
+//! [`BatchNorm::pytorch`](crate::nn::BatchNorm::pytorch).
+//!
+//! For an `nn.Sequential` the mapping comes from the file
+//! ([`TorchMapping::derive_sequential`]) or from the tapegrad model
+//! ([`Sequential::torch_mapping`](crate::nn::Sequential::torch_mapping),
+//! [`Mlp::torch_mapping`](crate::nn::Mlp::torch_mapping)), and `import ∘ export` is the
+//! identity, bit for bit.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use safetensors::tensor::Dtype;
+
 use crate::checkpoint::file::LoadMode;
-use crate::checkpoint::file::{apply_checked, failure, read_tensors};
-use crate::checkpoint::format::Decoded;
+use crate::checkpoint::file::{apply_checked, failure, read_tensors, write};
+use crate::checkpoint::format::{self, Decoded};
 use crate::error::CheckpointProblem;
 use crate::error::{Error, Result};
 use crate::float::Float;
@@ -151,21 +162,154 @@ fn unmappable(path: &Path, name: &str) -> Error {
     )
 }
 
-/// Where a PyTorch field goes: `(collection, field name)`, or `None` to drop it.
-fn destination(layer: TorchLayer, field: &str) -> Option<Option<(&'static str, &'static str)>> {
-    Some(match (layer, field) {
-        (TorchLayer::Linear, "weight") => Some(("params", "kernel")),
-        (TorchLayer::Linear, "bias") => Some(("params", "bias")),
-        (TorchLayer::Conv2d, "weight") => Some(("params", "kernel")),
-        (TorchLayer::Conv2d, "bias") => Some(("params", "bias")),
-        (TorchLayer::BatchNorm, "weight") => Some(("params", "scale")),
-        (TorchLayer::BatchNorm, "bias") => Some(("params", "bias")),
-        (TorchLayer::BatchNorm, "running_mean") => Some(("batch_stats", "mean")),
-        (TorchLayer::BatchNorm, "running_var") => Some(("batch_stats", "var")),
-        (TorchLayer::BatchNorm, "num_batches_tracked") => None,
-        (TorchLayer::Embedding, "weight") => Some(("params", "embedding")),
-        _ => return None,
-    })
+/// One tensor of a PyTorch layer and the variable it is: `(torch field, collection, our
+/// field)`. The one table both directions read.
+type Field = (&'static str, &'static str, &'static str);
+
+/// The tensors of each kind of layer. (`num_batches_tracked` is handled apart: whether it
+/// is a variable depends on the BatchNorm's convention.)
+fn fields(layer: TorchLayer) -> &'static [Field] {
+    match layer {
+        TorchLayer::Linear | TorchLayer::Conv2d => {
+            &[("weight", "params", "kernel"), ("bias", "params", "bias")]
+        }
+        TorchLayer::BatchNorm => &[
+            ("weight", "params", "scale"),
+            ("bias", "params", "bias"),
+            ("running_mean", "batch_stats", "mean"),
+            ("running_var", "batch_stats", "var"),
+        ],
+        TorchLayer::Embedding => &[("weight", "params", "embedding")],
+    }
+}
+
+/// PyTorch's BatchNorm step counter, a buffer of every BatchNorm1d/2d.
+const BATCHES_TRACKED: &str = "num_batches_tracked";
+
+/// Our kernel from PyTorch's weight: `(out, in)` → `(in, out)`, `(out, in, kh, kw)` → HWIO.
+fn from_torch_layout(layer: TorchLayer, our_field: &str, tensor: Decoded) -> Decoded {
+    match (layer, our_field) {
+        (TorchLayer::Linear, "kernel") => tensor.transposed(),
+        (TorchLayer::Conv2d, "kernel") => tensor.permuted(&[2, 3, 1, 0]),
+        _ => tensor,
+    }
+}
+
+/// The inverse of [`from_torch_layout`].
+fn to_torch_layout(layer: TorchLayer, our_field: &str, tensor: Decoded) -> Decoded {
+    match (layer, our_field) {
+        (TorchLayer::Linear, "kernel") => tensor.transposed(),
+        (TorchLayer::Conv2d, "kernel") => tensor.permuted(&[3, 2, 0, 1]),
+        _ => tensor,
+    }
+}
+
+impl TorchMapping {
+    /// The mapping of an `nn.Sequential` whose module `i` is the layer of kind `kinds[i]`
+    /// (tapegrad's [`Module::kind`](crate::Module::kind) names): `"Dense"`, `"Conv"`,
+    /// `"BatchNorm"` and `"Embed"` have tensors and are named `Dense_0`, `Conv_0`, … as a
+    /// scope names them; every other kind (activations, pooling, flatten, dropout) only
+    /// takes its place in the numbering.
+    pub(crate) fn from_kinds<'k>(kinds: impl IntoIterator<Item = &'k str>) -> Self {
+        let mut mapping = TorchMapping::new();
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for (index, kind) in kinds.into_iter().enumerate() {
+            let layer = match kind {
+                "Dense" => TorchLayer::Linear,
+                "Conv" => TorchLayer::Conv2d,
+                "BatchNorm" => TorchLayer::BatchNorm,
+                "Embed" => TorchLayer::Embedding,
+                _ => continue,
+            };
+            let count = counts.entry(kind).or_default();
+            mapping = mapping.layer(&index.to_string(), &format!("{kind}_{count}"), layer);
+            *count += 1;
+        }
+        mapping
+    }
+}
+
+/// Writes `variables` as a PyTorch `state_dict` in safetensors, named and laid out as
+/// `mapping` says: the inverse of [`import_pytorch_into`]. Each BatchNorm also gets its
+/// `num_batches_tracked` (an `int64`, as PyTorch keeps it): the stored count of a
+/// [`BatchNorm::pytorch`](crate::nn::BatchNorm::pytorch) layer, 0 for a Flax-convention one.
+/// Tensors are written in the model's element type (`float32` or `float64`); load them
+/// into a module of the same dtype.
+///
+/// In PyTorch: `model.load_state_dict(safetensors.torch.load_file(path))`, with `model` the
+/// `nn.Sequential` the mapping describes; feed it images as NCHW, and mind the flatten order
+/// before a `Linear` (see the module documentation).
+///
+/// ```
+/// use tapegrad::checkpoint::{LoadMode, export_pytorch, import_pytorch_into};
+/// use tapegrad::nn::{BatchNorm, Mlp};
+/// use tapegrad::{ModuleExt, Tensor};
+/// let model = Mlp::new(&[4], 2).with_batch_norm(BatchNorm::pytorch(Some(0.1)));
+/// let x = Tensor::from_vec(&[3, 2], vec![0.1f32, 0.2, 0.3, 0.4, 0.5, 0.6])?;
+/// let trained = model.init(1, &x)?;
+/// let path = std::env::temp_dir().join(format!("tapegrad-export-{}.safetensors", std::process::id()));
+/// // nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
+/// let mapping = model.torch_mapping();
+/// export_pytorch(&trained, &path, &mapping)?;
+/// let mut back = model.init(2, &x)?;
+/// import_pytorch_into(&mut back, &path, &mapping, LoadMode::Strict)?;
+/// assert_eq!(back, trained);
+/// # std::fs::remove_file(&path).ok();
+/// # Ok::<(), tapegrad::Error>(())
+/// ```
+///
+/// # Errors
+///
+/// [`Error::Checkpoint`] listing every variable the mapping does not export (it would be lost)
+/// and every tensor a mapped layer needs but `variables` lack; or, if the file cannot be
+/// written, the i/o error as its source. Nothing is written then.
+pub fn export_pytorch<A: Float>(
+    variables: &Variables<A>,
+    path: impl AsRef<Path>,
+    mapping: &TorchMapping,
+) -> Result<()> {
+    let path = path.as_ref();
+    let mut tensors: BTreeMap<String, Decoded> = BTreeMap::new();
+    let mut exported: Vec<String> = Vec::new();
+    let mut problems = Vec::new();
+    for (prefix, ours, layer) in &mapping.layers {
+        for &(torch_field, collection, our_field) in fields(*layer) {
+            let name = format!("{collection}/{ours}/{our_field}");
+            let Some(array) = variables.get(&name) else {
+                // A bias or scale may be turned off; a kernel or a statistic may not.
+                if !matches!(our_field, "bias" | "scale") {
+                    problems.push(CheckpointProblem::Missing(name));
+                }
+                continue;
+            };
+            let tensor = to_torch_layout(*layer, our_field, Decoded::encode(array));
+            tensors.insert(format!("{prefix}.{torch_field}"), tensor);
+            exported.push(name);
+        }
+        if *layer == TorchLayer::BatchNorm {
+            let name = format!("batch_stats/{ours}/{BATCHES_TRACKED}");
+            let count = variables.get(&name).and_then(|a| a.first().copied());
+            if count.is_some() {
+                exported.push(name);
+            }
+            let count = count.map_or(0, |c| c.as_f64().round() as i64);
+            let tensor = Decoded {
+                dtype: Dtype::I64,
+                shape: Vec::new(),
+                data: count.to_le_bytes().to_vec(),
+            };
+            tensors.insert(format!("{prefix}.{BATCHES_TRACKED}"), tensor);
+        }
+    }
+    for (name, _) in variables.iter() {
+        if !exported.contains(&name) {
+            problems.push(CheckpointProblem::Unexpected(name));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(failure(path, problems));
+    }
+    write(&format::serialize(&tensors, &BTreeMap::new()), path)
 }
 
 /// Loads a PyTorch `state_dict` saved with `safetensors.torch.save_file` into `variables`
@@ -199,16 +343,24 @@ pub fn import_pytorch_into<A: Float>(
             }
             continue;
         };
-        match destination(layer, field) {
-            Some(Some((collection, ours_field))) => {
-                let tensor = match (layer, ours_field) {
-                    (TorchLayer::Linear, "kernel") => tensor.transposed(),
-                    (TorchLayer::Conv2d, "kernel") => tensor.permuted(&[2, 3, 1, 0]),
-                    _ => tensor,
-                };
-                converted.insert(format!("{collection}/{ours}/{ours_field}"), tensor);
+        if layer == TorchLayer::BatchNorm && field == BATCHES_TRACKED {
+            // Kept by a PyTorch-convention BatchNorm; documented as dropped otherwise.
+            let counter = format!("batch_stats/{ours}/{BATCHES_TRACKED}");
+            if variables.get(&counter).is_some() {
+                // PyTorch's int64 count as the model's float (exact below 2^24 in f32).
+                let tensor = tensor.array::<A>().map_or(tensor, |a| Decoded::encode(&a));
+                converted.insert(counter, tensor);
             }
-            Some(None) => {} // documented as dropped
+            continue;
+        }
+        match fields(layer)
+            .iter()
+            .find(|(torch_field, _, _)| *torch_field == field)
+        {
+            Some(&(_, collection, our_field)) => {
+                let tensor = from_torch_layout(layer, our_field, tensor);
+                converted.insert(format!("{collection}/{ours}/{our_field}"), tensor);
+            }
             None => {
                 if mode == LoadMode::Strict {
                     problems.push(CheckpointProblem::Unexpected(name));

@@ -32,12 +32,35 @@ use crate::tensor::Tensor;
 ///
 /// **Evaluation mode** normalises with the running statistics, read as constants.
 ///
-/// Conventions: Flax's, with default `momentum = 0.99` on the *old* value. PyTorch's
-/// `BatchNorm1d(momentum=0.1)` puts 0.1 on the *new* value (so PyTorch 0.1 is our 0.9) and
-/// updates the running variance with the *unbiased* batch variance.
+/// Conventions: Flax's by default, with `momentum = 0.99` on the *old* value and the biased
+/// batch variance. PyTorch's `BatchNorm1d/2d(momentum=0.1)` puts 0.1 on the *new* value and
+/// updates the running variance with the *unbiased* batch variance; [`BatchNorm::pytorch`]
+/// follows that convention exactly (including `momentum=None`, a cumulative average over
+/// `batch_stats/num_batches_tracked`), so that a model imported from PyTorch trains on as it
+/// would there. Normalisation itself is the same in both: the batch's biased variance in
+/// training, the running statistics in evaluation.
+///
+/// ```
+/// use tapegrad::nn::{BatchNorm, StatsConvention};
+/// use tapegrad::{ApplyOptions, ModuleExt, Mutable, Tensor, Variables};
+/// let x = Tensor::from_vec(&[4, 1], vec![1.0f64, 2.0, 3.0, 6.0])?; // mean 3, unbiased var 14/3
+/// let torch = BatchNorm::pytorch(Some(0.1));
+/// assert_eq!(torch.convention, StatsConvention::PyTorch { momentum: Some(0.1) });
+/// let mut vars: Variables<f64> = torch.init(0, &x)?;
+/// let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
+/// let (_, updates) = torch.apply(&vars, &x, &train)?;
+/// vars.merge(updates)?;
+/// // running_mean = 0.9 · 0 + 0.1 · 3, running_var = 0.9 · 1 + 0.1 · 14/3, as in PyTorch.
+/// assert!((vars.get("batch_stats/mean").unwrap()[[0]] - 0.3).abs() < 1e-15);
+/// assert!((vars.get("batch_stats/var").unwrap()[[0]] - (0.9 + 1.4 / 3.0)).abs() < 1e-15);
+/// assert_eq!(vars.get("batch_stats/num_batches_tracked").unwrap()[[]], 1.0);
+/// # Ok::<(), tapegrad::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchNorm {
-    /// Weight of the old running value in the update (Flax default 0.99).
+    /// Weight of the old running value in the update (Flax default 0.99), under
+    /// [`StatsConvention::Flax`]; unused under [`StatsConvention::PyTorch`], which carries
+    /// PyTorch's own momentum.
     pub momentum: f64,
     /// Added to the variance before the square root (default 1e-5).
     pub epsilon: f64,
@@ -51,6 +74,27 @@ pub struct BatchNorm {
     /// The feature axis, negative counting from the end (Flax's `axis`, default `-1`;
     /// NCHW inputs, as PyTorch lays them out, would be `1`).
     pub axis: isize,
+    /// How training updates the running statistics (Flax's rule by default).
+    pub convention: StatsConvention,
+}
+
+/// How a [`BatchNorm`] in training mode updates its running statistics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StatsConvention {
+    /// Flax's `nn.BatchNorm`: `running ← m · running + (1 − m) · batch` with `m` the layer's
+    /// `momentum` and the batch's biased variance (divided by N).
+    Flax,
+    /// PyTorch's `nn.BatchNorm1d/2d(momentum=...)`:
+    /// `running ← momentum · batch + (1 − momentum) · running` with the batch's unbiased
+    /// variance (divided by N − 1), and a `num_batches_tracked` counter in `batch_stats`
+    /// incremented every training step. `momentum: None` is PyTorch's cumulative moving
+    /// average, weight `1 / num_batches_tracked` on the new value. (The counter is a float
+    /// of the model's element type: exact up to 2^24 steps in `f32`.)
+    PyTorch {
+        /// PyTorch's momentum: the weight of the *new* value (PyTorch's default 0.1), or
+        /// `None` for the cumulative average.
+        momentum: Option<f64>,
+    },
 }
 
 impl Default for BatchNorm {
@@ -62,6 +106,7 @@ impl Default for BatchNorm {
             use_scale: true,
             use_bias: true,
             axis: -1,
+            convention: StatsConvention::Flax,
         }
     }
 }
@@ -71,6 +116,17 @@ impl BatchNorm {
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// PyTorch's `BatchNorm1d/2d(momentum=momentum)` (eps 1e-5, affine): its running
+    /// statistics follow [`StatsConvention::PyTorch`]. `BatchNorm::pytorch(Some(0.1))` is
+    /// PyTorch's default; `None` its cumulative average.
+    #[must_use]
+    pub fn pytorch(momentum: Option<f64>) -> Self {
+        BatchNorm {
+            convention: StatsConvention::PyTorch { momentum },
+            ..Self::default()
+        }
     }
 
     /// The same layer with another momentum (`0.9` is PyTorch's `momentum=0.1`).
@@ -141,6 +197,13 @@ impl BatchNorm {
         if !(self.epsilon.is_finite() && self.epsilon >= 0.0) {
             return invalid("epsilon", self.epsilon, "finite and at least 0");
         }
+        if let StatsConvention::PyTorch {
+            momentum: Some(momentum),
+        } = self.convention
+            && !(momentum.is_finite() && (0.0..=1.0).contains(&momentum))
+        {
+            return invalid("PyTorch momentum", momentum, "finite and in [0, 1]");
+        }
         Ok(())
     }
 
@@ -177,6 +240,12 @@ impl BatchNorm {
         let features = x.shape()[axis];
         let running_mean = scope.variable("batch_stats", "mean", &[features], init::zeros())?;
         let running_var = scope.variable("batch_stats", "var", &[features], init::ones())?;
+        let batches_tracked = match self.convention {
+            StatsConvention::Flax => None,
+            StatsConvention::PyTorch { .. } => {
+                Some(scope.variable("batch_stats", "num_batches_tracked", &[], init::zeros())?)
+            }
+        };
         let eps = A::of(self.epsilon);
         let scale = match self.use_scale {
             true => scope.param("scale", &[features], init::ones())?,
@@ -243,22 +312,46 @@ impl BatchNorm {
         };
         if !scope.is_initializing() {
             // Values, not tensors: the update is detached by type.
-            let m = A::of(self.momentum);
-            // running ← m · running + (1 − m) · batch, in one pass over the batch's array.
-            let blend = |old: &Tensor<A>, mut blended: ArrayD<A>| {
-                blended.zip_mut_with(old.value(), |b, &o| *b = m * o + (A::one() - m) * *b);
-                blended
+            let (mean, var, tracked) = match self.convention {
+                StatsConvention::Flax => {
+                    let m = A::of(self.momentum);
+                    // running ← m · running + (1 − m) · batch, in one pass over the batch.
+                    let blend = |old: &Tensor<A>, mut blended: ArrayD<A>| {
+                        blended.zip_mut_with(old.value(), |b, &o| *b = m * o + (A::one() - m) * *b);
+                        blended
+                    };
+                    let mean = blend(&running_mean.value(), batch_mean);
+                    (mean, blend(&running_var.value(), batch_var), None)
+                }
+                StatsConvention::PyTorch { momentum } => {
+                    let stored = batches_tracked
+                        .as_ref()
+                        .and_then(|t| t.value().value().first().copied());
+                    let tracked = stored.unwrap_or_default() + A::one();
+                    // PyTorch's `exponential_average_factor`, and its expression order
+                    // (aten's batch_norm_cpu_update_stats): factor · batch + (1 − factor) · old.
+                    let factor = momentum.map_or(A::one() / tracked, A::of);
+                    let bessel = A::of(per_channel as f64 / (per_channel as f64 - 1.0));
+                    let blend = |old: &Tensor<A>, mut blended: ArrayD<A>, correction: A| {
+                        blended.zip_mut_with(old.value(), |b, &o| {
+                            *b = factor * (*b * correction) + (A::one() - factor) * o;
+                        });
+                        blended
+                    };
+                    let mean = blend(&running_mean.value(), batch_mean, A::one());
+                    let var = blend(&running_var.value(), batch_var, bessel);
+                    (mean, var, Some(ArrayD::from_elem(vec![], tracked)))
+                }
             };
-            let (mean, var) = (
-                blend(&running_mean.value(), batch_mean),
-                blend(&running_var.value(), batch_var),
-            );
-            // Both checked before either is written: a NaN in the input, or an overflow of
-            // f32, must not become the running statistics.
+            // All checked before any is written: a NaN in the input, or an overflow of f32,
+            // must not become the running statistics.
             running_mean.check_finite("BatchNorm", &mean)?;
             running_var.check_finite("BatchNorm", &var)?;
             running_mean.set(mean)?;
             running_var.set(var)?;
+            if let (Some(variable), Some(count)) = (&batches_tracked, tracked) {
+                variable.set(count)?;
+            }
         }
         Ok(y)
     }

@@ -1,5 +1,6 @@
 //! `Mlp`: the multi-layer perceptron builder.
 
+use crate::checkpoint::TorchMapping;
 use crate::error::Result;
 use crate::float::Float;
 use crate::module::scope::{Module, Scope};
@@ -69,6 +70,28 @@ impl Mlp {
             dropout: Some(rate),
             ..self
         }
+    }
+
+    /// How this MLP's variables map onto the equivalent PyTorch `nn.Sequential`: per hidden
+    /// width `nn.Linear`, `nn.BatchNorm1d` if any, the activation, `nn.Dropout` if any; then
+    /// the output `nn.Linear` (modules `0`, `1`, … in that order). For
+    /// [`export_pytorch`](crate::checkpoint::export_pytorch) and
+    /// [`import_pytorch_into`](crate::checkpoint::import_pytorch_into).
+    #[must_use]
+    pub fn torch_mapping(&self) -> TorchMapping {
+        let mut kinds = Vec::new();
+        for _ in &self.hidden {
+            kinds.push("Dense");
+            if self.batch_norm.is_some() {
+                kinds.push("BatchNorm");
+            }
+            kinds.push("Activation");
+            if self.dropout.is_some() {
+                kinds.push("Dropout");
+            }
+        }
+        kinds.push("Dense");
+        TorchMapping::from_kinds(kinds)
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::any::Any;
 
+use crate::checkpoint::TorchMapping;
 use crate::error::Result;
 use crate::float::Float;
 use crate::module::scope::{Module, Scope};
@@ -82,6 +83,21 @@ impl<A: Float> Sequential<A> {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.layers.is_empty()
+    }
+
+    /// How these layers' variables map onto a PyTorch `nn.Sequential` of the same layers in
+    /// the same order (`Dense` ↔ `nn.Linear`, `Conv` ↔ `nn.Conv2d`, `BatchNorm` ↔
+    /// `nn.BatchNorm1d/2d`, `Embed` ↔ `nn.Embedding`; activations, pooling and flatten hold
+    /// their places): module `i` here is module `i` there. For
+    /// [`export_pytorch`](crate::checkpoint::export_pytorch) and
+    /// [`import_pytorch_into`](crate::checkpoint::import_pytorch_into).
+    #[must_use]
+    pub fn torch_mapping(&self) -> TorchMapping {
+        TorchMapping::from_kinds(self.layers.iter().map(|layer| match layer {
+            Entry::BatchNorm(_) => "BatchNorm",
+            Entry::Relu => "Activation",
+            Entry::Other(layer) => layer.kind(),
+        }))
     }
 }
 
