@@ -62,6 +62,11 @@ struct Args {
     /// Stop after this epoch, as if interrupted (to try `--resume`).
     #[arg(long)]
     stop_after: Option<usize>,
+    /// After training, write the model as a PyTorch state_dict (`digits_cnn.safetensors`)
+    /// and the test images with tapegrad's logits (`digits_cnn_expected.safetensors`) into
+    /// this folder, for `scripts/check_pytorch_export.py`.
+    #[arg(long)]
+    export_pytorch: Option<PathBuf>,
     /// The data file (CSV: 64 pixels in 0..=16, then the digit, per line).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/digits.csv"))]
     data: PathBuf,
@@ -229,10 +234,39 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
     if let Some(path) = &args.save {
         reload_and_compare(&model, &vars, &data, test_idx, path)?;
     }
+    if let Some(folder) = &args.export_pytorch {
+        export_for_pytorch(&model, &vars, &data, test_idx, folder)?;
+    }
     println!("done in {:.1} s", started.elapsed().as_secs_f64());
     if stats_in_grads != 0 {
         return Err("a gradient reached batch_stats".into());
     }
+    Ok(())
+}
+
+/// The trained model as a PyTorch state_dict, and what PyTorch should compute with it: the
+/// test images (NHWC, as tapegrad reads them) and tapegrad's evaluation-mode logits.
+fn export_for_pytorch(
+    model: &Sequential<f32>,
+    vars: &Variables<f32>,
+    data: &Digits,
+    test: &[usize],
+    folder: &Path,
+) -> Result<(), Box<dyn Error>> {
+    std::fs::create_dir_all(folder)?;
+    let state_dict = folder.join("digits_cnn.safetensors");
+    checkpoint::export_pytorch(vars, &state_dict, &model.torch_mapping())?;
+    let (x, _) = data.batch(test);
+    let (logits, _) = model.apply(vars, &x, &ApplyOptions::eval())?;
+    let mut expected = Variables::new();
+    expected.insert("inputs", "x", x.value())?;
+    expected.insert("outputs", "logits", logits.value())?;
+    checkpoint::save(&expected, folder.join("digits_cnn_expected.safetensors"))?;
+    println!(
+        "PyTorch state_dict written to {} (check: python3 scripts/check_pytorch_export.py {})",
+        state_dict.display(),
+        folder.display()
+    );
     Ok(())
 }
 
