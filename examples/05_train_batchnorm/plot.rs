@@ -52,14 +52,27 @@ pub fn plot(path: &Path, runs: &[(&str, &History)], baseline: f64) -> Result<(),
     let max_loss = finite_max(&mut losses());
     let min_loss = losses().filter(|v| v.is_finite()).fold(max_loss, f64::min);
 
+    // Log scale: the first epoch without BatchNorm is far above the rest. Its ticks are the
+    // 1-2-5 values in range, each drawn once (plotters' own log ticks repeat "10.0" and fill
+    // the top decade with a grey band of minor lines).
+    let (low, high) = (min_loss * 0.9, max_loss * 1.1);
+    let ticks: Vec<f64> = (-3..4)
+        .flat_map(|e| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(e)))
+        .filter(|t| (low..=high).contains(t))
+        .collect();
     let mut chart = ChartBuilder::on(&left)
-        .caption("train loss (cross-entropy)", ("sans-serif", 18))
+        .caption("train loss", ("sans-serif", 18))
         .margin(12)
-        .x_label_area_size(30)
-        .y_label_area_size(45)
-        // Log scale: the first epoch without BatchNorm is far above the rest.
-        .build_cartesian_2d(1..epochs, (min_loss * 0.9..max_loss * 1.1).log_scale())?;
-    chart.configure_mesh().x_desc("epoch").draw()?;
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d(1..epochs, (low..high).log_scale().with_key_points(ticks))?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc("cross-entropy (log scale)")
+        .y_label_formatter(&|v| format!("{v}"))
+        .light_line_style(TRANSPARENT)
+        .draw()?;
     draw_runs(&mut chart, runs, |h| &h.train_loss)?;
     chart
         .configure_series_labels()
@@ -70,18 +83,29 @@ pub fn plot(path: &Path, runs: &[(&str, &History)], baseline: f64) -> Result<(),
     let mut chart = ChartBuilder::on(&right)
         .caption("test accuracy (evaluation mode)", ("sans-serif", 18))
         .margin(12)
-        .x_label_area_size(30)
-        .y_label_area_size(45)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
         .build_cartesian_2d(1..epochs, 0.0..1.0)?;
-    chart.configure_mesh().x_desc("epoch").draw()?;
-    draw_runs(&mut chart, runs, |h| &h.test_accuracy)?;
     chart
-        .draw_series(LineSeries::new(
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc("accuracy")
+        .y_label_formatter(&|v| format!("{:.0}%", 100.0 * v))
+        .light_line_style(TRANSPARENT)
+        .draw()?;
+    draw_runs(&mut chart, runs, |h| &h.test_accuracy)?;
+    // Dashed, thick and drawn last: a model stuck at the majority class lies exactly on this
+    // line, and both must stay visible.
+    let baseline_style = BLACK.stroke_width(2);
+    chart
+        .draw_series(DashedLineSeries::new(
             [(1, baseline), (epochs, baseline)],
-            BLACK.mix(0.5),
+            6,
+            6,
+            baseline_style,
         ))?
         .label("majority class")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK.mix(0.5)));
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], baseline_style));
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::LowerRight)
