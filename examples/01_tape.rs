@@ -14,7 +14,7 @@ fn main() -> tapegrad::Result<()> {
     let w = tape.leaf("w", arr1(&[0.5, -1.0, 2.0]));
     let x = Tensor::constant(arr1(&[1.0, 2.0, 3.0])); // an input: a constant
 
-    let f = x.mul(&w)?.tanh().add(&w.square())?.sum_all();
+    let f = ((&x * &w)?.tanh() + w.square())?.sum_all();
 
     println!("The tape (the constant x has no node; it shows as `const`):\n{tape}");
     println!("f = {}", f.item()?);

@@ -296,3 +296,52 @@ fn dense_keeps_leading_dimensions() {
         .unwrap();
     assert_eq!(y.shape(), &[2, 3, 5]);
 }
+
+#[test]
+fn params_grads_and_collections_iterate_by_reference_in_path_order() {
+    let vars = bn_mlp().init(0, &batch()).unwrap();
+    let params = vars.params();
+    let by_loop: Vec<(&str, Vec<usize>)> = params
+        .into_iter()
+        .map(|(path, value)| (path, value.shape().to_vec()))
+        .collect();
+    let by_iter: Vec<(&str, Vec<usize>)> = params
+        .iter()
+        .map(|(p, v)| (p, v.shape().to_vec()))
+        .collect();
+    assert_eq!(by_loop, by_iter);
+    assert_eq!(params.into_iter().len(), params.len());
+
+    let (_, grads) = value_and_grad(params, |p| {
+        let (logits, _) = bn_mlp().apply_tracked(p, &vars, &batch(), &ApplyOptions::eval())?;
+        Ok(logits.sum_all())
+    })
+    .unwrap();
+    let mut paths = Vec::new();
+    for (path, gradient) in &grads {
+        assert_eq!(gradient.shape(), params.get(path).unwrap().shape());
+        paths.push(path);
+    }
+    assert_eq!(paths, params.paths().collect::<Vec<_>>());
+
+    let stats = vars.collection("batch_stats").unwrap();
+    let names: Vec<&str> = stats.into_iter().map(|(path, _)| path).collect();
+    assert_eq!(names, ["BatchNorm_0/mean", "BatchNorm_0/var"]);
+}
+
+#[test]
+fn arrays_of_any_dimension_views_and_references_are_accepted_as_they_are() {
+    let matrix = arr2(&[[1.0, 2.0], [3.0, 4.0]]);
+    let mut collection = tapegrad::Collection::<f64>::new();
+    collection.insert("owned", matrix.clone());
+    collection.insert("view", matrix.column(1));
+    collection.insert("borrowed", &matrix);
+    assert_eq!(collection.get("owned").unwrap(), &matrix.clone().into_dyn());
+    assert_eq!(
+        collection.get("view").unwrap(),
+        &arr1(&[2.0, 4.0]).into_dyn()
+    );
+    assert_eq!(collection.get("borrowed").unwrap().shape(), [2, 2]);
+    let params: tapegrad::Params<f64> = [("w", arr1(&[1.0]))].into_iter().collect();
+    assert_eq!(params.paths().collect::<Vec<_>>(), ["w"]);
+}
