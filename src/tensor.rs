@@ -198,10 +198,24 @@ impl<A: Float> Tensor<A> {
     }
 }
 
+/// The label of a constant computed by `op` from `inputs`, if any input has one.
+fn derived_label<A: Float>(op: &str, inputs: &[&Tensor<A>]) -> Option<Arc<str>> {
+    if inputs.iter().all(|t| t.label.is_none()) {
+        return None;
+    }
+    let arguments: Vec<&str> = inputs
+        .iter()
+        .map(|t| t.label.as_deref().unwrap_or("·"))
+        .collect();
+    Some(Arc::from(format!("{op}({})", arguments.join(", "))))
+}
+
 /// Records the result of an op: `value` is the forward result, `vjp` maps the output's
 /// gradient to one gradient per input. If no input is tracked nothing is recorded and the
-/// result is a constant (the VJP is dropped unused), labelled with its first labelled
-/// input's label: its provenance. Inputs tracked on different tapes are an error.
+/// result is a constant (the VJP is dropped unused), labelled with what it holds when an
+/// input is labelled: `sqrt(batch_stats/BatchNorm_0/var)`, unlabelled inputs shown as `·`
+/// (a derived constant must not pass for the variable it came from). Inputs tracked on
+/// different tapes are an error.
 ///
 /// `value` is an array or a shared one: a VJP that reads the output (ReLU's mask) keeps a
 /// clone of the `Arc` instead of a copy.
@@ -222,7 +236,7 @@ pub(crate) fn record<A: Float>(
         }
     }
     let Some(tape) = tape else {
-        let label = inputs.iter().find_map(|t| t.label.clone());
+        let label = derived_label(op, inputs);
         return Ok(Tensor {
             label,
             ..Tensor::from_shared(value)

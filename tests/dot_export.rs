@@ -63,9 +63,16 @@ fn params_are_the_leaves_and_running_statistics_only_constants() {
             _ => None,
         })
         .collect();
+    // The variance enters as the constant computed from it, labelled as what it holds.
+    assert!(
+        !constant_labels
+            .iter()
+            .any(|l| l == "batch_stats/BatchNorm_0/var"),
+        "a constant derived from the variance must not be labelled as the variance"
+    );
     for stat in [
         "batch_stats/BatchNorm_0/mean",
-        "batch_stats/BatchNorm_0/var",
+        "1/√(batch_stats/BatchNorm_0/var + ε)",
     ] {
         assert!(
             constant_labels.iter().any(|l| l == stat),

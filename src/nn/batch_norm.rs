@@ -273,8 +273,15 @@ impl BatchNorm {
         };
 
         if self.use_running_average.unwrap_or(!scope.is_training()) {
-            // Constants only in the statistics: no node is recorded for them.
-            let inv_std = along(&running_var.value())?.add_scalar(eps).sqrt().recip();
+            // Constants only in the statistics: no node is recorded for them. The label says
+            // what the constant holds (it is not the running variance itself).
+            let var = running_var.value();
+            let label = format!("1/√({} + ε)", var.label().unwrap_or("var"));
+            let inv_std = along(&var)?
+                .add_scalar(eps)
+                .sqrt()
+                .recip()
+                .with_label(label);
             let normalized = x.sub(&along(&running_mean.value())?)?.mul(&inv_std)?;
             return Ok(then(normalized.mul(&along(&scale)?)?.add(&along(&bias)?)?));
         }
