@@ -164,8 +164,10 @@ impl Geometry {
     }
 }
 
+/// The op's name on the tape, and in its errors.
+const OP: &str = "conv2d";
+
 fn geometry(x: &[usize], k: &[usize], options: &ConvOptions) -> Result<Geometry> {
-    const OP: &str = "conv2d";
     require_nhwc(OP, x)?;
     let &[kh, kw, group_channels, outputs] = k else {
         return Err(Error::invalid(
@@ -310,11 +312,9 @@ fn convolve<A: Float>(
         .into_shape_with_order(IxDyn(&out_shape))
         .expect("one row per output position");
     let (x_shape, kernel_shape) = (x.shape().to_vec(), kernel.shape().to_vec());
-    let op = if bias.is_some() {
-        "conv2d_bias"
-    } else {
-        "conv2d"
-    };
+    // The op's name on the tape (and in the guide's primitive table).
+    const CONV2D_BIAS: &str = "conv2d_bias";
+    let op = if bias.is_some() { CONV2D_BIAS } else { OP };
     let mut inputs = vec![x, kernel];
     inputs.extend(bias);
     record(op, &inputs, value, move |dy, needs| {
