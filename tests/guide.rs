@@ -1,0 +1,171 @@
+//! The guide cannot drift from the code, nor get ahead of itself:
+//!
+//! * the primitive table of chapter 2 lists exactly the ops the code records (every name
+//!   passed to the tape by `src/ops/` and `src/kernels/fused/`);
+//! * reading the chapters in order, no chapter imports a tapegrad item that neither it nor
+//!   an earlier chapter names in its prose: each API is taught where it is first used.
+//!   (Chapter 0 is a preview of the whole crate and is not counted, either way.)
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The chapters in reading order, as (file name, text).
+fn chapters() -> Vec<(String, String)> {
+    let mut files: Vec<_> = fs::read_dir(root().join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".md") && name.as_bytes()[0].is_ascii_digit())
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|name| {
+            let text = fs::read_to_string(root().join("docs").join(&name)).unwrap();
+            (name, text)
+        })
+        .collect()
+}
+
+/// The op names a source file hands to the tape: the string literal after each of the
+/// call or definition forms that name an op.
+fn recorded_ops(source: &str) -> Vec<String> {
+    const MARKERS: [&str; 7] = [
+        "record(",
+        "record_one(",
+        "unary(",
+        "choose(",
+        "compare(",
+        "&str = ",
+        "=> ",
+    ];
+    let mut ops = Vec::new();
+    for marker in MARKERS {
+        for (at, _) in source.match_indices(marker) {
+            let rest = source[at + marker.len()..].trim_start();
+            let Some(literal) = rest.strip_prefix('"') else {
+                continue;
+            };
+            let name = &literal[..literal.find('"').unwrap_or(0)];
+            if !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
+                ops.push(name.to_string());
+            }
+        }
+    }
+    ops
+}
+
+#[test]
+fn the_primitive_table_lists_exactly_the_recorded_ops() {
+    let mut in_code = BTreeSet::new();
+    for folder in ["src/ops", "src/kernels/fused"] {
+        for entry in fs::read_dir(root().join(folder)).unwrap() {
+            let source = fs::read_to_string(entry.unwrap().path()).unwrap();
+            in_code.extend(recorded_ops(&source));
+        }
+    }
+    let chapter = fs::read_to_string(root().join("docs/02-build-the-engine.md")).unwrap();
+    let table = chapter
+        .split("## The primitives")
+        .nth(1)
+        .expect("chapter 2 has the primitive table");
+    let in_table: BTreeSet<String> = table
+        .lines()
+        .filter(|line| line.starts_with("| `"))
+        .flat_map(|line| {
+            let first_cell = line.split('|').nth(1).unwrap_or_default();
+            first_cell
+                .split(',')
+                .map(|name| name.trim().trim_matches('`').to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let missing: Vec<_> = in_code.difference(&in_table).collect();
+    let stale: Vec<_> = in_table.difference(&in_code).collect();
+    assert!(
+        missing.is_empty() && stale.is_empty(),
+        "chapter 2's primitive table is out of date: recorded but not listed {missing:?}; \
+         listed but not recorded {stale:?}"
+    );
+    assert!(
+        in_code.len() >= 40,
+        "the scan found too few ops: {in_code:?}"
+    );
+}
+
+/// The code blocks of a chapter (hidden `# ` lines included), and its prose.
+fn split_code_and_prose(text: &str) -> (String, String) {
+    let (mut code, mut prose, mut in_code) = (String::new(), String::new(), false);
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        let target = if in_code { &mut code } else { &mut prose };
+        target.push_str(line.strip_prefix("# ").unwrap_or(line));
+        target.push('\n');
+    }
+    (code, prose)
+}
+
+/// The items a chapter's Rust code imports from tapegrad: `use tapegrad::{a, b::c};` gives
+/// `a` and `c`.
+fn imported_items(code: &str) -> BTreeSet<String> {
+    let mut items = BTreeSet::new();
+    for (at, _) in code.match_indices("use tapegrad::") {
+        let statement = &code[at + "use tapegrad::".len()..];
+        let statement = &statement[..statement.find(';').unwrap_or(statement.len())];
+        for item in statement.replace(['{', '}', '\n'], ",").split(',') {
+            let name = item.trim().split(" as ").next().unwrap_or_default();
+            let name = name.rsplit("::").next().unwrap_or_default().trim();
+            if !name.is_empty() && name != "self" && name != "*" {
+                items.insert(name.to_string());
+            }
+        }
+    }
+    items
+}
+
+#[test]
+fn every_item_a_chapter_imports_was_named_in_its_prose_or_before() {
+    let mut taught = String::new();
+    let mut problems = Vec::new();
+    for (name, text) in chapters()
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with("00"))
+    {
+        let (code, prose) = split_code_and_prose(&text);
+        taught.push_str(&prose);
+        for item in imported_items(&code) {
+            if !taught.contains(&item) {
+                problems.push(format!(
+                    "{name} uses `{item}` before any chapter's prose names it"
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn the_scanners_see_what_they_should() {
+    let (code, prose) = split_code_and_prose(
+        "Use `Tape`.\n```rust\nuse tapegrad::{Tape, nn::{Dense, Mlp as M}};\n```\n",
+    );
+    assert_eq!(
+        imported_items(&code),
+        ["Dense", "Mlp", "Tape"].map(String::from).into()
+    );
+    assert!(prose.contains("Tape") && !prose.contains("Dense"));
+    let ops =
+        recorded_ops("record_one(\"sum\", x); self.unary(\n \"powi\", f); let s = \"Not an op\";");
+    assert_eq!(ops, ["sum", "powi"]);
+}
