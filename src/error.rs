@@ -182,6 +182,35 @@ pub enum Error {
         path: String,
     },
 
+    /// A module asked for a replica axis (a cross-replica `BatchNorm`'s `axis_name`) that
+    /// the `apply` call was not given.
+    ///
+    /// Fix: pass the replicas' communicator, e.g.
+    /// `ApplyOptions::train().replica_axis(ReplicaAxis::new("batch", communicator))`.
+    #[error(
+        "module at \"{path}\" reduces over the replica axis \"{axis}\", which apply was not given"
+    )]
+    MissingReplicaAxis {
+        /// The axis name.
+        axis: String,
+        /// The module path that asked.
+        path: String,
+    },
+
+    /// Replicas disagreed where they must agree (the length of a reduction, the params'
+    /// names and shapes, the optimizer's step count). Every replica gets this error, from
+    /// the same collective, so none is left waiting; nothing was applied.
+    ///
+    /// Fix: build every replica from the same model, variables and optimizer state, and give
+    /// each the same number of rows.
+    #[error("{op}: the replicas disagree: {detail}")]
+    ReplicasDisagree {
+        /// The operation that found it.
+        op: &'static str,
+        /// What differs.
+        detail: String,
+    },
+
     /// A checkpoint could not be saved or loaded; `problems` lists everything found wrong
     /// (missing and unexpected names, shapes, dtypes, a corrupt or truncated file). A load
     /// that fails changes nothing.

@@ -69,6 +69,7 @@ mod module;
 pub mod nn;
 mod ops;
 pub mod optim;
+pub mod replicas;
 mod rng;
 mod shape;
 mod tape;

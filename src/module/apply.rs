@@ -7,6 +7,7 @@ use crate::error::Result;
 use crate::float::Float;
 use crate::module::context::{Context, Phase};
 use crate::module::scope::{Module, Scope};
+use crate::replicas::ReplicaAxis;
 use crate::rng::IntoSeed;
 use crate::variables::{Mutable, Updates, Variables};
 
@@ -24,6 +25,7 @@ pub struct ApplyOptions {
     training: bool,
     mutable: Mutable,
     rngs: BTreeMap<String, u64>,
+    axes: BTreeMap<String, ReplicaAxis>,
 }
 
 impl ApplyOptions {
@@ -55,6 +57,15 @@ impl ApplyOptions {
     #[must_use]
     pub fn rng(mut self, stream: &str, seed: impl IntoSeed) -> Self {
         self.rngs.insert(stream.to_string(), seed.into_seed());
+        self
+    }
+
+    /// Runs this step as one replica of `axis`: layers that reduce over the axis by name
+    /// (a `BatchNorm` with `axis_name`) use its communicator. See
+    /// [`replicas`](crate::replicas).
+    #[must_use]
+    pub fn replica_axis(mut self, axis: ReplicaAxis) -> Self {
+        self.axes.insert(axis.name().to_string(), axis);
         self
     }
 
@@ -104,6 +115,7 @@ pub trait ModuleExt<A: Float>: Module<A> {
             options.training,
             &mutable,
             &options.rngs,
+            &options.axes,
         );
         self.forward(&mut Scope::root(&ctx), input)?;
         Ok(ctx.written.into_inner())
@@ -155,6 +167,7 @@ pub trait ModuleExt<A: Float>: Module<A> {
             options.training,
             &options.mutable,
             &options.rngs,
+            &options.axes,
         );
         let output = self.forward(&mut Scope::root(&ctx), input)?;
         let written = ctx.written.into_inner();

@@ -9,6 +9,7 @@ use ndarray::ArrayD;
 use crate::autodiff::ParamTensors;
 use crate::error::{Error, Result};
 use crate::float::Float;
+use crate::replicas::ReplicaAxis;
 use crate::variables::{Mutable, Variables};
 
 /// Whether the model is being initialised or applied, with what it reads in each case.
@@ -28,6 +29,8 @@ pub(crate) struct Context<'a, A: Float> {
     pub(crate) training: bool,
     pub(crate) mutable: &'a Mutable,
     pub(crate) rngs: &'a BTreeMap<String, u64>,
+    /// The replica axes this run reduces over, by name.
+    pub(crate) axes: &'a BTreeMap<String, ReplicaAxis>,
     /// Init: every variable created. Apply: every variable written.
     pub(crate) written: RefCell<Variables<A>>,
     /// How many times each `stream/path` has drawn an RNG, so repeated draws differ.
@@ -40,12 +43,14 @@ impl<'a, A: Float> Context<'a, A> {
         training: bool,
         mutable: &'a Mutable,
         rngs: &'a BTreeMap<String, u64>,
+        axes: &'a BTreeMap<String, ReplicaAxis>,
     ) -> Self {
         Context {
             phase,
             training,
             mutable,
             rngs,
+            axes,
             written: RefCell::new(Variables::new()),
             rng_draws: RefCell::new(BTreeMap::new()),
         }

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::module::context::{Context, Phase, check_shape};
 use crate::module::variable::Variable;
+use crate::replicas::ReplicaAxis;
 use crate::rng::SplitMix64;
 use crate::shape::element_count;
 use crate::tensor::Tensor;
@@ -281,6 +282,13 @@ impl<'a, A: Float> Scope<'a, A> {
         input: &M::Input,
     ) -> Result<M::Output> {
         module.forward(&mut self.child(name), input)
+    }
+
+    /// The replica axis `name`, if this run was given one
+    /// ([`ApplyOptions::replica_axis`](crate::ApplyOptions::replica_axis)).
+    #[must_use]
+    pub fn replica_axis(&self, name: &str) -> Option<&ReplicaAxis> {
+        self.ctx.axes.get(name)
     }
 
     /// A random stream for this scope, from the seed given to `apply` for `stream` (e.g.

@@ -8,6 +8,7 @@ use crate::fusion::Fusion;
 use crate::kernels::fused::{self, Epilogue};
 use crate::module::scope::{Module, Scope};
 use crate::nn::init;
+use crate::replicas::ReduceOp;
 use crate::tensor::Tensor;
 
 /// Batch normalisation over every axis but the feature axis (the last by default: the
@@ -76,6 +77,11 @@ pub struct BatchNorm {
     pub axis: isize,
     /// How training updates the running statistics (Flax's rule by default).
     pub convention: StatsConvention,
+    /// The replica axis to reduce batch statistics over (Flax's `axis_name`, PyTorch's
+    /// `SyncBatchNorm`): in training, the statistics are those of the global batch of every
+    /// replica of the axis `apply` was given under this name. `None` (the default): this
+    /// replica's batch alone. See [`replicas`](crate::replicas).
+    pub axis_name: Option<String>,
 }
 
 /// How a [`BatchNorm`] in training mode updates its running statistics.
@@ -107,6 +113,7 @@ impl Default for BatchNorm {
             use_bias: true,
             axis: -1,
             convention: StatsConvention::Flax,
+            axis_name: None,
         }
     }
 }
@@ -155,6 +162,16 @@ impl BatchNorm {
     pub fn without_bias(self) -> Self {
         BatchNorm {
             use_bias: false,
+            ..self
+        }
+    }
+
+    /// The same layer with batch statistics over every replica of the axis `name` (see
+    /// [`BatchNorm::axis_name`](BatchNorm#structfield.axis_name)).
+    #[must_use]
+    pub fn axis_name(self, name: &str) -> Self {
+        BatchNorm {
+            axis_name: Some(name.to_string()),
             ..self
         }
     }
@@ -285,20 +302,67 @@ impl BatchNorm {
             let normalized = x.sub(&along(&running_mean.value())?)?.mul(&inv_std)?;
             return Ok(then(normalized.mul(&along(&scale)?)?.add(&along(&bias)?)?));
         }
+        // Cross-replica statistics need the replicas' communicator: required in apply, and
+        // in init (which updates nothing) the replica's own batch stands in if none is given.
+        let replicas = match &self.axis_name {
+            Some(name) => match scope.replica_axis(name) {
+                Some(axis) => Some(axis.clone()),
+                None if scope.is_initializing() => None,
+                None => {
+                    return Err(Error::MissingReplicaAxis {
+                        axis: name.clone(),
+                        path: scope.path().to_string(),
+                    });
+                }
+            },
+            None => None,
+        };
         // Statistics of no value are 0 / 0, and of one value a variance of 0 (PyTorch refuses
         // both: "Expected more than 1 value per channel when training").
         let per_channel = x.len() / features.max(1);
-        if per_channel < 2 {
+        // With replicas, the statistics are of every replica's values together.
+        let mut count = per_channel as f64;
+        if let Some(replica_axis) = &replicas {
+            let mut global = [count];
+            replica_axis
+                .communicator()
+                .all_reduce(&mut global, ReduceOp::Sum)?;
+            count = global[0];
+        }
+        if count < 2.0 {
             return Err(Error::invalid(
                 "BatchNorm",
                 x.shape(),
                 format!(
-                    "expected more than 1 value per channel when training, got {per_channel} \
+                    "expected more than 1 value per channel when training, got {count} \
                      (batch statistics of fewer are undefined or zero)"
                 ),
             ));
         }
-        let (y, batch_mean, batch_var) = if Fusion::is_on() && last {
+        let (y, batch_mean, batch_var) = if let Some(replica_axis) = &replicas {
+            // The definition over the global batch: per-channel sums all-reduced (`psum`,
+            // whose VJP all-reduces the gradient's sums), divided by the global count.
+            let axes: Vec<usize> = (0..x.ndim()).filter(|&a| a != axis).collect();
+            let inverse_count = A::of(1.0 / count);
+            let mean = x
+                .sum_axes(&axes, true)?
+                .psum(replica_axis)?
+                .mul_scalar(inverse_count);
+            let centred = x.sub(&mean)?;
+            let var = centred
+                .square()
+                .sum_axes(&axes, true)?
+                .psum(replica_axis)?
+                .mul_scalar(inverse_count);
+            let inv_std = var.add_scalar(eps).sqrt().recip();
+            let y = centred
+                .mul(&inv_std)?
+                .mul(&along(&scale)?)?
+                .add(&along(&bias)?)?;
+            let flat = |t: &Tensor<A>| t.value().clone().into_shape_with_order(vec![features]);
+            let (mean, var) = (flat(&mean), flat(&var));
+            (then(y), mean.expect("(F) values"), var.expect("(F) values"))
+        } else if Fusion::is_on() && last {
             let (y, batch) = fused::batch_norm_train(x, &scale, &bias, eps, epilogue)?;
             (y, batch.mean.into_dyn(), batch.var.into_dyn())
         } else {
@@ -338,7 +402,7 @@ impl BatchNorm {
                     // PyTorch's `exponential_average_factor`, and its expression order
                     // (aten's batch_norm_cpu_update_stats): factor · batch + (1 − factor) · old.
                     let factor = momentum.map_or(A::one() / tracked, A::of);
-                    let bessel = A::of(per_channel as f64 / (per_channel as f64 - 1.0));
+                    let bessel = A::of(count / (count - 1.0));
                     let blend = |old: &Tensor<A>, mut blended: ArrayD<A>, correction: A| {
                         blended.zip_mut_with(old.value(), |b, &o| {
                             *b = factor * (*b * correction) + (A::one() - factor) * o;

@@ -1,0 +1,46 @@
+//! `psum`: the sum over replicas, as an op on the tape (JAX's `lax.psum`).
+
+use ndarray::ArrayD;
+
+use crate::error::Result;
+use crate::float::Float;
+use crate::replicas::{Communicator, ReduceOp, ReplicaAxis};
+use crate::tensor::{Tensor, record_one};
+
+/// `array` summed element-wise over every replica of `communicator` (in f64).
+fn all_reduce_sum<A: Float>(
+    communicator: &dyn Communicator,
+    array: &ArrayD<A>,
+) -> Result<ArrayD<A>> {
+    let mut values: Vec<f64> = array.iter().map(|x| x.as_f64()).collect();
+    communicator.all_reduce(&mut values, ReduceOp::Sum)?;
+    Ok(
+        ArrayD::from_shape_vec(array.raw_dim(), values.into_iter().map(A::of).collect())
+            .expect("the reduction keeps the length"),
+    )
+}
+
+impl<A: Float> Tensor<A> {
+    /// The element-wise sum of this tensor over every replica of `axis`: every replica gets
+    /// the same result. JAX: `lax.psum(x, axis_name)`.
+    ///
+    /// Its VJP is a `psum` of the output's gradient: replica `s`'s value reaches every
+    /// replica's output, so its gradient is the sum of theirs. This is what makes a
+    /// cross-replica BatchNorm's backward pass reduce the matching gradient sums, and it
+    /// holds because every replica walks the same tape (the same collectives, in the same
+    /// order).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ReplicasDisagree`](crate::Error::ReplicasDisagree) if the replicas' tensors
+    /// have different numbers of elements; nothing is recorded.
+    pub fn psum(&self, axis: &ReplicaAxis) -> Result<Tensor<A>> {
+        let communicator = axis.shared_communicator();
+        let value = all_reduce_sum(&*communicator, self.value())?;
+        Ok(record_one("psum", self, value, move |g| {
+            // The forward reduction agreed on this length on every replica, and the
+            // gradient has the output's shape: the backward reduction cannot disagree.
+            all_reduce_sum(&*communicator, &g).expect("replicas agreed in the forward pass")
+        }))
+    }
+}

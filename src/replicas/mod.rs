@@ -1,0 +1,33 @@
+//! Data-parallel replicas: one model trained over R replicas, each given its share of every
+//! batch, in the Flax/JAX spirit: a named replica axis and a communicator passed in
+//! explicitly ([`ReplicaAxis`]), no hidden global state.
+//!
+//! A step on each replica: the loss and gradients of its shard (with
+//! `ApplyOptions::replica_axis` so that a cross-replica `BatchNorm` reduces its statistics
+//! over the global batch), then [`mean_grads`] (gradients averaged across replicas, after
+//! checking that the replicas agree), then the optimizer, on params alone as ever. Params and
+//! optimizer state stay identical on every replica because every replica applies the same
+//! update to the same values.
+//!
+//! BatchNorm over replicas, two ways:
+//!
+//! * **cross-replica** (`BatchNorm::axis_name("batch")`; PyTorch's `SyncBatchNorm`, Flax's
+//!   `axis_name`): the per-channel sums are all-reduced in the forward pass, and by the VJP
+//!   of [`Tensor::psum`](crate::Tensor::psum) the matching sums of the gradient in the
+//!   backward pass, so R replicas with B/R rows compute exactly what one replica with B rows
+//!   computes, and their running statistics are equal by construction;
+//! * **per replica** (no `axis_name`, PyTorch DDP's default): each replica normalises with
+//!   its own shard's statistics; [`mean_collection`] then averages the running statistics
+//!   across replicas after each step (the documented rule here; DDP instead broadcasts
+//!   replica 0's), so buffers are bit-identical on every replica.
+//!
+//! [`InProcess`] runs replicas as threads of one process. (An MPI communicator behind a
+//! cargo feature is the planned second implementation of [`Communicator`].)
+
+mod communicator;
+mod in_process;
+mod sync;
+
+pub use communicator::{Communicator, ReduceOp, ReplicaAxis};
+pub use in_process::InProcess;
+pub use sync::{check_agreement, mean_collection, mean_grads};
