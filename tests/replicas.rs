@@ -6,78 +6,16 @@
 //! running statistics keeps the replicas identical. Replicas that disagree all get an error,
 //! and nothing is applied.
 
-use std::sync::Arc;
+use std::rc::Rc;
 
 use ndarray::{ArrayD, Axis};
 use proptest::prelude::*;
-use tapegrad::nn::{BatchNorm, Mlp};
-use tapegrad::optim::{Optimizer, Sgd};
-use tapegrad::replicas::{
-    Communicator, InProcess, ReduceOp, ReplicaAxis, mean_collection, mean_grads,
-};
-use tapegrad::{
-    ApplyOptions, Error, Grads, ModuleExt, Mutable, Tensor, Variables, softmax_cross_entropy,
-    testing, value_and_grad_with_aux,
-};
+use tapegrad::nn::Mlp;
+use tapegrad::replicas::{Communicator, InProcess, ReplicaAxis, mean_collection, mean_grads};
+use tapegrad::{ApplyOptions, Error, Grads, ModuleExt, Mutable, Tensor, Variables, testing};
 
-const CLASSES: usize = 3;
-
-fn model(cross_replica: bool) -> Mlp {
-    let norm = BatchNorm::new().momentum(0.8);
-    let norm = if cross_replica {
-        norm.axis_name("batch")
-    } else {
-        norm
-    };
-    Mlp::new(&[5], CLASSES).with_batch_norm(norm)
-}
-
-/// What one replica ends a step with.
-#[derive(Debug, Clone, PartialEq)]
-struct Outcome {
-    loss: f64,
-    grads: Grads<f64>,
-    variables: Variables<f64>,
-    velocities: Vec<ArrayD<f64>>,
-}
-
-/// One SGD-momentum step of `model` on rows `x` with `labels`, as a replica of `axis` (or
-/// alone), with gradients averaged over the replicas.
-fn step(
-    model: &Mlp,
-    variables: &Variables<f64>,
-    x: &ArrayD<f64>,
-    labels: &[usize],
-    communicator: &Arc<dyn Communicator>,
-    axis: Option<ReplicaAxis>,
-) -> tapegrad::Result<Outcome> {
-    let mut options = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
-    if let Some(axis) = axis {
-        options = options.replica_axis(axis);
-    }
-    let x = Tensor::constant(x);
-    let (loss, updates, grads) = value_and_grad_with_aux(variables.params(), |p| {
-        let (logits, updates) = model.apply_tracked(p, variables, &x, &options)?;
-        Ok((softmax_cross_entropy(&logits, labels)?, updates))
-    })?;
-    let mut optimizer = Sgd::new(0.1).momentum(0.9);
-    let grads = mean_grads(&**communicator, &grads, optimizer.steps())?;
-    let mut loss_mean = [loss / communicator.size() as f64];
-    communicator.all_reduce(&mut loss_mean, ReduceOp::Sum)?;
-    let mut after = variables.clone();
-    optimizer.update(after.params_mut(), &grads)?;
-    after.merge(updates)?;
-    let velocities = grads
-        .paths()
-        .map(|p| optimizer.velocity(p).unwrap().clone())
-        .collect();
-    Ok(Outcome {
-        loss: loss_mean[0],
-        grads,
-        variables: after,
-        velocities,
-    })
-}
+mod support;
+use support::{CLASSES, Outcome, close, model, step, worst};
 
 /// Every replica's outcome, replica `r` given rows `r·k .. (r+1)·k`.
 fn replicated(
@@ -93,45 +31,21 @@ fn replicated(
         let handles: Vec<_> = InProcess::group(replicas)
             .into_iter()
             .enumerate()
-            .map(|(r, communicator)| {
+            .map(|(r, replica)| {
                 let shard = x
                     .slice_axis(Axis(0), (r * rows..(r + 1) * rows).into())
                     .to_owned();
                 let shard_labels = &labels[r * rows..(r + 1) * rows];
                 s.spawn(move || {
+                    let communicator: Rc<dyn Communicator> = Rc::new(replica);
                     let axis =
-                        cross_replica.then(|| ReplicaAxis::new("batch", Arc::clone(&communicator)));
+                        cross_replica.then(|| ReplicaAxis::new("batch", Rc::clone(&communicator)));
                     step(model, variables, &shard, shard_labels, &communicator, axis)
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     })
-}
-
-fn worst(a: &ArrayD<f64>, b: &ArrayD<f64>) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs() / y.abs().max(1.0))
-        .fold(0.0, f64::max)
-}
-
-fn close(a: &Outcome, b: &Outcome) -> Result<(), String> {
-    let mut worst_seen = ((a.loss - b.loss) / b.loss.abs().max(1.0)).abs();
-    for ((_, x), (_, y)) in a.grads.iter().zip(b.grads.iter()) {
-        worst_seen = worst_seen.max(worst(x, y));
-    }
-    for ((_, x), (_, y)) in a.variables.iter().zip(b.variables.iter()) {
-        worst_seen = worst_seen.max(worst(x, y));
-    }
-    for (x, y) in a.velocities.iter().zip(&b.velocities) {
-        worst_seen = worst_seen.max(worst(x, y));
-    }
-    if worst_seen <= 1e-12 {
-        Ok(())
-    } else {
-        Err(format!("worst scaled difference {worst_seen:e}"))
-    }
 }
 
 /// A batch of `replicas · rows` rows of 4 features, labels, and initial variables.
@@ -155,8 +69,8 @@ proptest! {
     fn cross_replica_batch_norm_computes_what_one_replica_computes((replicas, x, labels, seed) in case()) {
         let model = model(true);
         let variables = model.init(seed, &Tensor::constant(&x)).unwrap();
-        let single = InProcess::group(1).remove(0);
-        let axis = ReplicaAxis::new("batch", Arc::clone(&single));
+        let single: Rc<dyn Communicator> = Rc::new(InProcess::group(1).remove(0));
+        let axis = ReplicaAxis::new("batch", Rc::clone(&single));
         let alone = step(&model, &variables, &x, &labels, &single, Some(axis)).unwrap();
         // And the same without any axis: the plain single-replica BatchNorm.
         let plain = step(&self::model(false), &variables, &x, &labels, &single, None).unwrap();
@@ -203,7 +117,7 @@ proptest! {
                 .map(|(communicator, outcome)| {
                     let mut mine = outcome.variables.clone();
                     s.spawn(move || {
-                        mean_collection(&*communicator, &mut mine, "batch_stats").map(|()| mine)
+                        mean_collection(&communicator, &mut mine, "batch_stats").map(|()| mine)
                     })
                 })
                 .collect();
@@ -227,9 +141,10 @@ fn replicas_that_disagree_all_get_the_error_and_nothing_is_applied() {
         let handles: Vec<_> = InProcess::group(2)
             .into_iter()
             .enumerate()
-            .map(|(r, communicator)| {
+            .map(|(r, replica)| {
                 let (x, labels) = (&x, &labels);
                 s.spawn(move || {
+                    let communicator: Rc<dyn Communicator> = Rc::new(replica);
                     let model = if r == 0 {
                         model(false)
                     } else {
@@ -277,7 +192,7 @@ fn step_counts_that_differ_are_refused_on_every_replica() {
                 s.spawn(move || {
                     let steps = if communicator.rank() == 2 { 8 } else { 7 };
                     let grads = Grads::<f64>::default();
-                    mean_grads(&*communicator, &grads, steps).map(|_| ())
+                    mean_grads(&communicator, &grads, steps).map(|_| ())
                 })
             })
             .collect();

@@ -1,7 +1,7 @@
 //! The communicator interface: all-reduce across replicas, and the named axis it serves.
 
 use std::fmt;
-use std::sync::Arc;
+use std::rc::Rc;
 
 use crate::error::Result;
 
@@ -20,7 +20,7 @@ pub enum ReduceOp {
 /// collectives in the same order with the same lengths (a replica that fails still calls
 /// them, so that none waits forever); a length that differs is
 /// [`Error::ReplicasDisagree`](crate::Error::ReplicasDisagree) on every replica.
-pub trait Communicator: Send + Sync {
+pub trait Communicator {
     /// This replica's index, `0..size()`.
     fn rank(&self) -> usize;
 
@@ -42,13 +42,13 @@ pub trait Communicator: Send + Sync {
 #[derive(Clone)]
 pub struct ReplicaAxis {
     name: String,
-    communicator: Arc<dyn Communicator>,
+    communicator: Rc<dyn Communicator>,
 }
 
 impl ReplicaAxis {
     /// The axis `name` over the replicas of `communicator`.
     #[must_use]
-    pub fn new(name: &str, communicator: Arc<dyn Communicator>) -> Self {
+    pub fn new(name: &str, communicator: Rc<dyn Communicator>) -> Self {
         ReplicaAxis {
             name: name.to_string(),
             communicator,
@@ -68,8 +68,8 @@ impl ReplicaAxis {
     }
 
     /// The communicator, shared (for a VJP that reduces in the backward pass).
-    pub(crate) fn shared_communicator(&self) -> Arc<dyn Communicator> {
-        Arc::clone(&self.communicator)
+    pub(crate) fn shared_communicator(&self) -> Rc<dyn Communicator> {
+        Rc::clone(&self.communicator)
     }
 }
 
@@ -78,8 +78,8 @@ impl PartialEq for ReplicaAxis {
     fn eq(&self, other: &Self) -> bool {
         self.name == other.name
             && std::ptr::addr_eq(
-                Arc::as_ptr(&self.communicator),
-                Arc::as_ptr(&other.communicator),
+                Rc::as_ptr(&self.communicator),
+                Rc::as_ptr(&other.communicator),
             )
     }
 }

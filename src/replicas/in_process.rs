@@ -6,12 +6,12 @@ use crate::error::{Error, Result};
 use crate::replicas::communicator::{Communicator, ReduceOp};
 
 /// One replica of an in-process group: `InProcess::group(r)` makes `r` of them, one per
-/// thread. Each all-reduce is two barrier waits: every replica deposits its values, then
+/// thread (each is `Send`: move it into its thread, and wrap it in an `Rc` there for a
+/// [`ReplicaAxis`](crate::replicas::ReplicaAxis)). Each all-reduce is two barrier waits: every replica deposits its values, then
 /// every replica reduces all of them in rank order (the same bits everywhere), then all
 /// leave together.
 ///
 /// ```
-/// use std::sync::Arc;
 /// use tapegrad::replicas::{Communicator, InProcess, ReduceOp};
 /// let sums: Vec<Vec<f64>> = std::thread::scope(|s| {
 ///     let handles: Vec<_> = InProcess::group(3)
@@ -41,7 +41,7 @@ struct Shared {
 impl InProcess {
     /// `replicas` communicators that reduce with each other (at least one).
     #[must_use]
-    pub fn group(replicas: usize) -> Vec<Arc<dyn Communicator>> {
+    pub fn group(replicas: usize) -> Vec<InProcess> {
         let size = replicas.max(1);
         let shared = Arc::new(Shared {
             size,
@@ -49,11 +49,9 @@ impl InProcess {
             deposits: Mutex::new(vec![Vec::new(); size]),
         });
         (0..size)
-            .map(|rank| {
-                Arc::new(InProcess {
-                    rank,
-                    shared: Arc::clone(&shared),
-                }) as Arc<dyn Communicator>
+            .map(|rank| InProcess {
+                rank,
+                shared: Arc::clone(&shared),
             })
             .collect()
     }

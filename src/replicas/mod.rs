@@ -21,13 +21,17 @@
 //!   across replicas after each step (the documented rule here; DDP instead broadcasts
 //!   replica 0's), so buffers are bit-identical on every replica.
 //!
-//! [`InProcess`] runs replicas as threads of one process. (An MPI communicator behind a
-//! cargo feature is the planned second implementation of [`Communicator`].)
+//! [`InProcess`] runs replicas as threads of one process; with the `mpi` feature, `Mpi` runs
+//! them as MPI processes (`mpirun -np R`), on one machine or many.
 
 mod communicator;
 mod in_process;
+#[cfg(feature = "mpi")]
+mod mpi;
 mod sync;
 
 pub use communicator::{Communicator, ReduceOp, ReplicaAxis};
 pub use in_process::InProcess;
+#[cfg(feature = "mpi")]
+pub use mpi::Mpi;
 pub use sync::{check_agreement, mean_collection, mean_grads};
