@@ -92,7 +92,7 @@ fn main() -> ExitCode {
     if !matches!(
         mlp_step,
         Err(Error::ReplicasDisagree {
-            op: "mean_grads",
+            op: "begin_step",
             ..
         })
     ) {

@@ -15,7 +15,7 @@ use tapegrad::replicas::{Communicator, InProcess, ReplicaAxis, mean_collection, 
 use tapegrad::{ApplyOptions, Error, Grads, ModuleExt, Mutable, Tensor, Variables, testing};
 
 mod support;
-use support::{CLASSES, Outcome, close, model, step, worst};
+use support::{CLASSES, Outcome, close, model, model_of, step, worst};
 
 /// Every replica's outcome, replica `r` given rows `r·k .. (r+1)·k`.
 fn replicated(
@@ -66,14 +66,17 @@ proptest! {
     #![proptest_config(testing::config(24))]
 
     #[test]
-    fn cross_replica_batch_norm_computes_what_one_replica_computes((replicas, x, labels, seed) in case()) {
-        let model = model(true);
+    fn cross_replica_batch_norm_computes_what_one_replica_computes(
+        (replicas, x, labels, seed) in case(),
+        hidden in proptest::collection::vec(2usize..=6, 1..=2),
+    ) {
+        let model = model_of(&hidden, true);
         let variables = model.init(seed, &Tensor::constant(&x)).unwrap();
         let single: Rc<dyn Communicator> = Rc::new(InProcess::group(1).remove(0));
         let axis = ReplicaAxis::new("batch", Rc::clone(&single));
         let alone = step(&model, &variables, &x, &labels, &single, Some(axis)).unwrap();
         // And the same without any axis: the plain single-replica BatchNorm.
-        let plain = step(&self::model(false), &variables, &x, &labels, &single, None).unwrap();
+        let plain = step(&model_of(&hidden, false), &variables, &x, &labels, &single, None).unwrap();
         prop_assert!(close(&alone, &plain).is_ok(), "{:?}", close(&alone, &plain));
 
         let outcomes: Vec<Outcome> = replicated(&model, &variables, &x, &labels, replicas, true)
@@ -162,7 +165,7 @@ fn replicas_that_disagree_all_get_the_error_and_nothing_is_applied() {
             matches!(
                 result,
                 Err(Error::ReplicasDisagree {
-                    op: "mean_grads",
+                    op: "begin_step",
                     ..
                 })
             ),
@@ -202,4 +205,84 @@ fn step_counts_that_differ_are_refused_on_every_replica() {
         let err = result.unwrap_err();
         assert!(err.to_string().contains("step counts from 7 to 8"), "{err}");
     }
+}
+
+/// Runs `local(rank, communicator)` on `replicas` in-process replicas.
+fn on_replicas<T: Send>(
+    replicas: usize,
+    local: impl Fn(usize, Rc<dyn Communicator>) -> T + Sync,
+) -> Vec<T> {
+    std::thread::scope(|s| {
+        let local = &local;
+        let handles: Vec<_> = InProcess::group(replicas)
+            .into_iter()
+            .enumerate()
+            .map(|(r, replica)| s.spawn(move || local(r, Rc::new(replica))))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn a_replica_with_another_shard_shape_fails_them_all_before_the_forward_pass() {
+    let model = model(true);
+    let x = ArrayD::from_shape_fn(vec![6, 4], |i| (i[0] + 2 * i[1]) as f64 * 0.3 - 1.0);
+    let variables = model.init(0, &Tensor::constant(&x)).unwrap();
+    let results = on_replicas(2, |r, communicator| {
+        let rows = if r == 0 { 2 } else { 4 }; // unequal shards
+        let shard = x.slice_axis(Axis(0), (0..rows).into()).to_owned();
+        let axis = ReplicaAxis::new("batch", Rc::clone(&communicator));
+        step(
+            &model,
+            &variables,
+            &shard,
+            &[0, 1, 2, 0][..rows],
+            &communicator,
+            Some(axis),
+        )
+    });
+    for result in &results {
+        assert!(
+            matches!(
+                result,
+                Err(Error::ReplicasDisagree {
+                    op: "begin_step",
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+    }
+}
+
+#[test]
+fn a_replica_whose_loss_fails_fails_them_all_before_the_backward_pass() {
+    let model = model(true);
+    let x = ArrayD::from_shape_fn(vec![4, 4], |i| (i[0] * 3 + i[1]) as f64 * 0.2 - 1.0);
+    let variables = model.init(0, &Tensor::constant(&x)).unwrap();
+    let results = on_replicas(2, |r, communicator| {
+        let shard = x.slice_axis(Axis(0), (2 * r..2 * r + 2).into()).to_owned();
+        let labels = if r == 1 { [0, CLASSES] } else { [0, 1] }; // replica 1: a label out of range
+        let axis = ReplicaAxis::new("batch", Rc::clone(&communicator));
+        step(
+            &model,
+            &variables,
+            &shard,
+            &labels,
+            &communicator,
+            Some(axis),
+        )
+    });
+    // Replica 1 gets its own error; replica 0 learns that another failed. Nobody hangs in
+    // the cross-replica BatchNorm's backward reductions.
+    assert!(
+        matches!(results[0], Err(Error::ReplicasDisagree { op: "loss", .. })),
+        "{:?}",
+        results[0]
+    );
+    assert!(
+        matches!(results[1], Err(Error::IndexOutOfRange { .. })),
+        "{:?}",
+        results[1]
+    );
 }

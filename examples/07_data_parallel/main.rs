@@ -25,7 +25,9 @@ use clap::Parser;
 use rand::seq::SliceRandom;
 use tapegrad::nn::{BatchNorm, Mlp};
 use tapegrad::optim::{LearningRate, Optimizer, Sgd};
-use tapegrad::replicas::{Communicator, Mpi, ReduceOp, ReplicaAxis, check_agreement, mean_grads};
+use tapegrad::replicas::{
+    Communicator, Mpi, ReduceOp, ReplicaAxis, agree_on, begin_step, check_agreement, mean_grads,
+};
 use tapegrad::{
     ApplyOptions, ModuleExt, Mutable, SplitMix64, softmax_cross_entropy, value_and_grad_with_aux,
 };
@@ -117,9 +119,18 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         let mut loss_sum = 0.0;
         for batch in order.chunks_exact(args.batch_size) {
             let (x, y) = data.rows(&batch[rank * share..(rank + 1) * share]);
+            // Every rank agrees before the forward pass, and on the loss before the backward
+            // pass: a rank that fails makes them all fail, instead of leaving them waiting.
+            begin_step(
+                &*communicator,
+                variables.params(),
+                x.shape(),
+                optimizer.steps(),
+            )?;
             let (loss, updates, grads) = value_and_grad_with_aux(variables.params(), |p| {
                 let (logits, updates) = model.apply_tracked(p, &variables, &x, &options)?;
-                Ok((softmax_cross_entropy(&logits, &y)?, updates))
+                let loss = agree_on(&*communicator, "loss", softmax_cross_entropy(&logits, &y))?;
+                Ok((loss, updates))
             })?;
             let grads = mean_grads(&*communicator, &grads, optimizer.steps())?;
             optimizer.update(variables.params_mut(), &grads)?;

@@ -2,12 +2,15 @@
 //! batch, in the Flax/JAX spirit: a named replica axis and a communicator passed in
 //! explicitly ([`ReplicaAxis`]), no hidden global state.
 //!
-//! A step on each replica: the loss and gradients of its shard (with
+//! A step on each replica: [`begin_step`] (the replicas agree on params, shard shapes and
+//! step count before any collective), the loss and gradients of its shard (with
 //! `ApplyOptions::replica_axis` so that a cross-replica `BatchNorm` reduces its statistics
 //! over the global batch), then [`mean_grads`] (gradients averaged across replicas, after
 //! checking that the replicas agree), then the optimizer, on params alone as ever. Params and
 //! optimizer state stay identical on every replica because every replica applies the same
-//! update to the same values.
+//! update to the same values. A replica that fails still joins the collectives and
+//! reports: wrap the loss in [`agree_on`] inside `value_and_grad`'s closure, and every
+//! replica returns an error instead of one waiting forever for another.
 //!
 //! BatchNorm over replicas, two ways:
 //!
@@ -34,4 +37,4 @@ pub use communicator::{Communicator, ReduceOp, ReplicaAxis};
 pub use in_process::InProcess;
 #[cfg(feature = "mpi")]
 pub use mpi::Mpi;
-pub use sync::{check_agreement, mean_collection, mean_grads};
+pub use sync::{agree_on, begin_step, check_agreement, mean_collection, mean_grads};

@@ -1,6 +1,6 @@
 //! What keeps replicas identical: an agreement check, gradients averaged, buffers averaged.
 
-use crate::collection::Collection;
+use crate::collection::{Collection, Params};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::grads::Grads;
@@ -129,4 +129,67 @@ pub fn mean_collection<A: Float>(
         offset += array.len();
     }
     Ok(())
+}
+
+/// Call on every replica before a step's forward pass: an error on every replica, before
+/// any collective of the forward pass could leave one waiting, if their params (names and
+/// shapes), the shapes of their shards or their optimizers' step counts differ.
+///
+/// # Errors
+///
+/// [`Error::ReplicasDisagree`] naming `"begin_step"`, on every replica.
+pub fn begin_step<A: Float>(
+    communicator: &dyn Communicator,
+    params: &Params<A>,
+    shard_shape: &[usize],
+    steps: usize,
+) -> Result<()> {
+    let entries = params
+        .iter()
+        .map(|(path, a)| (path, a.shape()))
+        .chain(std::iter::once(("#shard", shard_shape)));
+    check_agreement(communicator, "begin_step", entries, steps)
+}
+
+/// Joins the replicas on the outcome of a local computation: every replica learns whether
+/// any failed, with one reduction every replica takes part in. A replica that failed gets
+/// its own error back; the others get [`Error::ReplicasDisagree`], so that none goes on to
+/// a collective the failed one will never join. Inside `value_and_grad`'s closure, around
+/// the loss, this keeps a replica whose loss failed from leaving the others waiting in the
+/// backward pass of a cross-replica BatchNorm.
+///
+/// ```
+/// use tapegrad::replicas::{InProcess, agree_on};
+/// let outcomes: Vec<Result<u8, tapegrad::Error>> = std::thread::scope(|s| {
+///     let handles: Vec<_> = InProcess::group(2).into_iter().map(|replica| s.spawn(move || {
+///         use tapegrad::replicas::Communicator;
+///         let local = if replica.rank() == 1 {
+///             Err(tapegrad::Error::ReplicasDisagree { op: "demo", detail: "mine failed".into() })
+///         } else {
+///             Ok(7)
+///         };
+///         agree_on(&replica, "loss", local)
+///     })).collect();
+///     handles.into_iter().map(|h| h.join().unwrap()).collect()
+/// });
+/// assert!(outcomes.iter().all(Result::is_err)); // replica 0 learned that 1 failed
+/// ```
+///
+/// # Errors
+///
+/// The local error, or [`Error::ReplicasDisagree`] naming `op` if another replica failed.
+pub fn agree_on<T>(
+    communicator: &dyn Communicator,
+    op: &'static str,
+    local: Result<T>,
+) -> Result<T> {
+    let mut failed = [f64::from(u8::from(local.is_err()))];
+    communicator.all_reduce(&mut failed, ReduceOp::Max)?;
+    match local {
+        Ok(_) if failed[0] > 0.0 => Err(Error::ReplicasDisagree {
+            op,
+            detail: "another replica failed".to_string(),
+        }),
+        outcome => outcome,
+    }
 }

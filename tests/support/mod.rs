@@ -5,7 +5,7 @@ use std::rc::Rc;
 use ndarray::ArrayD;
 use tapegrad::nn::{BatchNorm, Mlp};
 use tapegrad::optim::{Optimizer, Sgd};
-use tapegrad::replicas::{Communicator, ReduceOp, ReplicaAxis, mean_grads};
+use tapegrad::replicas::{Communicator, ReduceOp, ReplicaAxis, agree_on, begin_step, mean_grads};
 use tapegrad::{
     ApplyOptions, Grads, ModuleExt, Mutable, Tensor, Variables, softmax_cross_entropy,
     value_and_grad_with_aux,
@@ -13,14 +13,20 @@ use tapegrad::{
 
 pub const CLASSES: usize = 3;
 
-pub fn model(cross_replica: bool) -> Mlp {
+/// An MLP of `hidden` widths with a BatchNorm after each hidden Dense.
+pub fn model_of(hidden: &[usize], cross_replica: bool) -> Mlp {
     let norm = BatchNorm::new().momentum(0.8);
     let norm = if cross_replica {
         norm.axis_name("batch")
     } else {
         norm
     };
-    Mlp::new(&[5], CLASSES).with_batch_norm(norm)
+    Mlp::new(hidden, CLASSES).with_batch_norm(norm)
+}
+
+/// One hidden layer of 5.
+pub fn model(cross_replica: bool) -> Mlp {
+    model_of(&[5], cross_replica)
 }
 
 /// What one replica ends a step with.
@@ -33,7 +39,8 @@ pub struct Outcome {
 }
 
 /// One SGD-momentum step of `model` on rows `x` with `labels`, as a replica of `axis` (or
-/// alone), with gradients averaged over the replicas.
+/// alone), with gradients averaged over the replicas: the agreement checks first, the loss
+/// joined with `agree_on`, so that a replica that fails anywhere fails them all.
 pub fn step(
     model: &Mlp,
     variables: &Variables<f64>,
@@ -46,12 +53,23 @@ pub fn step(
     if let Some(axis) = axis {
         options = options.replica_axis(axis);
     }
+    let mut optimizer = Sgd::new(0.1).momentum(0.9);
+    begin_step(
+        &**communicator,
+        variables.params(),
+        x.shape(),
+        optimizer.steps(),
+    )?;
     let x = Tensor::constant(x);
     let (loss, updates, grads) = value_and_grad_with_aux(variables.params(), |p| {
         let (logits, updates) = model.apply_tracked(p, variables, &x, &options)?;
-        Ok((softmax_cross_entropy(&logits, labels)?, updates))
+        let loss = agree_on(
+            &**communicator,
+            "loss",
+            softmax_cross_entropy(&logits, labels),
+        )?;
+        Ok((loss, updates))
     })?;
-    let mut optimizer = Sgd::new(0.1).momentum(0.9);
     let grads = mean_grads(&**communicator, &grads, optimizer.steps())?;
     let mut loss_mean = [loss / communicator.size() as f64];
     communicator.all_reduce(&mut loss_mean, ReduceOp::Sum)?;
