@@ -27,24 +27,19 @@ fn replicated(
     cross_replica: bool,
 ) -> Vec<tapegrad::Result<Outcome>> {
     let rows = x.shape()[0] / replicas;
-    std::thread::scope(|s| {
-        let handles: Vec<_> = InProcess::group(replicas)
-            .into_iter()
-            .enumerate()
-            .map(|(r, replica)| {
-                let shard = x
-                    .slice_axis(Axis(0), (r * rows..(r + 1) * rows).into())
-                    .to_owned();
-                let shard_labels = &labels[r * rows..(r + 1) * rows];
-                s.spawn(move || {
-                    let communicator: Rc<dyn Communicator> = Rc::new(replica);
-                    let axis =
-                        cross_replica.then(|| ReplicaAxis::new("batch", Rc::clone(&communicator)));
-                    step(model, variables, &shard, shard_labels, &communicator, axis)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    on_replicas(replicas, |r, communicator| {
+        let shard = x
+            .slice_axis(Axis(0), (r * rows..(r + 1) * rows).into())
+            .to_owned();
+        let axis = cross_replica.then(|| ReplicaAxis::new("batch", Rc::clone(&communicator)));
+        step(
+            model,
+            variables,
+            &shard,
+            &labels[r * rows..(r + 1) * rows],
+            &communicator,
+            axis,
+        )
     })
 }
 
@@ -113,19 +108,11 @@ proptest! {
             expected_mean = expected_mean + own_mean / replicas as f64;
         }
         // Averaged over the replicas, the running statistics become bit-identical.
-        let averaged: Vec<Variables<f64>> = std::thread::scope(|s| {
-            let handles: Vec<_> = InProcess::group(replicas)
-                .into_iter()
-                .zip(&outcomes)
-                .map(|(communicator, outcome)| {
-                    let mut mine = outcome.variables.clone();
-                    s.spawn(move || {
-                        mean_collection(&communicator, &mut mine, "batch_stats").map(|()| mine)
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+        let averaged = on_replicas(replicas, |r, communicator| {
+            let mut mine = outcomes[r].variables.clone();
+            mean_collection(&*communicator, &mut mine, "batch_stats").map(|()| mine)
         });
+        let averaged: Vec<Variables<f64>> = averaged.into_iter().map(Result::unwrap).collect();
         for replica in &averaged {
             prop_assert_eq!(replica, &averaged[0]);
             let mean = replica.get("batch_stats/BatchNorm_0/mean").unwrap();
@@ -140,25 +127,14 @@ fn replicas_that_disagree_all_get_the_error_and_nothing_is_applied() {
     let labels = [0, 1, 2, 0];
     let variables = model(true).init(0, &Tensor::constant(&x)).unwrap();
     // Replica 1 has a wider hidden layer: other param shapes.
-    let results: Vec<tapegrad::Result<Outcome>> = std::thread::scope(|s| {
-        let handles: Vec<_> = InProcess::group(2)
-            .into_iter()
-            .enumerate()
-            .map(|(r, replica)| {
-                let (x, labels) = (&x, &labels);
-                s.spawn(move || {
-                    let communicator: Rc<dyn Communicator> = Rc::new(replica);
-                    let model = if r == 0 {
-                        model(false)
-                    } else {
-                        Mlp::new(&[6], CLASSES)
-                    };
-                    let variables = model.init(0, &Tensor::constant(x)).unwrap();
-                    step(&model, &variables, x, labels, &communicator, None)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let results = on_replicas(2, |r, communicator| {
+        let model = if r == 0 {
+            model(false)
+        } else {
+            Mlp::new(&[6], CLASSES)
+        };
+        let variables = model.init(0, &Tensor::constant(&x)).unwrap();
+        step(&model, &variables, &x, &labels, &communicator, None)
     });
     for result in &results {
         assert!(
@@ -188,18 +164,9 @@ fn replicas_that_disagree_all_get_the_error_and_nothing_is_applied() {
 
 #[test]
 fn step_counts_that_differ_are_refused_on_every_replica() {
-    let results: Vec<tapegrad::Result<()>> = std::thread::scope(|s| {
-        let handles: Vec<_> = InProcess::group(3)
-            .into_iter()
-            .map(|communicator| {
-                s.spawn(move || {
-                    let steps = if communicator.rank() == 2 { 8 } else { 7 };
-                    let grads = Grads::<f64>::default();
-                    mean_grads(&communicator, &grads, steps).map(|_| ())
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let results = on_replicas(3, |r, communicator| {
+        let steps = if r == 2 { 8 } else { 7 };
+        mean_grads(&*communicator, &Grads::<f64>::default(), steps).map(|_| ())
     });
     for result in results {
         let err = result.unwrap_err();

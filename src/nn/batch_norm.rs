@@ -339,39 +339,25 @@ impl BatchNorm {
                 ),
             ));
         }
-        let (y, batch_mean, batch_var) = if let Some(replica_axis) = &replicas {
-            // The definition over the global batch: per-channel sums all-reduced (`psum`,
-            // whose VJP all-reduces the gradient's sums), divided by the global count.
-            let axes: Vec<usize> = (0..x.ndim()).filter(|&a| a != axis).collect();
-            let inverse_count = A::of(1.0 / count);
-            let mean = x
-                .sum_axes(&axes, true)?
-                .psum(replica_axis)?
-                .mul_scalar(inverse_count);
-            let centred = x.sub(&mean)?;
-            let var = centred
-                .square()
-                .sum_axes(&axes, true)?
-                .psum(replica_axis)?
-                .mul_scalar(inverse_count);
-            let inv_std = var.add_scalar(eps).sqrt().recip();
-            let y = centred
-                .mul(&inv_std)?
-                .mul(&along(&scale)?)?
-                .add(&along(&bias)?)?;
-            let flat = |t: &Tensor<A>| t.value().clone().into_shape_with_order(vec![features]);
-            let (mean, var) = (flat(&mean), flat(&var));
-            (then(y), mean.expect("(F) values"), var.expect("(F) values"))
-        } else if Fusion::is_on() && last {
+        let (y, batch_mean, batch_var) = if Fusion::is_on() && last && replicas.is_none() {
             let (y, batch) = fused::batch_norm_train(x, &scale, &bias, eps, epilogue)?;
             (y, batch.mean.into_dyn(), batch.var.into_dyn())
         } else {
             // The definition. Statistics over every axis but the features, the variance
-            // biased (divided by N); the gradient flows through both.
+            // biased (divided by N); the gradient flows through both. Over replicas, the
+            // per-channel sums are all-reduced (`psum`, whose VJP all-reduces the gradient's
+            // sums) and divided by the global count.
             let axes: Vec<usize> = (0..x.ndim()).filter(|&a| a != axis).collect();
-            let mean = x.mean_axes(&axes, true)?;
+            let mean_over_batch = |t: &Tensor<A>| match &replicas {
+                None => t.mean_axes(&axes, true),
+                Some(replica_axis) => Ok(t
+                    .sum_axes(&axes, true)?
+                    .psum(replica_axis)?
+                    .mul_scalar(A::of(1.0 / count))),
+            };
+            let mean = mean_over_batch(x)?;
             let centred = x.sub(&mean)?;
-            let var = centred.square().mean_axes(&axes, true)?;
+            let var = mean_over_batch(&centred.square())?;
             let inv_std = var.add_scalar(eps).sqrt().recip();
             let y = centred
                 .mul(&inv_std)?
