@@ -198,24 +198,13 @@ impl<A: Float> Tensor<A> {
     }
 }
 
-/// The label of a constant computed by `op` from `inputs`, if any input has one.
-fn derived_label<A: Float>(op: &str, inputs: &[&Tensor<A>]) -> Option<Arc<str>> {
-    if inputs.iter().all(|t| t.label.is_none()) {
-        return None;
-    }
-    let arguments: Vec<&str> = inputs
-        .iter()
-        .map(|t| t.label.as_deref().unwrap_or("·"))
-        .collect();
-    Some(Arc::from(format!("{op}({})", arguments.join(", "))))
-}
-
 /// Records the result of an op: `value` is the forward result, `vjp` maps the output's
 /// gradient to one gradient per input. If no input is tracked nothing is recorded and the
-/// result is a constant (the VJP is dropped unused), labelled with what it holds when an
-/// input is labelled: `sqrt(batch_stats/BatchNorm_0/var)`, unlabelled inputs shown as `·`
-/// (a derived constant must not pass for the variable it came from). Inputs tracked on
-/// different tapes are an error.
+/// result is a constant (the VJP is dropped unused), with no label: a constant computed from
+/// a labelled one must not pass for it (BatchNorm's `1/√(var + ε)` is not the variance), and
+/// deriving a label such as `sqrt(batch_stats/…/var)` would cost a string per op on the
+/// no-tape path, growing with depth. A layer that knows what its constant holds labels it
+/// (`with_label`). Inputs tracked on different tapes are an error.
 ///
 /// `value` is an array or a shared one: a VJP that reads the output (ReLU's mask) keeps a
 /// clone of the `Arc` instead of a copy.
@@ -236,11 +225,7 @@ pub(crate) fn record<A: Float>(
         }
     }
     let Some(tape) = tape else {
-        let label = derived_label(op, inputs);
-        return Ok(Tensor {
-            label,
-            ..Tensor::from_shared(value)
-        });
+        return Ok(Tensor::from_shared(value));
     };
     let operands = inputs.iter().map(|t| t.operand()).collect();
     let id = tape.push_op(op, operands, value.raw_dim(), Rc::new(vjp));

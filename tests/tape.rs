@@ -307,3 +307,15 @@ fn a_custom_vjp_may_record_on_its_own_tape() {
     assert_eq!(grads.get(&x).unwrap(), &arr1(&[2.0, 2.0]).into_dyn());
     assert_eq!(tape.len(), nodes_before + 2, "the sum, then the VJP's leaf");
 }
+
+#[test]
+fn a_constant_computed_from_a_labelled_one_is_not_labelled_as_it() {
+    let var = Tensor::<f64>::constant(ndarray::arr1(&[4.0])).with_label("batch_stats/var");
+    let derived = var.add_scalar(1e-5).sqrt().recip();
+    assert_eq!(derived.label(), None);
+    assert_eq!(var.clone().label(), Some("batch_stats/var")); // a clone is the same value
+    assert_eq!(
+        derived.with_label("1/√(var + ε)").label(),
+        Some("1/√(var + ε)")
+    );
+}
