@@ -125,8 +125,9 @@ impl<A: Float> Collection<A> {
     }
 
     /// `(path, array)` pairs in path order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &ArrayD<A>)> {
-        self.entries.iter().map(|(k, v)| (k.as_str(), &**v))
+    #[must_use]
+    pub fn iter(&self) -> Iter<'_, A> {
+        self.into_iter()
     }
 
     pub(crate) fn iter_shared(&self) -> impl Iterator<Item = (&String, &Arc<ArrayD<A>>)> {

@@ -161,7 +161,7 @@ impl<A: Float> Grads<A> {
 
     /// `(path, gradient)` pairs in path order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &ArrayD<A>)> {
-        self.entries.iter().map(|(k, v)| (k.as_str(), v))
+        self.into_iter()
     }
 
     /// The number of gradients.

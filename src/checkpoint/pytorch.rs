@@ -37,7 +37,7 @@
 //! [`Mlp::torch_mapping`](crate::nn::Mlp::torch_mapping)), and `import ∘ export` is the
 //! identity, bit for bit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use safetensors::tensor::Dtype;
@@ -270,7 +270,7 @@ pub fn export_pytorch<A: Float>(
 ) -> Result<()> {
     let path = path.as_ref();
     let mut tensors: BTreeMap<String, Decoded> = BTreeMap::new();
-    let mut exported: Vec<String> = Vec::new();
+    let mut exported: BTreeSet<String> = BTreeSet::new();
     let mut problems = Vec::new();
     for (prefix, ours, layer) in &mapping.layers {
         for &(torch_field, collection, our_field) in fields(*layer) {
@@ -284,13 +284,13 @@ pub fn export_pytorch<A: Float>(
             };
             let tensor = to_torch_layout(*layer, our_field, Decoded::encode(array));
             tensors.insert(format!("{prefix}.{torch_field}"), tensor);
-            exported.push(name);
+            exported.insert(name);
         }
         if *layer == TorchLayer::BatchNorm {
             let name = format!("batch_stats/{ours}/{BATCHES_TRACKED}");
             let count = variables.get(&name).and_then(|a| a.first().copied());
             if count.is_some() {
-                exported.push(name);
+                exported.insert(name);
             }
             let count = count.map_or(0, |c| c.as_f64().round() as i64);
             let tensor = Decoded {

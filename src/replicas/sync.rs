@@ -104,7 +104,7 @@ pub fn mean_grads<A: Float>(
 /// Replaces `collection` of `variables` (e.g. `"batch_stats"`) by its mean over the replicas:
 /// the rule that keeps per-replica BatchNorm statistics identical on every replica (PyTorch
 /// DDP's `broadcast_buffers` copies replica 0's instead). A missing collection is an empty
-/// one.
+/// one, and stays missing.
 ///
 /// # Errors
 ///
@@ -120,6 +120,9 @@ pub fn mean_collection<A: Float>(
     let entries = stored.iter().map(|(path, a)| (path, a.shape()));
     check_agreement(communicator, "mean_collection", entries, 0)?;
     let mean = mean_over_replicas(communicator, stored.iter().map(|(_, a)| a))?;
+    if mean.is_empty() {
+        return Ok(()); // every replica agreed there is nothing to average
+    }
     let target = variables.collection_entry(collection);
     let mut offset = 0;
     for (_, array) in target.iter_mut() {
