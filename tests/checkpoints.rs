@@ -220,15 +220,20 @@ fn a_loaded_checkpoint_reproduces_evaluation_bit_for_bit() {
     assert_eq!(eval(&restored), eval(&trained));
 }
 
+/// A mapping's layers as `"torch prefix->tapegrad path"`.
+fn layer_names(mapping: &TorchMapping) -> Vec<String> {
+    mapping
+        .layers()
+        .iter()
+        .map(|(torch, ours, _)| format!("{torch}->{ours}"))
+        .collect()
+}
+
 #[test]
 fn a_pytorch_mlp_with_batch_norm_gives_pytorchs_eval_logits() {
     let state_dict = fixture("torch_mlp_bn.safetensors");
     let mapping = TorchMapping::derive_sequential(&state_dict).unwrap();
-    let names: Vec<_> = mapping
-        .layers()
-        .iter()
-        .map(|(t, ours, _)| format!("{t}->{ours}"))
-        .collect();
+    let names = layer_names(&mapping);
     assert_eq!(
         names,
         [
@@ -287,11 +292,7 @@ fn torch_cnn(flatten: Flatten) -> Sequential<f64> {
 fn a_pytorch_cnn_with_batch_norm_2d_gives_pytorchs_eval_logits() {
     let state_dict = fixture("torch_cnn_bn.safetensors");
     let mapping = TorchMapping::derive_sequential(&state_dict).unwrap();
-    let names: Vec<_> = mapping
-        .layers()
-        .iter()
-        .map(|(t, ours, _)| format!("{t}->{ours}"))
-        .collect();
+    let names = layer_names(&mapping);
     assert_eq!(
         names,
         [
