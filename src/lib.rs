@@ -71,6 +71,7 @@ mod ops;
 pub mod optim;
 pub mod replicas;
 mod rng;
+pub mod runtime;
 mod shape;
 mod tape;
 mod tensor;

@@ -9,15 +9,16 @@
 //!   VJP. They run only with [`Fusion::On`](crate::Fusion); with fusion off the layers run
 //!   their definitions, composed of primitives, and `tests/fusion.rs` checks that both give
 //!   the same values, gradients and statistics.
-//! * [`gemm`]: the matrix products of `matmul` and the fused `linear`, ndarray's product
-//!   split over two cores when large (tested against ndarray's plain `dot`).
-//! * [`parallel`]: the helper thread those products use.
-//! * [`simd`]: hot loops compiled a second time for AVX2 and chosen at run time (the same
-//!   values either way).
+//! * [`gemm`]: the matrix products of `matmul`, the fused `linear` and the convolutions, by
+//!   the library of the [kernel path](crate::runtime::KernelPath), split over threads when
+//!   large (tested against ndarray's plain `dot`).
+//! * [`pool`]: the threads those products use ([`crate::runtime::set_num_threads`]).
+//! * [`simd`]: hot loops compiled again for AVX2 and for AVX-512 and chosen at run time (the
+//!   same values on every path).
 //!
 //! Why each is written the way it is, with the measurements, is in `docs/performance.md`.
 
 pub(crate) mod fused;
 pub(crate) mod gemm;
-pub(crate) mod parallel;
+pub(crate) mod pool;
 pub(crate) mod simd;

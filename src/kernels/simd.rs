@@ -1,22 +1,27 @@
-//! Hot loops compiled twice: for the baseline x86-64 (SSE2, 4 floats per instruction) and for
-//! AVX2 with FMA (8 floats), chosen at run time.
+//! Hot loops compiled three times: for the baseline x86-64 (SSE2, 4 floats per instruction),
+//! for AVX2 with FMA (8 floats) and for AVX-512 (16 floats), chosen at run time.
 //!
 //! Rust compiles for the baseline unless told otherwise (`-C target-cpu`), and a library
 //! cannot tell its users how to build. The fused kernels' loops are plain slice loops that the
-//! compiler vectorises; run inside [`vectorized`], they are compiled again with AVX2 enabled
-//! and that copy runs when the CPU has it (all x86-64 CPUs since about 2013). The results are
-//! the same either way: the loops vectorise across features, never reassociating a sum.
+//! compiler vectorises; run inside [`vectorized`], they are compiled again with the wider
+//! instruction sets enabled, and the copy of the [kernel path](KernelPath) in force runs. The
+//! results are the same on every path: the loops vectorise across features, never
+//! reassociating a sum, and Rust never fuses a multiply and an add on its own.
 
 use crate::float::Float;
+use crate::runtime::KernelPath;
 
-/// Runs `f`, with AVX2 and FMA enabled for it (and whatever it inlines) when the CPU has them.
-/// Mark the loops `f` calls `#[inline(always)]` so they are compiled into the AVX2 copy.
+/// Runs `f`, compiled for the [kernel path](KernelPath::current) in force: with AVX2 and FMA,
+/// or AVX-512, enabled for it (and whatever it inlines). Mark the loops `f` calls
+/// `#[inline(always)]` so they are compiled into each copy.
 #[inline]
 pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: `with_avx2` may only run on a CPU with AVX2 and FMA, checked just above.
-        return unsafe { with_avx2(f) };
+    match KernelPath::current() {
+        // SAFETY: a path is in force only if the CPU has its features (`KernelPath::detected`).
+        KernelPath::Avx512 => return unsafe { with_avx512(f) },
+        KernelPath::Avx2 => return unsafe { with_avx2(f) },
+        KernelPath::Portable => {}
     }
     f()
 }
@@ -60,6 +65,12 @@ pub(crate) fn array_all_finite<A: Float>(array: &ndarray::ArrayD<A>) -> bool {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+unsafe fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 

@@ -1,0 +1,263 @@
+//! The matrix products of `matmul`, the fused `linear` and the convolutions, forward and
+//! backward, split over threads when large.
+//!
+//! A product is computed by the kernel path's library ([`backend`]) in shares of rows, each
+//! share written by one thread straight into its rows of the one output (no halves to stitch
+//! together). In backward, the two products of a matmul's VJP (`da = g bᵀ`, `db = aᵀ g`) are
+//! independent and of equal size, so each gets half the threads. Small products stay on the
+//! calling thread: a share of fewer than [`MIN_SHARE`] multiply-adds costs less than handing
+//! it to another core.
+
+mod backend;
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use ndarray::{Array2, ArrayD, ArrayView1, ArrayView2, Ix2, s};
+use rayon::ThreadPool;
+
+use crate::float::Float;
+use crate::kernels::pool;
+use crate::runtime::KernelPath;
+use backend::Write;
+
+/// The least work worth a thread: about 15 µs of one core at the machine's GEMM rate, against a
+/// few µs to wake a pool worker (the benchmarks of `docs/performance.md`).
+const MIN_SHARE: usize = 1 << 19;
+
+/// A 2-D value as a matrix view; callers have checked the dimensionality.
+pub(crate) fn matrix<A: Float>(a: &ArrayD<A>) -> ArrayView2<'_, A> {
+    a.view()
+        .into_dimensionality::<Ix2>()
+        .expect("callers check that operands are matrices")
+}
+
+/// Where a product runs: the kernel path, read once on the calling thread (so a
+/// [`KernelPath::run`] cap holds on the pool too), and the threads it may use.
+#[derive(Clone, Copy)]
+struct Plan<'p> {
+    path: KernelPath,
+    threads: usize,
+    pool: Option<&'p ThreadPool>,
+}
+
+impl Plan<'_> {
+    /// How many shares of rows a product of `rows` rows and `multiply_adds` gets.
+    fn shares(&self, rows: usize, multiply_adds: usize) -> usize {
+        (multiply_adds / MIN_SHARE)
+            .min(self.threads)
+            .min(rows)
+            .max(1)
+    }
+
+    /// `a · b (+ bias on every row)`.
+    fn product<A: Float>(
+        self,
+        a: ArrayView2<'_, A>,
+        b: ArrayView2<'_, A>,
+        bias: Option<ArrayView1<'_, A>>,
+    ) -> Array2<A> {
+        let (m, k, n) = (a.nrows(), a.ncols(), b.ncols());
+        let (mut out, write) = match bias {
+            // The bias first, then the product accumulated onto it: no pass for `+ b`.
+            Some(bias) => {
+                let mut out = Vec::with_capacity(m * n);
+                let bias = bias.to_vec();
+                for _ in 0..m {
+                    out.extend_from_slice(&bias);
+                }
+                (out, Write::Accumulate)
+            }
+            // Uninitialised: the product writes every element before anything reads one.
+            None => (Vec::with_capacity(m * n), Write::Overwrite),
+        };
+        let shares = self.shares(m, m * k * n);
+        let start = |share: usize| share * m / shares;
+        let output = Output::new(&mut out, n);
+        let path = self.path;
+        pool::for_each(self.pool, shares, |share| {
+            let rows = start(share)..start(share + 1);
+            // SAFETY: shares have disjoint rows; with a bias every element was written
+            // above, and without, `Overwrite` reads none.
+            unsafe {
+                backend::multiply(
+                    path,
+                    a.slice(s![rows.clone(), ..]),
+                    b,
+                    output.rows(rows),
+                    write,
+                )
+            }
+        });
+        // SAFETY: the shares cover every row, and each product wrote each of its elements.
+        unsafe { out.set_len(m * n) };
+        Array2::from_shape_vec((m, n), out).expect("m · n elements")
+    }
+}
+
+/// The row-major `(m, n)` output of a product, written by several threads, each its own rows.
+struct Output<A> {
+    start: *mut A,
+    columns: usize,
+}
+
+// SAFETY: threads write disjoint rows (`Output::rows` is only called with disjoint ranges),
+// and the buffer outlives them (`pool::for_each` returns after every share).
+unsafe impl<A: Send> Send for Output<A> {}
+unsafe impl<A: Send> Sync for Output<A> {}
+
+impl<A> Output<A> {
+    /// The output in `buffer`'s allocation (its capacity holds `m · columns` elements).
+    fn new(buffer: &mut Vec<A>, columns: usize) -> Self {
+        Output {
+            start: buffer.as_mut_ptr(),
+            columns,
+        }
+    }
+
+    /// The pointer and row stride of `rows`.
+    fn rows(&self, rows: Range<usize>) -> backend::Out<A> {
+        backend::Out {
+            // SAFETY: `rows` lies inside the buffer's capacity.
+            start: unsafe { self.start.add(rows.start * self.columns) },
+            row_stride: self.columns as isize,
+        }
+    }
+}
+
+/// Runs `f` with the plan in force on this thread.
+fn with_plan<R>(f: impl FnOnce(Plan<'_>) -> R) -> R {
+    let (threads, pool) = pool::current();
+    f(Plan {
+        path: KernelPath::current(),
+        threads,
+        pool: pool.as_deref(),
+    })
+}
+
+/// `a · b (+ bias on every row)` for shared matrices `a (m, k)`, `b (k, n)`, `bias (n)`.
+pub(crate) fn forward<A: Float>(
+    a: Arc<ArrayD<A>>,
+    b: Arc<ArrayD<A>>,
+    bias: Option<Arc<ArrayD<A>>>,
+) -> Array2<A> {
+    let n = b.shape()[1];
+    let bias = bias
+        .as_ref()
+        .map(|bias| bias.view().into_shape_with_order(n).expect("(n)"));
+    with_plan(|plan| plan.product(matrix(&a), matrix(&b), bias))
+}
+
+/// The VJP products of `a · b` with output gradient `g (m, n)`: `da = g bᵀ` and `db = aᵀ g`,
+/// each only if wanted.
+pub(crate) fn backward<A: Float>(
+    g: ArrayD<A>,
+    a: Arc<ArrayD<A>>,
+    b: Arc<ArrayD<A>>,
+    wanted: (bool, bool),
+) -> (Option<Array2<A>>, Option<Array2<A>>) {
+    let (g, a, b) = (matrix(&g), matrix(&a), matrix(&b));
+    let (m, k, n) = (a.nrows(), a.ncols(), b.ncols());
+    with_plan(|plan| {
+        let da = |plan: Plan<'_>| plan.product(g, b.t(), None);
+        let db = |plan: Plan<'_>| plan.product(a.t(), g, None);
+        match wanted {
+            (true, true) if plan.shares(m.min(k), m * k * n) > 1 => {
+                // Half the threads each; each product splits its half further if it has more
+                // than one.
+                let half = Plan {
+                    threads: plan.threads / 2,
+                    ..plan
+                };
+                let rest = Plan {
+                    threads: plan.threads - half.threads,
+                    ..plan
+                };
+                let (db, da) = pool::join(plan.pool, || db(half), || da(rest));
+                (Some(da), Some(db))
+            }
+            (true, true) => (Some(da(plan)), Some(db(plan))),
+            (true, false) => (Some(da(plan)), None),
+            (false, true) => (None, Some(db(plan))),
+            (false, false) => (None, None),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{ArrayD, IxDyn};
+
+    fn filled(shape: &[usize], seed: f64) -> Arc<ArrayD<f64>> {
+        let len: usize = shape.iter().product();
+        let values = (0..len)
+            .map(|i| ((i as f64 + seed) * 0.618).sin())
+            .collect();
+        Arc::new(ArrayD::from_shape_vec(IxDyn(shape), values).unwrap())
+    }
+
+    fn close(a: &Array2<f64>, b: &Array2<f64>) -> bool {
+        a.shape() == b.shape() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-9)
+    }
+
+    /// Sizes on both sides of `MIN_SHARE`, odd row counts (uneven shares), and empty ones.
+    const SHAPES: [(usize, usize, usize); 5] = [
+        (3, 4, 5),
+        (129, 97, 101),
+        (300, 64, 70),
+        (1031, 257, 9),
+        (0, 3, 2),
+    ];
+
+    #[test]
+    fn forward_equals_the_plain_product_plus_bias() {
+        for (m, k, n) in SHAPES {
+            let (a, b, bias) = (
+                filled(&[m, k], 1.0),
+                filled(&[k, n], 2.0),
+                filled(&[n], 3.0),
+            );
+            let expected =
+                matrix(&a).dot(&matrix(&b)) + bias.view().into_shape_with_order(n).unwrap();
+            assert!(close(&forward(a.clone(), b.clone(), Some(bias)), &expected));
+            assert!(close(
+                &forward(a.clone(), b.clone(), None),
+                &matrix(&a).dot(&matrix(&b))
+            ));
+        }
+    }
+
+    #[test]
+    fn backward_equals_the_plain_products_whichever_are_wanted() {
+        for (m, k, n) in SHAPES {
+            let (a, b, g) = (
+                filled(&[m, k], 1.0),
+                filled(&[k, n], 2.0),
+                filled(&[m, n], 4.0),
+            );
+            let da = matrix(&g).dot(&matrix(&b).t());
+            let db = matrix(&a).t().dot(&matrix(&g));
+            for wanted in [(true, true), (true, false), (false, true), (false, false)] {
+                let (got_da, got_db) = backward((*g).clone(), a.clone(), b.clone(), wanted);
+                assert_eq!((got_da.is_some(), got_db.is_some()), wanted);
+                assert!(got_da.is_none_or(|d| close(&d, &da)));
+                assert!(got_db.is_none_or(|d| close(&d, &db)));
+            }
+        }
+    }
+
+    #[test]
+    fn shares_are_never_smaller_than_the_minimum_nor_more_than_the_threads() {
+        let plan = Plan {
+            path: KernelPath::Portable,
+            threads: 4,
+            pool: None,
+        };
+        assert_eq!(plan.shares(512, MIN_SHARE - 1), 1);
+        assert_eq!(plan.shares(512, 2 * MIN_SHARE), 2);
+        assert_eq!(plan.shares(512, 100 * MIN_SHARE), 4);
+        assert_eq!(plan.shares(3, 100 * MIN_SHARE), 3);
+        assert_eq!(plan.shares(0, 0), 1);
+    }
+}

@@ -1,0 +1,144 @@
+//! The threads of the large matrix products: a rayon pool of `n − 1` workers, with the calling
+//! thread as the n-th, or no pool at all for one thread.
+//!
+//! Work is split only where it is worth a thread: products of at least
+//! [`MIN_PER_THREAD`](super::gemm) multiply-adds a share (see `gemm.rs`). Shares are handed out
+//! with [`rayon::ThreadPool::in_place_scope`], so the caller computes one share itself instead
+//! of sleeping while a worker does all of them, and shares may borrow (each writes its own
+//! rows of one output: no copies to stitch halves together).
+//!
+//! rayon's workers spin briefly, then sleep; waking one costs a few microseconds
+//! (`docs/performance.md` has the figures measured against the spinning helper this replaced).
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use rayon::{ThreadPool, ThreadPoolBuilder};
+
+use crate::error::{Error, Result};
+
+/// The thread count and its pool (`None` for one thread, or before first use).
+struct Pool {
+    threads: usize,
+    workers: Option<Arc<ThreadPool>>,
+}
+
+static POOL: Mutex<Option<Pool>> = Mutex::new(None);
+
+fn lock() -> MutexGuard<'static, Option<Pool>> {
+    // The guarded value is replaced whole, never left half-written: a panic elsewhere while
+    // it was held leaves it valid.
+    POOL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The count tapegrad starts with: `TAPEGRAD_NUM_THREADS` if it is a positive integer, the
+/// cores this process may use otherwise.
+fn initial_threads() -> usize {
+    std::env::var("TAPEGRAD_NUM_THREADS")
+        .ok()
+        .and_then(|value| value.trim().parse::<usize>().ok())
+        .filter(|&threads| threads > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// The number of threads tapegrad's kernels use (see [`crate::runtime`]).
+///
+/// ```
+/// assert!(tapegrad::runtime::num_threads() >= 1);
+/// ```
+#[must_use]
+pub fn num_threads() -> usize {
+    let mut pool = lock();
+    pool.get_or_insert_with(|| Pool {
+        threads: initial_threads(),
+        workers: None,
+    })
+    .threads
+}
+
+/// Sets the number of threads tapegrad's kernels use, for the whole process, from the next
+/// product on. One thread means no pool: the workers of an earlier pool finish what they
+/// are doing and exit, and none is started again.
+///
+/// ```
+/// tapegrad::runtime::set_num_threads(2)?;
+/// assert_eq!(tapegrad::runtime::num_threads(), 2);
+/// # Ok::<(), tapegrad::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::InvalidSetting`] for 0; nothing changes.
+pub fn set_num_threads(threads: usize) -> Result<()> {
+    if threads == 0 {
+        return Err(Error::InvalidSetting {
+            op: "set_num_threads",
+            setting: "thread count",
+            value: 0.0,
+            expected: "at least 1",
+        });
+    }
+    let mut pool = lock();
+    if pool.as_ref().is_none_or(|pool| pool.threads != threads) {
+        *pool = Some(Pool {
+            threads,
+            workers: None,
+        });
+    }
+    Ok(())
+}
+
+/// The thread count and the pool to run shares on (`None`: one thread, or the pool could not
+/// be started, when everything runs on the caller).
+pub(crate) fn current() -> (usize, Option<Arc<ThreadPool>>) {
+    let mut guard = lock();
+    let pool = guard.get_or_insert_with(|| Pool {
+        threads: initial_threads(),
+        workers: None,
+    });
+    if pool.threads > 1 && pool.workers.is_none() {
+        pool.workers = ThreadPoolBuilder::new()
+            .num_threads(pool.threads - 1)
+            .thread_name(|i| format!("tapegrad-{}", i + 1))
+            .build()
+            .ok()
+            .map(Arc::new);
+    }
+    match &pool.workers {
+        Some(workers) => (pool.threads, Some(Arc::clone(workers))),
+        None => (1, None),
+    }
+}
+
+/// Runs `a` and `b`, on two threads when there is a pool (`b` on the caller), and returns
+/// both results. A panic in either is resumed on the caller.
+pub(crate) fn join<RA: Send, RB: Send>(
+    pool: Option<&ThreadPool>,
+    a: impl FnOnce() -> RA + Send,
+    b: impl FnOnce() -> RB + Send,
+) -> (RA, RB) {
+    let Some(pool) = pool else {
+        return (a(), b());
+    };
+    let mut ra = None;
+    let rb = pool.in_place_scope(|scope| {
+        scope.spawn(|_| ra = Some(a()));
+        b()
+    });
+    (ra.expect("the scope waits for its spawned job"), rb)
+}
+
+/// Runs `share(i)` for `i` in `0..shares`, share 0 on the caller and the others on the
+/// pool's workers (all on the caller without a pool), and returns when all are done.
+pub(crate) fn for_each(pool: Option<&ThreadPool>, shares: usize, share: impl Fn(usize) + Sync) {
+    match pool {
+        Some(pool) if shares > 1 => {
+            let share = &share;
+            pool.in_place_scope(|scope| {
+                for i in 1..shares {
+                    scope.spawn(move |_| share(i));
+                }
+                share(0);
+            });
+        }
+        _ => (0..shares).for_each(share),
+    }
+}
