@@ -184,7 +184,7 @@ mod openblas {
 
     use ndarray::{Array2, ArrayView2};
 
-    use super::Write;
+    use crate::kernels::gemm::backend::Write;
     use crate::float::Float;
 
     const ROW_MAJOR: i32 = 101;

@@ -1,0 +1,131 @@
+//! The thread count of `tapegrad::runtime`: `set_num_threads` and `TAPEGRAD_NUM_THREADS` are
+//! obeyed, one thread spawns no thread at all, and the count changes no result.
+//!
+//! The setting is the whole process's, so this file is one test that runs its checks in
+//! order (tests in one binary run at the same time); the environment variable is checked in
+//! child processes of this test binary.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ndarray::ArrayD;
+use tapegrad::{Tape, runtime};
+
+/// The threads of this process (Linux), or `None` where `/proc` does not tell.
+fn threads_of_this_process() -> Option<usize> {
+    std::fs::read_dir("/proc/self/task")
+        .ok()
+        .map(|tasks| tasks.count())
+}
+
+/// A product far above the size that splits over threads, and its two VJP products.
+fn large_product() -> [ArrayD<f64>; 3] {
+    let a = ArrayD::from_shape_fn(vec![300, 256], |i| ((i[0] * 3 + i[1]) as f64 * 0.1).sin());
+    let b = ArrayD::from_shape_fn(vec![256, 200], |i| ((i[0] + i[1] * 7) as f64 * 0.2).cos());
+    let tape = Tape::new();
+    let (ta, tb) = (tape.leaf("a", a), tape.leaf("b", b));
+    let c = ta.matmul(&tb).unwrap();
+    let grads = c.sum_all().backward().unwrap();
+    [
+        c.value().clone(),
+        grads.get(&ta).unwrap().clone(),
+        grads.get(&tb).unwrap().clone(),
+    ]
+}
+
+/// What a child process started with `TAPEGRAD_NUM_THREADS=value` reports as its count.
+fn count_in_child(value: &str) -> usize {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "report_thread_count_for_the_parent",
+            "--nocapture",
+            "--include-ignored",
+        ])
+        .env("TAPEGRAD_NUM_THREADS", value)
+        .env("TAPEGRAD_REPORT_THREADS", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("threads="))
+        .unwrap_or_else(|| panic!("the child reported no count: {stdout}"))
+        .parse()
+        .unwrap()
+}
+
+/// Run by `count_in_child` only (ignored otherwise): prints the count in force.
+#[test]
+#[ignore = "run by the test below, in a child process"]
+fn report_thread_count_for_the_parent() {
+    if std::env::var_os("TAPEGRAD_REPORT_THREADS").is_some() {
+        println!("threads={}", runtime::num_threads());
+    }
+}
+
+#[test]
+fn the_thread_count_is_obeyed_and_one_thread_spawns_none() {
+    // The environment variable, read at first use; a value that is not a positive integer
+    // is ignored (the count is then the cores this process may use).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(count_in_child("3"), 3);
+    assert_eq!(count_in_child(" 1 "), 1);
+    assert_eq!(count_in_child("0"), cores);
+    assert_eq!(count_in_child("many"), cores);
+
+    // One thread: large products and their backward pass start no thread.
+    runtime::set_num_threads(1).unwrap();
+    let before = threads_of_this_process();
+    let single = large_product();
+    assert_eq!(
+        threads_of_this_process(),
+        before,
+        "one thread spawned a thread"
+    );
+
+    // Two: a pool of one worker (the caller is the other), and the same results: each
+    // output element is computed whole by one thread.
+    runtime::set_num_threads(2).unwrap();
+    assert_eq!(runtime::num_threads(), 2);
+    let double = large_product();
+    if let Some(before) = before {
+        assert_eq!(
+            threads_of_this_process(),
+            Some(before + 1),
+            "a pool of one worker"
+        );
+    }
+    for (one, two) in single.iter().zip(&double) {
+        let scale = one.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        assert!(
+            one.iter()
+                .zip(two)
+                .all(|(x, y)| (x - y).abs() <= 1e-12 * scale)
+        );
+    }
+
+    // Back to one: the pool's worker exits (rayon ends its threads when the pool is dropped,
+    // without waiting for them), and no product starts another.
+    runtime::set_num_threads(1).unwrap();
+    large_product();
+    if let Some(before) = before {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while threads_of_this_process() != Some(before) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            threads_of_this_process(),
+            Some(before),
+            "the worker did not exit"
+        );
+    }
+
+    // Zero is refused, and changes nothing.
+    let err = runtime::set_num_threads(0).unwrap_err().to_string();
+    assert!(
+        err.contains("set_num_threads") && err.contains("thread count"),
+        "{err}"
+    );
+    assert_eq!(runtime::num_threads(), 1);
+}
