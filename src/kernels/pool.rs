@@ -10,7 +10,9 @@
 //! rayon's workers spin briefly, then sleep; waking one costs a few microseconds
 //! (`docs/performance.md` has the figures measured against the spinning helper this replaced).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
@@ -108,8 +110,8 @@ pub(crate) fn current() -> (usize, Option<Arc<ThreadPool>>) {
     }
 }
 
-/// Runs `a` and `b`, on two threads when there is a pool (`b` on the caller), and returns
-/// both results. A panic in either is resumed on the caller.
+/// Runs `a` and `b`, on two threads when there is a pool (`a` on a worker, `b` on the caller),
+/// and returns both results. A panic in either is resumed on the caller.
 pub(crate) fn join<RA: Send, RB: Send>(
     pool: Option<&ThreadPool>,
     a: impl FnOnce() -> RA + Send,
@@ -119,10 +121,7 @@ pub(crate) fn join<RA: Send, RB: Send>(
         return (a(), b());
     };
     let mut ra = None;
-    let rb = pool.in_place_scope(|scope| {
-        scope.spawn(|_| ra = Some(a()));
-        b()
-    });
+    let rb = run_shares(pool, vec![Box::new(|| ra = Some(a()))], b);
     (ra.expect("the scope waits for its spawned job"), rb)
 }
 
@@ -132,13 +131,45 @@ pub(crate) fn for_each(pool: Option<&ThreadPool>, shares: usize, share: impl Fn(
     match pool {
         Some(pool) if shares > 1 => {
             let share = &share;
-            pool.in_place_scope(|scope| {
-                for i in 1..shares {
-                    scope.spawn(move |_| share(i));
-                }
-                share(0);
-            });
+            let others = (1..shares)
+                .map(|i| Box::new(move || share(i)) as Job<'_>)
+                .collect();
+            run_shares(pool, others, || share(0));
         }
         _ => (0..shares).for_each(share),
     }
+}
+
+/// How long the caller spins for the workers' shares after finishing its own, before it
+/// blocks: longer than a share's imbalance, far shorter than a product.
+const SPIN: Duration = Duration::from_micros(200);
+
+/// A share for a worker, borrowing from the caller's frame.
+type Job<'a> = Box<dyn FnOnce() + Send + 'a>;
+
+/// The `jobs` on the workers while `own()` runs on the caller; then the caller spins until the
+/// workers are done (or [`SPIN`] has passed) before the scope blocks. Blocking at once would
+/// put the caller to sleep, and waking it costs a futex round trip (about 20 µs on the
+/// benchmark VM: `cargo bench --bench ops -- pool`).
+fn run_shares<'a, R: Send>(
+    pool: &ThreadPool,
+    jobs: Vec<Job<'a>>,
+    own: impl FnOnce() -> R + Send,
+) -> R {
+    let (count, done) = (jobs.len(), AtomicUsize::new(0));
+    pool.in_place_scope(|scope| {
+        for job in jobs {
+            let done = &done;
+            scope.spawn(move |_| {
+                job();
+                done.fetch_add(1, Ordering::Release);
+            });
+        }
+        let result = own();
+        let start = Instant::now();
+        while done.load(Ordering::Acquire) < count && start.elapsed() < SPIN {
+            std::hint::spin_loop();
+        }
+        result
+    })
 }

@@ -184,8 +184,8 @@ mod openblas {
 
     use ndarray::{Array2, ArrayView2};
 
-    use crate::kernels::gemm::backend::Write;
     use crate::float::Float;
+    use crate::kernels::gemm::backend::Write;
 
     const ROW_MAJOR: i32 = 101;
     const NO_TRANS: i32 = 111;
