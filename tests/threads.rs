@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ndarray::ArrayD;
-use tapegrad::{Tape, runtime};
+use tapegrad::{ConvOptions, Tape, runtime};
 
 /// The threads of this process (Linux), or `None` where `/proc` does not tell.
 fn threads_of_this_process() -> Option<usize> {
@@ -31,6 +31,37 @@ fn large_product() -> [ArrayD<f64>; 3] {
         grads.get(&ta).unwrap().clone(),
         grads.get(&tb).unwrap().clone(),
     ]
+}
+
+/// A convolution large enough that forward and backward split over threads (about 1.3 M
+/// multiply-adds each way; backward shares whole images), with its three gradients.
+fn large_convolution() -> [ArrayD<f64>; 4] {
+    let x = ArrayD::from_shape_fn(vec![4, 12, 12, 8], |i| {
+        ((i[0] + i[1] * 3 + i[2] * 5 + i[3]) as f64 * 0.3).sin()
+    });
+    let k = ArrayD::from_shape_fn(vec![3, 3, 8, 32], |i| {
+        ((i[0] * 7 + i[1] + i[2] * 3 + i[3]) as f64 * 0.2).cos()
+    });
+    let bias = ArrayD::from_shape_fn(vec![32], |i| i[0] as f64 * 0.01);
+    let tape = Tape::new();
+    let (tx, tk, tb) = (tape.leaf("x", x), tape.leaf("k", k), tape.leaf("b", bias));
+    let y = tx
+        .conv2d(&tk, &ConvOptions::default())
+        .unwrap()
+        .add(&tb)
+        .unwrap();
+    let weights = ArrayD::from_shape_fn(y.shape().to_vec(), |i| 1.0 + (i[3] as f64 * 0.7).sin());
+    let grads = y.backward_with(weights).unwrap();
+    let grad = |t| grads.get(t).unwrap().clone();
+    [y.value().clone(), grad(&tx), grad(&tk), grad(&tb)]
+}
+
+/// Agreement of two results to 1e-12 relative to their largest magnitude.
+fn agree(one: &[ArrayD<f64>], other: &[ArrayD<f64>]) -> bool {
+    one.iter().zip(other).all(|(a, b)| {
+        let scale = a.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        a.shape() == b.shape() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-12 * scale)
+    })
 }
 
 /// What a child process started with `TAPEGRAD_NUM_THREADS=value` reports as its count.
@@ -78,17 +109,19 @@ fn the_thread_count_is_obeyed_and_one_thread_spawns_none() {
     runtime::set_num_threads(1).unwrap();
     let before = threads_of_this_process();
     let single = large_product();
+    let single_convolution = large_convolution();
     assert_eq!(
         threads_of_this_process(),
         before,
         "one thread spawned a thread"
     );
 
-    // Two: a pool of one worker (the caller is the other), and the same results: each
-    // output element is computed whole by one thread.
+    // Two: a pool of one worker (the caller is the other), and the same results within
+    // rounding (the convolution's kernel gradient is a sum of per-share parts).
     runtime::set_num_threads(2).unwrap();
     assert_eq!(runtime::num_threads(), 2);
     let double = large_product();
+    let double_convolution = large_convolution();
     if let Some(before) = before {
         assert_eq!(
             threads_of_this_process(),
@@ -96,14 +129,11 @@ fn the_thread_count_is_obeyed_and_one_thread_spawns_none() {
             "a pool of one worker"
         );
     }
-    for (one, two) in single.iter().zip(&double) {
-        let scale = one.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-        assert!(
-            one.iter()
-                .zip(two)
-                .all(|(x, y)| (x - y).abs() <= 1e-12 * scale)
-        );
-    }
+    assert!(agree(&single, &double), "matmul: one thread against two");
+    assert!(
+        agree(&single_convolution, &double_convolution),
+        "conv2d: one thread against two"
+    );
 
     // Back to one: the pool's worker exits (rayon ends its threads when the pool is dropped,
     // without waiting for them), and no product starts another.

@@ -129,15 +129,30 @@ pub(crate) fn join<RA: Send, RB: Send>(
 /// pool's workers (all on the caller without a pool), and returns when all are done.
 pub(crate) fn for_each(pool: Option<&ThreadPool>, shares: usize, share: impl Fn(usize) + Sync) {
     match pool {
-        Some(pool) if shares > 1 => {
-            let share = &share;
-            let others = (1..shares)
-                .map(|i| Box::new(move || share(i)) as Job<'_>)
-                .collect();
-            run_shares(pool, others, || share(0));
-        }
+        Some(pool) if shares > 1 => for_each_item(Some(pool), (0..shares).collect(), share),
         _ => (0..shares).for_each(share),
     }
+}
+
+/// Runs `share(item)` for every item, the first on the caller and the others on the pool's
+/// workers (all on the caller without a pool), and returns when all are done. Items may be
+/// mutable views of disjoint parts of one output.
+pub(crate) fn for_each_item<T: Send>(
+    pool: Option<&ThreadPool>,
+    items: Vec<T>,
+    share: impl Fn(T) + Sync,
+) {
+    let mut items = items.into_iter();
+    let Some(pool) = pool else {
+        items.for_each(share);
+        return;
+    };
+    let Some(first) = items.next() else { return };
+    let share = &share;
+    let others = items
+        .map(|item| Box::new(move || share(item)) as Job<'_>)
+        .collect();
+    run_shares(pool, others, || share(first));
 }
 
 /// How long the caller spins for the workers' shares after finishing its own, before it
@@ -167,8 +182,14 @@ fn run_shares<'a, R: Send>(
         }
         let result = own();
         let start = Instant::now();
-        while done.load(Ordering::Acquire) < count && start.elapsed() < SPIN {
-            std::hint::spin_loop();
+        // The clock is read once every 64 polls: reading it is most of a poll's cost.
+        'spin: while start.elapsed() < SPIN {
+            for _ in 0..64 {
+                if done.load(Ordering::Acquire) == count {
+                    break 'spin;
+                }
+                std::hint::spin_loop();
+            }
         }
         result
     })

@@ -151,13 +151,24 @@ impl Geometry {
     /// Adds the patch-shaped gradient `dp` of group `g` back onto the input's gradient
     /// (col2im), for the patch rows `rows`: each input element gets the sum over the windows
     /// that read it.
-    fn scatter<A: Float>(&self, dp: &Array2<A>, g: usize, rows: Range<usize>, dx: &mut [A]) {
+    /// `dx` holds the input's gradient from element `offset` on (the images a share owns).
+    fn scatter<A: Float>(
+        &self,
+        dp: &Array2<A>,
+        g: usize,
+        rows: Range<usize>,
+        dx: &mut [A],
+        offset: usize,
+    ) {
         let len = self.patch_len();
         let dp = dp.as_standard_layout();
         let dp = dp.as_slice().expect("standard layout");
         self.for_each_tap(g, rows, |row, tap, input, run| {
             let from = &dp[row * len + tap..row * len + tap + run];
-            for (d, &s) in dx[input..input + run].iter_mut().zip(from) {
+            for (d, &s) in dx[input - offset..input - offset + run]
+                .iter_mut()
+                .zip(from)
+            {
                 *d += s;
             }
         });
@@ -289,24 +300,29 @@ fn convolve<A: Float>(
             .expect("an HWIO kernel"),
     );
     let kernels: Vec<Arc<ArrayD<A>>> = (0..geo.groups).map(|g| group_kernel(&k, &geo, g)).collect();
-    let blocks = block_ranges(geo.positions(), block_rows(geo.patch_len()));
     let xs = input.as_slice().expect("standard layout");
     let mut y = Array2::zeros((geo.positions(), outputs));
-    for (g, kg) in kernels.iter().enumerate() {
-        let columns = g * geo.group_outputs..(g + 1) * geo.group_outputs;
-        let group_bias = bias.map(|b| {
-            Arc::new(
-                b.value()
-                    .slice_axis(Axis(0), columns.clone().into())
-                    .to_owned(),
-            )
-        });
-        for rows in &blocks {
-            let p = Arc::new(geo.patches(xs, g, rows.clone()).into_dyn());
-            let yb = gemm::forward(p, Arc::clone(kg), group_bias.clone());
-            y.slice_mut(s![rows.clone(), columns.clone()]).assign(&yb);
+    // Shares of output positions over the pool, each building its own blocks' patches and
+    // multiplying them straight into its rows of `y`: the im2col runs on every thread too,
+    // and a whole convolution is one hand-off, not one per block.
+    let multiply_adds = geo.positions() * geo.patch_len() * outputs;
+    let bias_value = bias.map(|b| b.value());
+    gemm::by_row_shares(y.view_mut(), multiply_adds, |path, share, mut y_share| {
+        for (g, kg) in kernels.iter().enumerate() {
+            let columns = g * geo.group_outputs..(g + 1) * geo.group_outputs;
+            let group_bias = bias_value.map(|b| b.slice_axis(Axis(0), columns.clone().into()));
+            let group_bias =
+                group_bias.map(|b| b.into_dimensionality::<ndarray::Ix1>().expect("(O)"));
+            let kg = gemm::matrix(kg);
+            for rows in block_ranges(share.len(), block_rows(geo.patch_len())) {
+                let positions = share.start + rows.start..share.start + rows.end;
+                let p = geo.patches(xs, g, positions);
+                let target = y_share.slice_mut(s![rows, columns.clone()]);
+                let start = group_bias.map_or(gemm::Start::Empty, gemm::Start::Bias);
+                gemm::product_into(path, p.view(), kg, start, target);
+            }
         }
-    }
+    });
     let out_shape = [geo.batch, geo.rows.output, geo.cols.output, outputs];
     let value = y
         .into_shape_with_order(IxDyn(&out_shape))
@@ -321,28 +337,81 @@ fn convolve<A: Float>(
         let dy = standard_layout(dy)
             .into_shape_with_order(IxDyn(&[geo.positions(), outputs]))
             .expect("the output's shape");
-        let dy = crate::kernels::gemm::matrix(&dy);
+        let dy = gemm::matrix(&dy);
         let xs = input.as_slice().expect("standard layout");
         let mut dx = needs[0].then(|| vec![A::zero(); xs.len()]);
-        let mut dk = needs[1].then(|| Array2::zeros((geo.patch_len(), outputs)));
-        for (g, kg) in kernels.iter().enumerate() {
-            let columns = g * geo.group_outputs..(g + 1) * geo.group_outputs;
-            for rows in &blocks {
-                let dyb = dy
-                    .slice(s![rows.clone(), columns.clone()])
-                    .to_owned()
-                    .into_dyn();
-                let p = Arc::new(geo.patches(xs, g, rows.clone()).into_dyn());
-                let (dp, dkb) = gemm::backward(dyb, p, Arc::clone(kg), (needs[0], needs[1]));
-                if let (Some(dx), Some(dp)) = (dx.as_mut(), dp) {
-                    geo.scatter(&dp, g, rows.clone(), dx);
-                }
-                if let (Some(dk), Some(dkb)) = (dk.as_mut(), dkb) {
-                    let mut target = dk.slice_mut(s![.., columns.clone()]);
-                    target += &dkb;
-                }
+        let per_image = geo.rows.output * geo.cols.output;
+        let image_len = xs.len() / geo.batch.max(1);
+        // Shares of whole images over the pool: each scatters onto its own images' part of
+        // `dx` (windows never cross images) and sums its own part of `dK`; the parts of `dK`
+        // are added in share order.
+        let dk_parts = std::sync::Mutex::new(Vec::new());
+        let multiply_adds = 2 * geo.positions() * geo.patch_len() * outputs;
+        let dx_whole = dx.as_deref_mut();
+        let items = move |shares: &[Range<usize>]| {
+            let mut dx_rest = dx_whole;
+            let mut items = Vec::with_capacity(shares.len());
+            for (index, images) in shares.iter().enumerate() {
+                let dx_part = dx_rest.take().map(|rest| {
+                    let (part, tail) = rest.split_at_mut(images.len() * image_len);
+                    dx_rest = Some(tail);
+                    part
+                });
+                items.push((index, images.clone(), dx_part));
             }
-        }
+            items
+        };
+        gemm::in_shares(
+            geo.batch,
+            multiply_adds,
+            items,
+            |path, (index, images, mut dx_part)| {
+                let share = images.start * per_image..images.end * per_image;
+                let mut dk_part = needs[1].then(|| Array2::zeros((geo.patch_len(), outputs)));
+                let dx_offset = images.start * image_len;
+                for (g, kg) in kernels.iter().enumerate() {
+                    let columns = g * geo.group_outputs..(g + 1) * geo.group_outputs;
+                    let kg = gemm::matrix(kg);
+                    for rows in block_ranges(share.len(), block_rows(geo.patch_len())) {
+                        let positions = share.start + rows.start..share.start + rows.end;
+                        let dyb = dy.slice(s![positions.clone(), columns.clone()]);
+                        let p = geo.patches(xs, g, positions.clone());
+                        if let Some(dx_part) = dx_part.as_deref_mut() {
+                            let mut dp = Array2::zeros((positions.len(), geo.patch_len()));
+                            gemm::product_into(
+                                path,
+                                dyb,
+                                kg.t(),
+                                gemm::Start::Empty,
+                                dp.view_mut(),
+                            );
+                            geo.scatter(&dp, g, positions.clone(), dx_part, dx_offset);
+                        }
+                        if let Some(dk_part) = dk_part.as_mut() {
+                            let target = dk_part.slice_mut(s![.., columns.clone()]);
+                            gemm::product_into(path, p.t(), dyb, gemm::Start::Current, target);
+                        }
+                    }
+                }
+                if let Some(part) = dk_part {
+                    let mut parts = dk_parts
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    parts.push((index, part));
+                }
+            },
+        );
+        let mut dk_parts = dk_parts
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        dk_parts.sort_by_key(|&(index, _)| index);
+        let dk = dk_parts
+            .into_iter()
+            .map(|(_, part)| part)
+            .reduce(|mut dk, part| {
+                dk += &part;
+                dk
+            });
         let dbias = needs
             .get(2)
             .is_some_and(|&n| n)

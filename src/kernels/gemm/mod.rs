@@ -13,7 +13,7 @@ mod backend;
 use std::ops::Range;
 use std::sync::Arc;
 
-use ndarray::{Array2, ArrayD, ArrayView1, ArrayView2, Ix2, s};
+use ndarray::{Array2, ArrayD, ArrayView1, ArrayView2, ArrayViewMut2, Ix2, s};
 use rayon::ThreadPool;
 
 use crate::float::Float;
@@ -133,6 +133,88 @@ fn with_plan<R>(f: impl FnOnce(Plan<'_>) -> R) -> R {
         threads,
         pool: pool.as_deref(),
     })
+}
+
+/// What a product into a view starts from.
+pub(crate) enum Start<'a, A> {
+    /// Nothing: the view is overwritten with `a · b`.
+    Empty,
+    /// A bias on every row: the view becomes `bias + a · b`.
+    Bias(ArrayView1<'a, A>),
+    /// The view's own values: `a · b` is added to them.
+    Current,
+}
+
+/// `out = start + a · b` on the calling thread, into a view with unit column stride (rows or
+/// columns of a larger output, say): for callers that split their work over the pool
+/// themselves ([`in_shares`]), on the kernel path they were given.
+pub(crate) fn product_into<A: Float>(
+    path: KernelPath,
+    a: ArrayView2<'_, A>,
+    b: ArrayView2<'_, A>,
+    start: Start<'_, A>,
+    mut out: ArrayViewMut2<'_, A>,
+) {
+    assert_eq!(out.dim(), (a.nrows(), b.ncols()), "callers check shapes");
+    assert!(
+        out.ncols() < 2 || out.strides()[1] == 1,
+        "rows of unit column stride"
+    );
+    let write = match start {
+        Start::Empty => Write::Overwrite,
+        Start::Bias(bias) => {
+            let rows = bias.broadcast(out.dim()).expect("a row per output row");
+            out.assign(&rows);
+            Write::Accumulate
+        }
+        Start::Current => Write::Accumulate,
+    };
+    let out = backend::Out {
+        start: out.as_mut_ptr(),
+        row_stride: out.strides()[0],
+    };
+    // SAFETY: the view is valid, initialised and ours for the whole call.
+    unsafe { backend::multiply(path, a, b, out, write) }
+}
+
+/// Cuts `0..units` into shares worth a thread each (for `multiply_adds` of work in all),
+/// makes one item per share with `items(shares)`, and runs `share(path, item)` for each on the
+/// pool, the first on the caller. Items carry what a share writes (disjoint views).
+pub(crate) fn in_shares<T: Send>(
+    units: usize,
+    multiply_adds: usize,
+    items: impl FnOnce(&[Range<usize>]) -> Vec<T>,
+    share: impl Fn(KernelPath, T) + Sync,
+) {
+    with_plan(|plan| {
+        let count = plan.shares(units, multiply_adds);
+        let ranges: Vec<_> = (0..count)
+            .map(|i| i * units / count..(i + 1) * units / count)
+            .collect();
+        pool::for_each_item(plan.pool, items(&ranges), |item| share(plan.path, item));
+    });
+}
+
+/// [`in_shares`] over the rows of `out`: each share gets its row range and those rows.
+pub(crate) fn by_row_shares<A: Float>(
+    out: ArrayViewMut2<'_, A>,
+    multiply_adds: usize,
+    share: impl Fn(KernelPath, Range<usize>, ArrayViewMut2<'_, A>) + Sync,
+) {
+    let rows = out.nrows();
+    let items = |ranges: &[Range<usize>]| {
+        let mut rest = out;
+        let mut items = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            let (piece, tail) = rest.split_at(ndarray::Axis(0), range.len());
+            items.push((range.clone(), piece));
+            rest = tail;
+        }
+        items
+    };
+    in_shares(rows, multiply_adds, items, |path, (range, piece)| {
+        share(path, range, piece)
+    });
 }
 
 /// `a · b (+ bias on every row)` for shared matrices `a (m, k)`, `b (k, n)`, `bias (n)`.
