@@ -38,6 +38,23 @@ fn for_each_window(
     }
 }
 
+/// The winner of a window that lies entirely in padding: none.
+const NO_TAP: u32 = u32::MAX;
+
+/// One tap of max pooling over a pixel's channels: where `row` beats the best so far,
+/// it becomes the best and `index` the winner. Strictly greater, so the first maximum stays
+/// (ties: the first tap in row-major order); a NaN wins and stays. Selects, not branches:
+/// which element wins is data, and unpredictable.
+#[inline(always)]
+fn max_into<A: Float>(best: &mut [A], won: &mut [u32], row: &[A], index: u32) {
+    for ((b, w), &v) in best.iter_mut().zip(won.iter_mut()).zip(row) {
+        #[allow(clippy::eq_op)] // `x != x` is the NaN test, kept branch-free
+        let better = v > *b || (v != v && *b == *b);
+        *b = if better { v } else { *b };
+        *w = if better { index } else { *w };
+    }
+}
+
 fn output_shape(shape: &[usize], [rows, cols]: [WindowAxis; 2]) -> Vec<usize> {
     vec![shape[0], rows.output, cols.output, shape[3]]
 }
@@ -79,47 +96,46 @@ impl<A: Float> Tensor<A> {
         let out_shape = output_shape(&shape, axes);
         let len: usize = out_shape.iter().product();
         let mut values = vec![A::neg_infinity(); len];
-        // For each output element, the input element it took (usize::MAX: only padding).
-        let mut taken = vec![usize::MAX; len];
-        for_each_window(shape[0], axes, channels, |out, taps| {
-            let (values, taken) = (
-                &mut values[out..out + channels],
-                &mut taken[out..out + channels],
-            );
-            let Some((&first, rest)) = taps.split_first() else {
-                return; // a window entirely in padding: −∞, and no gradient
-            };
-            values.copy_from_slice(&xs[first..first + channels]);
-            taken
-                .iter_mut()
-                .enumerate()
-                .for_each(|(c, t)| *t = first + c);
-            for &tap in rest {
-                let row = &xs[tap..tap + channels];
-                for (c, (&v, (best, from))) in row
-                    .iter()
-                    .zip(values.iter_mut().zip(taken.iter_mut()))
-                    .enumerate()
-                {
-                    // Strictly greater, so the first maximum stays; a NaN wins and stays.
-                    // Selects, not branches: which element wins is data, and unpredictable.
-                    let better = v > *best || (v.is_nan() && !best.is_nan());
-                    *best = if better { v } else { *best };
-                    *from = if better { tap + c } else { *from };
-                }
-            }
-        });
+        // For each output element, the tap of its window that won (`NO_TAP`: only padding).
+        // A 32-bit index beside 32-bit floats keeps the comparison loop vectorised.
+        let mut won = vec![NO_TAP; len];
+        crate::kernels::simd::vectorized(
+            #[inline(always)]
+            || {
+                for_each_window(shape[0], axes, channels, |out, taps| {
+                    let (values, won) = (
+                        &mut values[out..out + channels],
+                        &mut won[out..out + channels],
+                    );
+                    let Some((&first, rest)) = taps.split_first() else {
+                        return; // a window entirely in padding: −∞, and no gradient
+                    };
+                    // The first tap is the best so far, even if it is −∞.
+                    values.copy_from_slice(&xs[first..first + channels]);
+                    won.fill(0);
+                    for (index, &tap) in (1..).zip(rest) {
+                        max_into(values, won, &xs[tap..tap + channels], index);
+                    }
+                });
+            },
+        );
         let value = ArrayD::from_shape_vec(IxDyn(&out_shape), values).expect("the output's shape");
         Ok(record_one("max_pool", self, value, move |g| {
             let g = standard_layout(g);
             let gs = g.as_slice().expect("standard layout");
             let mut dx = ArrayD::zeros(IxDyn(&shape));
             let dxs = dx.as_slice_mut().expect("a new array is contiguous");
-            for (&from, &gradient) in taken.iter().zip(gs) {
-                if from != usize::MAX {
-                    dxs[from] += gradient;
+            for_each_window(shape[0], axes, channels, |out, taps| {
+                for (c, (&tap, &gradient)) in won[out..out + channels]
+                    .iter()
+                    .zip(&gs[out..out + channels])
+                    .enumerate()
+                {
+                    if tap != NO_TAP {
+                        dxs[taps[tap as usize] + c] += gradient;
+                    }
                 }
-            }
+            });
             dx
         }))
     }
