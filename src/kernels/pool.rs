@@ -1,14 +1,15 @@
 //! The threads of the large matrix products: a rayon pool of `n − 1` workers, with the calling
 //! thread as the n-th, or no pool at all for one thread.
 //!
-//! Work is split only where it is worth a thread: products of at least
-//! [`MIN_PER_THREAD`](super::gemm) multiply-adds a share (see `gemm.rs`). Shares are handed out
-//! with [`rayon::ThreadPool::in_place_scope`], so the caller computes one share itself instead
-//! of sleeping while a worker does all of them, and shares may borrow (each writes its own
-//! rows of one output: no copies to stitch halves together).
+//! Work is split only where it is worth a thread: shares of at least 2^19 multiply-adds
+//! (`MIN_SHARE` in `kernels/gemm/mod.rs`). Shares are handed out with
+//! [`rayon::ThreadPool::in_place_scope`], so the caller computes one share itself instead of
+//! sleeping while a worker does all of them, and shares may borrow (each writes its own rows
+//! of one output: no copies to stitch halves together).
 //!
-//! rayon's workers spin briefly, then sleep; waking one costs a few microseconds
-//! (`docs/performance.md` has the figures measured against the spinning helper this replaced).
+//! rayon's workers spin briefly, then sleep; the caller spins for theirs before it blocks
+//! ([`SPIN`]). `cargo bench --bench ops -- pool` measures the hand-off, and
+//! `docs/performance.md` compares the pool with the spinning helper thread it replaced.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
