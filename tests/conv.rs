@@ -143,6 +143,73 @@ fn a_tie_in_max_pool_sends_the_gradient_to_the_first_maximum() {
     );
 }
 
+/// Values with many ties, and sometimes −∞ or NaN.
+fn tie_prone() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        8 => (-1i32..=1).prop_map(f64::from),
+        1 => Just(f64::NEG_INFINITY),
+        1 => Just(f64::NAN),
+    ]
+}
+
+proptest! {
+    /// Max pooling's value and VJP against the definition, on inputs full of ties, −∞ and NaN,
+    /// with overlapping windows and windows that lie wholly in padding: each output is the
+    /// first NaN of its window if there is one, else its first maximum (row-major), and that
+    /// tap alone receives the output's gradient; a window entirely in padding gives −∞ and
+    /// sends nothing. Exact: the sums are the definition's, in the same order.
+    #[test]
+    fn max_pool_sends_each_gradient_to_its_window_first_maximum(
+        (x, weights, window, stride, pad) in (1..3usize, 1..6usize, 1..6usize, 1..3usize, 1..4usize, 1..4usize, 1..3usize, 0..4usize)
+            .prop_flat_map(|(b, h, w, c, kh, kw, stride, pad)| {
+                let out = |n: usize, k: usize| (n + 2 * pad).saturating_sub(k) / stride + 1;
+                let out_shape = vec![b, out(h, kh), out(w, kw), c];
+                (arrays::<f64>(vec![b, h, w, c], tie_prone()), arrays::<f64>(out_shape, -2.0..2.0), Just([kh, kw]), Just(stride), Just(pad))
+            })
+            .prop_filter("the window fits the padded input", |(x, _, [kh, kw], _, pad)| {
+                x.shape()[1] + 2 * pad >= *kh && x.shape()[2] + 2 * pad >= *kw
+            }),
+    ) {
+        let padding = Padding::Explicit([(pad, pad), (pad, pad)]);
+        let tape = tapegrad::Tape::<f64>::new();
+        let leaf = tape.leaf("x", x.clone());
+        let y = leaf.max_pool(window, [stride, stride], padding).unwrap();
+        prop_assert_eq!(y.shape(), weights.shape());
+        let grads = y.mul(&Tensor::constant(weights.clone())).unwrap().sum_all().backward().unwrap();
+        let (h, w) = (x.shape()[1] as isize, x.shape()[2] as isize);
+        let mut expected_dx = ArrayD::<f64>::zeros(x.shape());
+        for ((n, i, j, c), &got) in y.value().indexed_iter().map(|(ix, v)| ((ix[0], ix[1], ix[2], ix[3]), v)) {
+            let mut winner: Option<([usize; 4], f64)> = None;
+            for u in 0..window[0] {
+                for v in 0..window[1] {
+                    let (r, q) = ((i * stride + u) as isize - pad as isize, (j * stride + v) as isize - pad as isize);
+                    if r < 0 || q < 0 || r >= h || q >= w {
+                        continue;
+                    }
+                    let at = [n, r as usize, q as usize, c];
+                    let value = x[at];
+                    let better = match winner {
+                        None => true,
+                        Some((_, best)) => value > best || (value.is_nan() && !best.is_nan()),
+                    };
+                    if better {
+                        winner = Some((at, value));
+                    }
+                }
+            }
+            match winner {
+                Some((at, best)) => {
+                    prop_assert!(got == best || (got.is_nan() && best.is_nan()), "output {:?}: {} against {}", (n, i, j, c), got, best);
+                    expected_dx[at] += weights[[n, i, j, c]];
+                }
+                None => prop_assert_eq!(got, f64::NEG_INFINITY, "a window wholly in padding"),
+            }
+        }
+        let dx = grads.get(&leaf).unwrap();
+        prop_assert_eq!(dx, &expected_dx);
+    }
+}
+
 fn invalid(result: tapegrad::Result<Tensor<f64>>, op: &str, mentions: &[&str]) {
     let err = result.expect_err("bad input must be an error");
     assert!(

@@ -14,7 +14,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use ndarray::{Array2, ArrayD, Axis, IxDyn, s};
+use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewMut2, Axis, IxDyn, s};
 
 use crate::error::{Error, Result};
 use crate::float::Float;
@@ -82,70 +82,78 @@ impl Geometry {
     /// elements, for slices of `length` elements of group `g`. Along a window row the taps
     /// that fall inside the input are consecutive; with one group and no dilation they are
     /// also contiguous in the input (NHWC), so each window row is one slice copy.
+    #[inline]
     fn for_each_tap(
         &self,
         g: usize,
         rows: Range<usize>,
         mut visit: impl FnMut(usize, usize, usize, usize),
     ) {
-        let (h, w, c, cg) = (
-            self.rows.input,
-            self.cols.input,
-            self.channels,
-            self.group_channels,
-        );
+        let (w, c, cg) = (self.cols.input, self.channels, self.group_channels);
         let contiguous = self.groups == 1 && self.cols.dilation == 1;
-        let per_image = self.rows.output * self.cols.output;
         let start = rows.start;
         for position in rows {
+            let (n, oi, oj) = self.output_pixel(position);
+            let across = self.cols.inside(oj);
+            let Some(left) = self.cols.source(oj, across.start) else {
+                continue; // the window's columns are all padding
+            };
             let row = position - start;
-            let (n, oi, oj) = (
-                position / per_image,
-                position % per_image / self.cols.output,
-                position % self.cols.output,
-            );
-            {
-                {
-                    // The window's columns inside the input: a range of v (no allocation).
-                    let inside =
-                        (0..self.cols.window).filter(|&v| self.cols.source(oj, v).is_some());
-                    let (first, count) = (inside.clone().next(), inside.count());
-                    for u in 0..self.rows.window {
-                        let Some(i) = self.rows.source(oi, u) else {
-                            continue;
-                        };
-                        let at = |v: usize, j: usize| {
-                            let tap = (u * self.cols.window + v) * cg;
-                            (tap, ((n * h + i) * w + j) * c + g * cg)
-                        };
-                        let Some(first) = first else { continue };
-                        if contiguous {
-                            let j = self.cols.source(oj, first).expect("inside");
-                            let (tap, input) = at(first, j);
-                            visit(row, tap, input, count * cg);
-                        } else {
-                            for v in first..first + count {
-                                let j = self.cols.source(oj, v).expect("inside");
-                                let (tap, input) = at(v, j);
-                                visit(row, tap, input, cg);
-                            }
-                        }
+            for u in self.rows.inside(oi) {
+                let i = self.rows.source(oi, u).expect("inside");
+                let pixel = |j: usize| ((n * self.rows.input + i) * w + j) * c + g * cg;
+                let tap = |v: usize| (u * self.cols.window + v) * cg;
+                if contiguous {
+                    visit(row, tap(across.start), pixel(left), across.len() * cg);
+                } else {
+                    for v in across.clone() {
+                        let j = self.cols.source(oj, v).expect("inside");
+                        visit(row, tap(v), pixel(j), cg);
                     }
                 }
             }
         }
     }
 
-    /// The rows `rows` of group `g`'s patch matrix (im2col): zeros where a window reads
-    /// padding.
-    fn patches<A: Float>(&self, x: &[A], g: usize, rows: Range<usize>) -> Array2<A> {
-        let len = self.patch_len();
-        let mut p = Array2::zeros((rows.len(), len));
-        let out = p.as_slice_mut().expect("a new array is contiguous");
+    /// The image, output row and output column of an output position.
+    #[inline]
+    fn output_pixel(&self, position: usize) -> (usize, usize, usize) {
+        let per_image = self.rows.output * self.cols.output;
+        (
+            position / per_image,
+            position % per_image / self.cols.output,
+            position % self.cols.output,
+        )
+    }
+
+    /// Whether the window of an output position reads padding anywhere.
+    fn reads_padding(&self, position: usize) -> bool {
+        let (_, oi, oj) = self.output_pixel(position);
+        self.rows.inside(oi).len() < self.rows.window
+            || self.cols.inside(oj).len() < self.cols.window
+    }
+
+    /// The rows `rows` of group `g`'s patch matrix (im2col), built in `buffer` (grown if
+    /// need be, never shrunk: one buffer serves every block of a share). Only the rows whose
+    /// window reads padding are zeroed first; every other element is a copy of the input.
+    fn patches<'b, A: Float>(
+        &self,
+        x: &[A],
+        g: usize,
+        rows: Range<usize>,
+        buffer: &'b mut Vec<A>,
+    ) -> ArrayView2<'b, A> {
+        let (count, len) = (rows.len(), self.patch_len());
+        let out = grown(buffer, count * len);
+        for (row, position) in rows.clone().enumerate() {
+            if self.reads_padding(position) {
+                out[row * len..(row + 1) * len].fill(A::zero());
+            }
+        }
         self.for_each_tap(g, rows, |row, tap, input, run| {
             out[row * len + tap..row * len + tap + run].copy_from_slice(&x[input..input + run]);
         });
-        p
+        ArrayView2::from_shape((count, len), out).expect("count · len elements")
     }
 
     /// Adds the patch-shaped gradient `dp` of group `g` back onto the input's gradient
@@ -154,15 +162,13 @@ impl Geometry {
     /// `dx` holds the input's gradient from element `offset` on (the images a share owns).
     fn scatter<A: Float>(
         &self,
-        dp: &Array2<A>,
+        dp: &[A],
         g: usize,
         rows: Range<usize>,
         dx: &mut [A],
         offset: usize,
     ) {
         let len = self.patch_len();
-        let dp = dp.as_standard_layout();
-        let dp = dp.as_slice().expect("standard layout");
         self.for_each_tap(g, rows, |row, tap, input, run| {
             let from = &dp[row * len + tap..row * len + tap + run];
             for (d, &s) in dx[input - offset..input - offset + run]
@@ -173,6 +179,15 @@ impl Geometry {
             }
         });
     }
+}
+
+/// The first `len` elements of `buffer`, grown with zeros if it is shorter. What they hold
+/// is left from earlier use: callers overwrite what they read.
+fn grown<A: Float>(buffer: &mut Vec<A>, len: usize) -> &mut [A] {
+    if buffer.len() < len {
+        buffer.resize(len, A::zero());
+    }
+    &mut buffer[..len]
 }
 
 /// The op's name on the tape, and in its errors.
@@ -314,9 +329,10 @@ fn convolve<A: Float>(
             let group_bias =
                 group_bias.map(|b| b.into_dimensionality::<ndarray::Ix1>().expect("(O)"));
             let kg = gemm::matrix(kg);
+            let mut buffer = Vec::new();
             for rows in block_ranges(share.len(), block_rows(geo.patch_len())) {
                 let positions = share.start + rows.start..share.start + rows.end;
-                let p = geo.patches(xs, g, positions);
+                let p = geo.patches(xs, g, positions, &mut buffer);
                 let target = y_share.slice_mut(s![rows, columns.clone()]);
                 let start = group_bias.map_or(gemm::Start::Empty, gemm::Start::Bias);
                 gemm::product_into(path, p.view(), kg, start, target);
@@ -369,25 +385,24 @@ fn convolve<A: Float>(
                 let share = images.start * per_image..images.end * per_image;
                 let mut dk_part = needs[1].then(|| Array2::zeros((geo.patch_len(), outputs)));
                 let dx_offset = images.start * image_len;
+                let (mut patch_buffer, mut dp_buffer) = (Vec::new(), Vec::new());
                 for (g, kg) in kernels.iter().enumerate() {
                     let columns = g * geo.group_outputs..(g + 1) * geo.group_outputs;
                     let kg = gemm::matrix(kg);
                     for rows in block_ranges(share.len(), block_rows(geo.patch_len())) {
                         let positions = share.start + rows.start..share.start + rows.end;
                         let dyb = dy.slice(s![positions.clone(), columns.clone()]);
-                        let p = geo.patches(xs, g, positions.clone());
                         if let Some(dx_part) = dx_part.as_deref_mut() {
-                            let mut dp = Array2::zeros((positions.len(), geo.patch_len()));
-                            gemm::product_into(
-                                path,
-                                dyb,
-                                kg.t(),
-                                gemm::Start::Empty,
-                                dp.view_mut(),
-                            );
-                            geo.scatter(&dp, g, positions.clone(), dx_part, dx_offset);
+                            // Overwritten whole by the product: the buffer needs no zeroing.
+                            let dp = grown(&mut dp_buffer, positions.len() * geo.patch_len());
+                            let dp_view =
+                                ArrayViewMut2::from_shape((positions.len(), geo.patch_len()), dp)
+                                    .expect("rows · patch elements");
+                            gemm::product_into(path, dyb, kg.t(), gemm::Start::Empty, dp_view);
+                            geo.scatter(dp, g, positions.clone(), dx_part, dx_offset);
                         }
                         if let Some(dk_part) = dk_part.as_mut() {
+                            let p = geo.patches(xs, g, positions.clone(), &mut patch_buffer);
                             let target = dk_part.slice_mut(s![.., columns.clone()]);
                             gemm::product_into(path, p.t(), dyb, gemm::Start::Current, target);
                         }

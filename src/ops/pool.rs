@@ -7,31 +7,63 @@ use ndarray::{ArrayD, IxDyn};
 
 use crate::error::Result;
 use crate::float::Float;
+use crate::kernels::simd::vectorized;
 use crate::ops::window::{Padding, WindowAxis, require_nhwc, window_axes};
 use crate::shape::{standard_layout, standard_layout_shared};
 use crate::tensor::{Tensor, record_one};
 
-/// For every output pixel `(n, i, j)`, in order, calls `visit(output offset, taps)` with
-/// the offsets (in elements) of the input pixels its window reads, row-major within the
-/// window. The taps go into a buffer reused for every pixel: no allocation per pixel.
+/// The part of one output pixel's window that lies inside the input: a rectangle of
+/// `rows × cols` taps, the first at element `first`, the next row `row_stride` further.
+#[derive(Clone, Copy)]
+struct Window {
+    first: usize,
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    channels: usize,
+}
+
+impl Window {
+    /// The offsets (in elements) of the input pixels the window reads, row-major.
+    #[inline(always)]
+    fn taps(self) -> impl Iterator<Item = usize> {
+        (0..self.rows).flat_map(move |r| {
+            let row = self.first + r * self.row_stride;
+            (0..self.cols).map(move |c| row + c * self.channels)
+        })
+    }
+}
+
+/// For every output pixel `(n, i, j)`, in order, calls `visit(output offset, window)`.
+/// Inlined into its caller, so that under [`vectorized`] the whole pass is compiled for the
+/// kernel path in force.
+#[inline(always)]
 fn for_each_window(
     batch: usize,
     [rows, cols]: [WindowAxis; 2],
     channels: usize,
-    mut visit: impl FnMut(usize, &[usize]),
+    mut visit: impl FnMut(usize, Window),
 ) {
-    let mut taps = Vec::with_capacity(rows.window * cols.window);
+    let row_stride = cols.input * channels;
     let mut out = 0;
     for n in 0..batch {
         for i in 0..rows.output {
+            let taps_down = rows.inside(i);
             for j in 0..cols.output {
-                taps.clear();
-                for r in (0..rows.window).filter_map(|u| rows.source(i, u)) {
-                    for c in (0..cols.window).filter_map(|v| cols.source(j, v)) {
-                        taps.push(((n * rows.input + r) * cols.input + c) * channels);
-                    }
-                }
-                visit(out * channels, &taps);
+                let taps_across = cols.inside(j);
+                // Pooling windows are not dilated: taps inside are neighbouring pixels.
+                let (top, left) = (
+                    (i * rows.stride + taps_down.start).saturating_sub(rows.pad_before),
+                    (j * cols.stride + taps_across.start).saturating_sub(cols.pad_before),
+                );
+                let window = Window {
+                    first: ((n * rows.input + top) * cols.input + left) * channels,
+                    rows: taps_down.len(),
+                    cols: taps_across.len(),
+                    row_stride,
+                    channels,
+                };
+                visit(out * channels, window);
                 out += 1;
             }
         }
@@ -48,8 +80,10 @@ const NO_TAP: u32 = u32::MAX;
 #[inline(always)]
 fn max_into<A: Float>(best: &mut [A], won: &mut [u32], row: &[A], index: u32) {
     for ((b, w), &v) in best.iter_mut().zip(won.iter_mut()).zip(row) {
-        #[allow(clippy::eq_op)] // `x != x` is the NaN test, kept branch-free
-        let better = v > *b || (v != v && *b == *b);
+        // `x != x` is the NaN test; `|` and `&`, not `||` and `&&`, so that nothing short-
+        // circuits into a branch.
+        #[allow(clippy::eq_op)]
+        let better = (v > *b) | ((v != v) & (*b == *b));
         *b = if better { v } else { *b };
         *w = if better { index } else { *w };
     }
@@ -99,21 +133,22 @@ impl<A: Float> Tensor<A> {
         // For each output element, the tap of its window that won (`NO_TAP`: only padding).
         // A 32-bit index beside 32-bit floats keeps the comparison loop vectorised.
         let mut won = vec![NO_TAP; len];
-        crate::kernels::simd::vectorized(
+        vectorized(
             #[inline(always)]
             || {
-                for_each_window(shape[0], axes, channels, |out, taps| {
+                for_each_window(shape[0], axes, channels, |out, window| {
                     let (values, won) = (
                         &mut values[out..out + channels],
                         &mut won[out..out + channels],
                     );
-                    let Some((&first, rest)) = taps.split_first() else {
+                    let mut taps = window.taps();
+                    let Some(first) = taps.next() else {
                         return; // a window entirely in padding: −∞, and no gradient
                     };
                     // The first tap is the best so far, even if it is −∞.
                     values.copy_from_slice(&xs[first..first + channels]);
                     won.fill(0);
-                    for (index, &tap) in (1..).zip(rest) {
+                    for (index, tap) in (1..).zip(taps) {
                         max_into(values, won, &xs[tap..tap + channels], index);
                     }
                 });
@@ -125,17 +160,24 @@ impl<A: Float> Tensor<A> {
             let gs = g.as_slice().expect("standard layout");
             let mut dx = ArrayD::zeros(IxDyn(&shape));
             let dxs = dx.as_slice_mut().expect("a new array is contiguous");
-            for_each_window(shape[0], axes, channels, |out, taps| {
-                for (c, (&tap, &gradient)) in won[out..out + channels]
-                    .iter()
-                    .zip(&gs[out..out + channels])
-                    .enumerate()
-                {
-                    if tap != NO_TAP {
-                        dxs[taps[tap as usize] + c] += gradient;
-                    }
-                }
-            });
+            // Each tap of the window takes the gradient of the channels it won: a select
+            // along the channels (vectorised) rather than a scatter to the winners. Adding
+            // the zeros changes no sum, so the values are those of the scatter.
+            vectorized(
+                #[inline(always)]
+                || {
+                    for_each_window(shape[0], axes, channels, |out, window| {
+                        let (won, gs) = (&won[out..out + channels], &gs[out..out + channels]);
+                        for (index, tap) in (0..).zip(window.taps()) {
+                            for ((d, &winner), &gradient) in
+                                dxs[tap..tap + channels].iter_mut().zip(won).zip(gs)
+                            {
+                                *d += if winner == index { gradient } else { A::zero() };
+                            }
+                        }
+                    });
+                },
+            );
             dx
         }))
     }
@@ -170,35 +212,39 @@ impl<A: Float> Tensor<A> {
         let out_shape = output_shape(&shape, axes);
         let scale = A::of(1.0 / (window[0] * window[1]) as f64);
         let mut values = vec![A::zero(); out_shape.iter().product()];
-        for_each_window(shape[0], axes, channels, |out, taps| {
-            for &tap in taps {
-                for (acc, &v) in values[out..out + channels]
-                    .iter_mut()
-                    .zip(&xs[tap..tap + channels])
-                {
-                    *acc += v;
-                }
-            }
-            values[out..out + channels]
-                .iter_mut()
-                .for_each(|v| *v *= scale);
-        });
+        vectorized(
+            #[inline(always)]
+            || {
+                for_each_window(shape[0], axes, channels, |out, window| {
+                    let sums = &mut values[out..out + channels];
+                    for tap in window.taps() {
+                        for (sum, &v) in sums.iter_mut().zip(&xs[tap..tap + channels]) {
+                            *sum += v;
+                        }
+                    }
+                    sums.iter_mut().for_each(|v| *v *= scale);
+                });
+            },
+        );
         let value = ArrayD::from_shape_vec(IxDyn(&out_shape), values).expect("the output's shape");
         Ok(record_one("avg_pool", self, value, move |g| {
             let g = standard_layout(g);
             let gs = g.as_slice().expect("standard layout");
             let mut dx = ArrayD::zeros(IxDyn(&shape));
             let dxs = dx.as_slice_mut().expect("a new array is contiguous");
-            for_each_window(shape[0], axes, channels, |out, taps| {
-                for &tap in taps {
-                    for (d, &g) in dxs[tap..tap + channels]
-                        .iter_mut()
-                        .zip(&gs[out..out + channels])
-                    {
-                        *d += g * scale;
-                    }
-                }
-            });
+            vectorized(
+                #[inline(always)]
+                || {
+                    for_each_window(shape[0], axes, channels, |out, window| {
+                        let gs = &gs[out..out + channels];
+                        for tap in window.taps() {
+                            for (d, &g) in dxs[tap..tap + channels].iter_mut().zip(gs) {
+                                *d += g * scale;
+                            }
+                        }
+                    });
+                },
+            );
             dx
         }))
     }

@@ -41,6 +41,18 @@ impl WindowAxis {
             .checked_sub(self.pad_before)
             .filter(|&i| i < self.input)
     }
+
+    /// The window offsets `k` at which output `o` reads inside the input: one range, since
+    /// the position read grows with `k` (empty for a window entirely in padding).
+    #[inline]
+    pub(crate) fn inside(&self, o: usize) -> std::ops::Range<usize> {
+        let origin = o * self.stride; // the position read at k = 0, plus `pad_before`
+        // The least k with origin + k·d ≥ pad_before, and the least with ≥ pad_before + input.
+        let first_at = |bound: usize| bound.saturating_sub(origin).div_ceil(self.dilation);
+        let first = first_at(self.pad_before).min(self.window);
+        let end = first_at(self.pad_before + self.input).min(self.window);
+        first..end.max(first)
+    }
 }
 
 /// The geometry of both spatial axes, or an error naming `op` and the input's `shape` for a
@@ -132,6 +144,34 @@ mod tests {
         // Stride 1 keeps the size; 2-wide windows pad after.
         assert_eq!(axis(6, 3, 1, Padding::Same).output, 6);
         assert_eq!(axis(4, 2, 1, Padding::Same).pad_before, 0);
+    }
+
+    #[test]
+    fn inside_is_exactly_the_offsets_that_read_the_input() {
+        for (input, k, s, d) in [
+            (5, 3, 2, 1),
+            (6, 3, 1, 2),
+            (4, 4, 1, 1),
+            (3, 2, 3, 3),
+            (9, 5, 2, 2),
+        ] {
+            for padding in [Padding::Same, Padding::Explicit([(3, 2), (3, 2)])] {
+                let Ok([a, _]) =
+                    window_axes("t", &[1, input, input, 1], [k, k], [s, s], [d, d], padding)
+                else {
+                    continue;
+                };
+                for o in 0..a.output {
+                    let expected: Vec<usize> =
+                        (0..k).filter(|&k| a.source(o, k).is_some()).collect();
+                    assert_eq!(
+                        a.inside(o).collect::<Vec<_>>(),
+                        expected,
+                        "{a:?}, output {o}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! ```text
 //! dx = γ / (N √(σ²+ε)) · (N g' − Σg' − x̂ Σ(g' x̂))
 //! ```
+//! (computed with `x̂ − Σx̂/N` in place of `x̂`: equal in exact arithmetic, and it keeps the
+//! rounding of `μ` out of `Σ dx`; see `rows::input_gradient`)
 //! (the two sums remove the components of `g'` along the directions that normalisation
 //! makes invisible: a shift of the batch and a scaling of it).
 //!
@@ -109,16 +111,18 @@ pub(crate) fn batch_norm_train<A: Float>(
             .as_deref()
             .map(|y| y.as_slice().expect("standard layout"));
         let gs = g.as_slice_mut().expect("standard layout");
-        let (sum_g, sum_g_xhat) = simd::vectorized(
+        let [sum_g, sum_g_xhat, sum_xhat] = simd::vectorized(
             #[inline(always)]
             || backward_sums(gs, ys, xs, features, [&mean, &inv_std]),
         );
         let dx = if needs[0] {
             let coefficient: Vec<A> = slope.iter().map(|&a| a / count).collect();
+            let xhat_mean: Vec<A> = sum_xhat.iter().map(|&s| s / count).collect();
             let sums = rows::Sums {
                 count,
                 g: &sum_g,
                 g_xhat: &sum_g_xhat,
+                xhat_mean: &xhat_mean,
             };
             let per_feature = [&mean[..], &inv_std, &coefficient];
             simd::vectorized(
@@ -177,7 +181,8 @@ fn output_row<A>(ys: Option<&[A]>, i: usize, features: usize) -> Option<&[A]> {
     ys.map(|ys| &ys[i * features..(i + 1) * features])
 }
 
-/// `Σg'` and `Σ g' x̂` per feature, `g'` the gradient through the ReLU whose output is `ys`.
+/// `Σg'`, `Σ g' x̂` and `Σx̂` per feature, `g'` the gradient through the ReLU whose output is
+/// `ys`.
 #[inline(always)]
 fn backward_sums<A: Float>(
     gs: &[A],
@@ -185,20 +190,20 @@ fn backward_sums<A: Float>(
     xs: &[A],
     features: usize,
     per_feature: [&[A]; 2],
-) -> (Vec<A>, Vec<A>) {
-    let (mut sum_g, mut sum_g_xhat) = (vec![A::zero(); features], vec![A::zero(); features]);
+) -> [Vec<A>; 3] {
+    let [mut sum_g, mut sum_g_xhat, mut sum_xhat] = [(); 3].map(|()| vec![A::zero(); features]);
     let row_pairs = gs.chunks_exact(features).zip(xs.chunks_exact(features));
     for (i, (g_row, x_row)) in row_pairs.enumerate() {
         let y_row = output_row(ys, i, features);
         rows::add_backward_sums(
-            [&mut sum_g, &mut sum_g_xhat],
+            [&mut sum_g, &mut sum_g_xhat, &mut sum_xhat],
             g_row,
             y_row,
             x_row,
             per_feature,
         );
     }
-    (sum_g, sum_g_xhat)
+    [sum_g, sum_g_xhat, sum_xhat]
 }
 
 /// `dx` over `g`, row by row; `per_feature` is `[μ, 1/√(σ²+ε), γ/(N√(σ²+ε))]`.
@@ -215,5 +220,48 @@ fn input_gradient<A: Float>(
     for (i, (g_row, x_row)) in row_pairs.enumerate() {
         let y_row = output_row(ys, i, features);
         rows::input_gradient(g_row, y_row, x_row, per_feature, sums);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{Array1, Array2};
+
+    /// Features with a large offset and a small spread (`|μ| / σ` about 10^4): the rows of
+    /// `dx` still sum to zero within a few roundings of its own size, so that a bias before
+    /// the normalisation gets no gradient. (With `x̂` in place of `x̂ − Σx̂/N`, one of them
+    /// was 9·10^-9: the rounding of `μ` times `1/σ²`.)
+    #[test]
+    fn the_input_gradient_sums_to_zero_over_the_batch_despite_an_offset() {
+        let (rows, features) = (6, 3);
+        let x = Array2::from_shape_fn((rows, features), |(i, j)| {
+            1e3 * (j as f64 + 1.0) + 0.1 * ((i * 7 + j) as f64 * 0.9).sin()
+        });
+        let tape = crate::Tape::<f64>::new();
+        let leaf = tape.leaf("x", x.into_dyn());
+        let scale = Tensor::constant(Array1::from(vec![1.5, -0.7, 2.0]).into_dyn());
+        let bias = Tensor::constant(Array1::from(vec![0.1, 0.2, 0.3]).into_dyn());
+        for epilogue in [Epilogue::Nothing, Epilogue::Relu] {
+            let (y, _) = batch_norm_train(&leaf, &scale, &bias, 1e-5, epilogue).unwrap();
+            let weights = Array2::from_shape_fn((rows, features), |(i, j)| {
+                1.0 + ((i * features + j) as f64 * 0.37).sin()
+            });
+            let loss = y
+                .mul(&Tensor::constant(weights.into_dyn()))
+                .unwrap()
+                .sum_all();
+            let dx = loss.backward().unwrap().get(&leaf).unwrap().clone();
+            for column in dx.columns() {
+                let largest = column.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                let rounding = rows as f64 * 8.0 * f64::EPSILON * largest;
+                assert!(largest > 1.0, "{epilogue:?}: a gradient worth testing");
+                assert!(
+                    column.sum().abs() <= rounding,
+                    "{epilogue:?}: Σ dx = {}",
+                    column.sum()
+                );
+            }
+        }
     }
 }

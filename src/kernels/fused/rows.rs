@@ -63,27 +63,30 @@ fn through_relu<A: Float>(g: A, y: A) -> A {
     if y > A::zero() { g } else { A::zero() }
 }
 
-/// `Σg'` and `Σ g' x̂` accumulated over one row, with `x̂ = (x − mean) · inv_std` and `g'` the
-/// row's gradient `g`, through the ReLU if `relu_output` is its output row.
+/// `Σg'`, `Σ g' x̂` and `Σx̂` accumulated over one row, with `x̂ = (x − mean) · inv_std` and
+/// `g'` the row's gradient `g`, through the ReLU if `relu_output` is its output row.
 #[inline(always)]
 pub(crate) fn add_backward_sums<A: Float>(
-    [sum_g, sum_g_xhat]: [&mut [A]; 2],
+    [sum_g, sum_g_xhat, sum_xhat]: [&mut [A]; 3],
     g: &[A],
     relu_output: Option<&[A]>,
     x: &[A],
     [mean, inv_std]: [&[A]; 2],
 ) {
     let n = sum_g.len();
-    let (sum_g_xhat, g, x, mean, inv_std) = (
+    let (sum_g_xhat, sum_xhat, g, x, mean, inv_std) = (
         &mut sum_g_xhat[..n],
+        &mut sum_xhat[..n],
         &g[..n],
         &x[..n],
         &mean[..n],
         &inv_std[..n],
     );
     let mut add = |j: usize, g: A| {
+        let x_hat = (x[j] - mean[j]) * inv_std[j];
         sum_g[j] += g;
-        sum_g_xhat[j] += g * (x[j] - mean[j]) * inv_std[j];
+        sum_g_xhat[j] += g * x_hat;
+        sum_xhat[j] += x_hat;
     };
     match relu_output {
         Some(y) => {
@@ -99,15 +102,23 @@ pub(crate) fn add_backward_sums<A: Float>(
     }
 }
 
-/// The batch sums backward needs: `N`, `Σg'` and `Σ g' x̂` per feature.
+/// The per-feature sums of backward, over the batch of `count` rows.
 pub(crate) struct Sums<'a, A> {
     pub(crate) count: A,
     pub(crate) g: &'a [A],
     pub(crate) g_xhat: &'a [A],
+    /// `Σx̂ / N`: zero in exact arithmetic, and in floating point the rounding of `μ` seen
+    /// through `1/√(σ²+ε)`.
+    pub(crate) xhat_mean: &'a [A],
 }
 
-/// `g ← c · (N g' − Σg' − x̂ Σ(g' x̂))`, in place, with `c = γ / (N √(σ²+ε))` and `g'` as in
-/// [`add_backward_sums`].
+/// `g ← c · (N g' − Σg' − (x̂ − Σx̂/N) Σ(g' x̂))`, in place, with `c = γ / (N √(σ²+ε))` and
+/// `g'` as in [`add_backward_sums`]. `Σx̂/N` is zero in exact arithmetic; subtracting the
+/// computed one makes the rows of `dx` sum to zero up to their own roundings, as the exact
+/// gradient does (a shift of the batch changes nothing). Without it, a rounded `μ` leaves
+/// `Σ dx ≈ c N (Σx̂/N) Σ(g' x̂)`, which for features with a large offset and a small spread
+/// (`|μ| ≫ σ`) is far above rounding: it is the whole gradient of a bias before the
+/// normalisation, which should be zero.
 #[inline(always)]
 pub(crate) fn input_gradient<A: Float>(
     g: &mut [A],
@@ -118,9 +129,9 @@ pub(crate) fn input_gradient<A: Float>(
 ) {
     let n = g.len();
     let (x, mean, inv_std, coefficient) = (&x[..n], &mean[..n], &inv_std[..n], &coefficient[..n]);
-    let (sum_g, sum_g_xhat) = (&sums.g[..n], &sums.g_xhat[..n]);
+    let (sum_g, sum_g_xhat, xhat_mean) = (&sums.g[..n], &sums.g_xhat[..n], &sums.xhat_mean[..n]);
     let dx = |j: usize, g: A| {
-        let x_hat = (x[j] - mean[j]) * inv_std[j];
+        let x_hat = (x[j] - mean[j]) * inv_std[j] - xhat_mean[j];
         coefficient[j] * (sums.count * g - sum_g[j] - x_hat * sum_g_xhat[j])
     };
     match relu_output {
