@@ -91,46 +91,63 @@ impl Geometry {
     ) {
         let (w, c, cg) = (self.cols.input, self.channels, self.group_channels);
         let contiguous = self.groups == 1 && self.cols.dilation == 1;
-        let start = rows.start;
-        for position in rows {
-            let (n, oi, oj) = self.output_pixel(position);
-            let across = self.cols.inside(oj);
-            let Some(left) = self.cols.source(oj, across.start) else {
-                continue; // the window's columns are all padding
+        self.for_each_position(rows, |at| {
+            let Some(left) = self.cols.source(at.column, at.across.start) else {
+                return; // the window's columns are all padding
             };
-            let row = position - start;
-            for u in self.rows.inside(oi) {
-                let i = self.rows.source(oi, u).expect("inside");
-                let pixel = |j: usize| ((n * self.rows.input + i) * w + j) * c + g * cg;
+            for u in at.down.clone() {
+                let i = self.rows.source(at.row, u).expect("inside");
+                let pixel = |j: usize| ((at.image * self.rows.input + i) * w + j) * c + g * cg;
                 let tap = |v: usize| (u * self.cols.window + v) * cg;
                 if contiguous {
-                    visit(row, tap(across.start), pixel(left), across.len() * cg);
+                    visit(
+                        at.patch_row,
+                        tap(at.across.start),
+                        pixel(left),
+                        at.across.len() * cg,
+                    );
                 } else {
-                    for v in across.clone() {
-                        let j = self.cols.source(oj, v).expect("inside");
-                        visit(row, tap(v), pixel(j), cg);
+                    for v in at.across.clone() {
+                        let j = self.cols.source(at.column, v).expect("inside");
+                        visit(at.patch_row, tap(v), pixel(j), cg);
                     }
                 }
             }
-        }
+        });
     }
 
-    /// The image, output row and output column of an output position.
+    /// Calls `visit` for the output positions `positions`, in order: one division for the
+    /// first, then counting, and each axis's taps inside the input computed once per call.
     #[inline]
-    fn output_pixel(&self, position: usize) -> (usize, usize, usize) {
-        let per_image = self.rows.output * self.cols.output;
-        (
-            position / per_image,
-            position % per_image / self.cols.output,
-            position % self.cols.output,
-        )
-    }
-
-    /// Whether the window of an output position reads padding anywhere.
-    fn reads_padding(&self, position: usize) -> bool {
-        let (_, oi, oj) = self.output_pixel(position);
-        self.rows.inside(oi).len() < self.rows.window
-            || self.cols.inside(oj).len() < self.cols.window
+    fn for_each_position(&self, positions: Range<usize>, mut visit: impl FnMut(Position<'_>)) {
+        let (height, width) = (self.rows.output.max(1), self.cols.output.max(1));
+        let downs: Vec<_> = (0..height).map(|o| self.rows.inside(o)).collect();
+        let acrosses: Vec<_> = (0..width).map(|o| self.cols.inside(o)).collect();
+        let first = positions.start;
+        let [mut image, mut row, mut column] = [
+            first / (height * width),
+            first % (height * width) / width,
+            first % width,
+        ];
+        for patch_row in 0..positions.len() {
+            visit(Position {
+                patch_row,
+                image,
+                row,
+                column,
+                down: &downs[row],
+                across: &acrosses[column],
+            });
+            column += 1;
+            if column == width {
+                column = 0;
+                row += 1;
+                if row == height {
+                    row = 0;
+                    image += 1;
+                }
+            }
+        }
     }
 
     /// The rows `rows` of group `g`'s patch matrix (im2col), built in `buffer` (grown if
@@ -144,11 +161,14 @@ impl Geometry {
         buffer: &'b mut Vec<A>,
     ) -> ArrayView2<'b, A> {
         let (count, len) = (rows.len(), self.patch_len());
+        let fresh = buffer.is_empty(); // then all zeros once grown
         let out = grown(buffer, count * len);
-        for (row, position) in rows.clone().enumerate() {
-            if self.reads_padding(position) {
-                out[row * len..(row + 1) * len].fill(A::zero());
-            }
+        if !fresh {
+            self.for_each_position(rows.clone(), |at| {
+                if at.down.len() < self.rows.window || at.across.len() < self.cols.window {
+                    out[at.patch_row * len..(at.patch_row + 1) * len].fill(A::zero()); // padding
+                }
+            });
         }
         self.for_each_tap(g, rows, |row, tap, input, run| {
             out[row * len + tap..row * len + tap + run].copy_from_slice(&x[input..input + run]);
@@ -179,6 +199,18 @@ impl Geometry {
             }
         });
     }
+}
+
+/// One output position, for [`Geometry::for_each_position`]: its row in the patch matrix,
+/// its image, output row and column, and its window's offsets that read inside the input
+/// down and across.
+struct Position<'a> {
+    patch_row: usize,
+    image: usize,
+    row: usize,
+    column: usize,
+    down: &'a Range<usize>,
+    across: &'a Range<usize>,
 }
 
 /// The first `len` elements of `buffer`, grown with zeros if it is shorter. What they hold

@@ -24,13 +24,18 @@ struct Window {
 }
 
 impl Window {
-    /// The offsets (in elements) of the input pixels the window reads, row-major.
+    /// Calls `visit(index, offset)` for each input pixel the window reads, row-major: its
+    /// index among them and its offset in elements.
     #[inline(always)]
-    fn taps(self) -> impl Iterator<Item = usize> {
-        (0..self.rows).flat_map(move |r| {
+    fn for_each_tap(self, mut visit: impl FnMut(u32, usize)) {
+        let mut index = 0;
+        for r in 0..self.rows {
             let row = self.first + r * self.row_stride;
-            (0..self.cols).map(move |c| row + c * self.channels)
-        })
+            for c in 0..self.cols {
+                visit(index, row + c * self.channels);
+                index += 1;
+            }
+        }
     }
 }
 
@@ -141,16 +146,17 @@ impl<A: Float> Tensor<A> {
                         &mut values[out..out + channels],
                         &mut won[out..out + channels],
                     );
-                    let mut taps = window.taps();
-                    let Some(first) = taps.next() else {
-                        return; // a window entirely in padding: −∞, and no gradient
-                    };
-                    // The first tap is the best so far, even if it is −∞.
-                    values.copy_from_slice(&xs[first..first + channels]);
-                    won.fill(0);
-                    for (index, tap) in (1..).zip(taps) {
-                        max_into(values, won, &xs[tap..tap + channels], index);
-                    }
+                    // The first tap is the best so far, even if it is −∞; a window entirely
+                    // in padding keeps −∞ and `NO_TAP`, and gets no gradient.
+                    window.for_each_tap(|index, tap| {
+                        let row = &xs[tap..tap + channels];
+                        if index == 0 {
+                            values.copy_from_slice(row);
+                            won.fill(0);
+                        } else {
+                            max_into(values, won, row, index);
+                        }
+                    });
                 });
             },
         );
@@ -168,13 +174,13 @@ impl<A: Float> Tensor<A> {
                 || {
                     for_each_window(shape[0], axes, channels, |out, window| {
                         let (won, gs) = (&won[out..out + channels], &gs[out..out + channels]);
-                        for (index, tap) in (0..).zip(window.taps()) {
+                        window.for_each_tap(|index, tap| {
                             for ((d, &winner), &gradient) in
                                 dxs[tap..tap + channels].iter_mut().zip(won).zip(gs)
                             {
                                 *d += if winner == index { gradient } else { A::zero() };
                             }
-                        }
+                        });
                     });
                 },
             );
@@ -217,11 +223,11 @@ impl<A: Float> Tensor<A> {
             || {
                 for_each_window(shape[0], axes, channels, |out, window| {
                     let sums = &mut values[out..out + channels];
-                    for tap in window.taps() {
+                    window.for_each_tap(|_, tap| {
                         for (sum, &v) in sums.iter_mut().zip(&xs[tap..tap + channels]) {
                             *sum += v;
                         }
-                    }
+                    });
                     sums.iter_mut().for_each(|v| *v *= scale);
                 });
             },
@@ -237,11 +243,11 @@ impl<A: Float> Tensor<A> {
                 || {
                     for_each_window(shape[0], axes, channels, |out, window| {
                         let gs = &gs[out..out + channels];
-                        for tap in window.taps() {
+                        window.for_each_tap(|_, tap| {
                             for (d, &g) in dxs[tap..tap + channels].iter_mut().zip(gs) {
                                 *d += g * scale;
                             }
-                        }
+                        });
                     });
                 },
             );
