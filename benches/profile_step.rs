@@ -6,6 +6,9 @@
 mod workload;
 
 fn main() {
+    // As the examples do, and as a PyTorch user's jemalloc would: freed arrays' memory is
+    // kept for the next step (`runtime::retain_freed_memory`).
+    tapegrad::runtime::retain_freed_memory();
     // cargo bench passes --bench; the size and the step count are the other arguments.
     let args: Vec<String> = std::env::args()
         .skip(1)

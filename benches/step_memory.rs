@@ -71,6 +71,9 @@ fn mib(bytes: usize) -> f64 {
 }
 
 fn main() {
+    // As the examples do, and as a PyTorch user's jemalloc would: freed arrays' memory is
+    // kept for the next step (`runtime::retain_freed_memory`).
+    tapegrad::runtime::retain_freed_memory();
     for size in workload::sizes_from_args() {
         let config = match size.as_str() {
             "S" => workload::S,

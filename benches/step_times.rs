@@ -9,6 +9,9 @@ use std::time::Instant;
 mod workload;
 
 fn main() {
+    // As the examples do, and as a PyTorch user's jemalloc would: freed arrays' memory is
+    // kept for the next step (`runtime::retain_freed_memory`).
+    tapegrad::runtime::retain_freed_memory();
     for size in workload::sizes_from_args() {
         match size.as_str() {
             "S" => report(

@@ -52,6 +52,7 @@
     clippy::return_self_not_must_use
 )]
 
+mod allocator;
 mod autodiff;
 pub mod checkpoint;
 mod collection;

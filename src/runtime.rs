@@ -36,20 +36,27 @@
 //! The hot loops are compiled for three instruction sets and chosen at run time from the CPU,
 //! so one binary is fast on an AVX2-only AMD and on an AVX-512 Intel: [`KernelPath::Avx512`],
 //! [`KernelPath::Avx2`] (with FMA) and [`KernelPath::Portable`] (the baseline of the target,
-//! SSE2 on x86-64). The matrix products use the `gemm` crate on the vector paths (its own
-//! micro-kernels, AVX-512 or AVX2 as the CPU has, chosen by it) and `matrixmultiply`, ndarray's
-//! product, on the portable one. With the `openblas` feature every path's products go to the
+//! SSE2 on x86-64). The matrix products use `matrixmultiply` (ndarray's product, with its own
+//! AVX2 + FMA kernels) on the portable and AVX2 paths and the `gemm` crate's AVX-512 kernels on
+//! the AVX-512 path. With the `openblas` feature the vector paths' products go to the
 //! system's OpenBLAS instead.
 //!
 //! The environment variable `TAPEGRAD_KERNELS` (`portable`, `avx2` or `avx512`) caps the path
 //! for the whole process, and [`KernelPath::run`] for one computation on one thread: to compare
 //! paths, or to rule a kernel out when a result looks wrong.
+//!
+//! # Memory
+//!
+//! [`retain_freed_memory`] keeps freed arrays' memory in the process for the next step, so
+//! that a training loop does not fault in its activations afresh every step: a choice for
+//! the program, which tapegrad's examples and benchmarks make.
 
 use std::cell::Cell;
 use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
 
+pub use crate::allocator::retain_freed_memory;
 pub use crate::kernels::pool::{num_threads, set_num_threads};
 
 /// The instruction set tapegrad's kernels run on, from the least to the most capable.

@@ -238,6 +238,9 @@ fn train(
 }
 
 fn main() -> std::process::ExitCode {
+    // Keep freed arrays' memory for the next step instead of faulting it in again
+    // (`runtime::retain_freed_memory`: a program's choice, so the program makes it).
+    tapegrad::runtime::retain_freed_memory();
     match run(Args::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

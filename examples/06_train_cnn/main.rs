@@ -101,6 +101,9 @@ fn accuracy(model: &Sequential<f32>, vars: &Variables<f32>, data: &Digits, idx: 
 }
 
 fn main() -> std::process::ExitCode {
+    // Keep freed arrays' memory for the next step instead of faulting it in again
+    // (`runtime::retain_freed_memory`: a program's choice, so the program makes it).
+    tapegrad::runtime::retain_freed_memory();
     match run(Args::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

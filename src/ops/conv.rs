@@ -92,9 +92,13 @@ impl Geometry {
         let (w, c, cg) = (self.cols.input, self.channels, self.group_channels);
         let contiguous = self.groups == 1 && self.cols.dilation == 1;
         self.for_each_position(rows, |at| {
-            let Some(left) = self.cols.source(at.column, at.across.start) else {
+            if at.across.is_empty() {
                 return; // the window's columns are all padding
-            };
+            }
+            let left = self
+                .cols
+                .source(at.column, at.across.start)
+                .expect("inside");
             for u in at.down.clone() {
                 let i = self.rows.source(at.row, u).expect("inside");
                 let pixel = |j: usize| ((at.image * self.rows.input + i) * w + j) * c + g * cg;

@@ -50,12 +50,12 @@ fn for_each_window(
     mut visit: impl FnMut(usize, Window),
 ) {
     let row_stride = cols.input * channels;
+    let acrosses: Vec<_> = (0..cols.output).map(|j| cols.inside(j)).collect();
     let mut out = 0;
     for n in 0..batch {
         for i in 0..rows.output {
             let taps_down = rows.inside(i);
-            for j in 0..cols.output {
-                let taps_across = cols.inside(j);
+            for (j, taps_across) in acrosses.iter().enumerate() {
                 // Pooling windows are not dilated: taps inside are neighbouring pixels.
                 let (top, left) = (
                     (i * rows.stride + taps_down.start).saturating_sub(rows.pad_before),

@@ -95,43 +95,34 @@ unsafe fn matrixmultiply_gemm<A: Float>(
         b.strides()[1],
     );
     let beta = if write == Write::Accumulate { 1.0 } else { 0.0 };
+    // The same call for both types: `$gemm` is `sgemm` or `dgemm`, `$float` its type.
+    macro_rules! call {
+        ($gemm:path, $float:ty) => {
+            $gemm(
+                m,
+                k,
+                n,
+                1.0,
+                a.as_ptr().cast(),
+                a_rs,
+                a_cs,
+                b.as_ptr().cast(),
+                b_rs,
+                b_cs,
+                beta as $float,
+                out.cast(),
+                out_rs,
+                out_cs,
+            )
+        };
+    }
     // SAFETY: `A` is the type named by the branch (checked by `by_type!`), so the casts are
     // identities; the rest is the caller's contract.
     unsafe {
         by_type!(
             A,
-            matrixmultiply::sgemm(
-                m,
-                k,
-                n,
-                1.0,
-                a.as_ptr().cast(),
-                a_rs,
-                a_cs,
-                b.as_ptr().cast(),
-                b_rs,
-                b_cs,
-                beta as f32,
-                out.cast(),
-                out_rs,
-                out_cs,
-            ),
-            matrixmultiply::dgemm(
-                m,
-                k,
-                n,
-                1.0,
-                a.as_ptr().cast(),
-                a_rs,
-                a_cs,
-                b.as_ptr().cast(),
-                b_rs,
-                b_cs,
-                beta,
-                out.cast(),
-                out_rs,
-                out_cs,
-            )
+            call!(matrixmultiply::sgemm, f32),
+            call!(matrixmultiply::dgemm, f64)
         )
     }
 }
@@ -191,42 +182,32 @@ mod openblas {
     const NO_TRANS: i32 = 111;
     const TRANS: i32 = 112;
 
-    #[link(name = "openblas")]
-    unsafe extern "C" {
-        fn openblas_set_num_threads(threads: i32);
-        fn cblas_sgemm(
-            order: i32,
-            ta: i32,
-            tb: i32,
-            m: i32,
-            n: i32,
-            k: i32,
-            alpha: f32,
-            a: *const f32,
-            lda: i32,
-            b: *const f32,
-            ldb: i32,
-            beta: f32,
-            c: *mut f32,
-            ldc: i32,
-        );
-        fn cblas_dgemm(
-            order: i32,
-            ta: i32,
-            tb: i32,
-            m: i32,
-            n: i32,
-            k: i32,
-            alpha: f64,
-            a: *const f64,
-            lda: i32,
-            b: *const f64,
-            ldb: i32,
-            beta: f64,
-            c: *mut f64,
-            ldc: i32,
-        );
+    /// `cblas_sgemm` and `cblas_dgemm`, which differ only in their float type.
+    macro_rules! cblas_gemm {
+        ($($name:ident: $float:ty),*) => {
+            #[link(name = "openblas")]
+            unsafe extern "C" {
+                fn openblas_set_num_threads(threads: i32);
+                $(fn $name(
+                    order: i32,
+                    ta: i32,
+                    tb: i32,
+                    m: i32,
+                    n: i32,
+                    k: i32,
+                    alpha: $float,
+                    a: *const $float,
+                    lda: i32,
+                    b: *const $float,
+                    ldb: i32,
+                    beta: $float,
+                    c: *mut $float,
+                    ldc: i32,
+                );)*
+            }
+        };
     }
+    cblas_gemm!(cblas_sgemm: f32, cblas_dgemm: f64);
 
     /// A matrix as cblas takes it: a pointer, whether it is transposed, its leading
     /// dimension; `copy` holds a standard-layout copy when the view has no unit stride.
@@ -289,48 +270,44 @@ mod openblas {
         ONE_THREAD.call_once(|| unsafe { openblas_set_num_threads(1) });
         let (m, k, n) = (a.nrows(), a.ncols(), b.ncols());
         assert_eq!(out_cs, 1, "tapegrad's outputs are row-major");
+        let fits = |d: usize| i32::try_from(d).is_ok();
+        if !(fits(m) && fits(n) && fits(k) && fits(out_rs.max(n as isize) as usize)) {
+            // cblas takes 32-bit dimensions: a larger product goes to matrixmultiply.
+            // SAFETY: the caller's contract, unchanged.
+            return unsafe { super::matrixmultiply_gemm(a, b, out, out_rs, out_cs, write) };
+        }
         let (a_op, a_ptr) = operand(&a);
         let (b_op, b_ptr) = operand(&b);
         let ldc = out_rs.max(n as isize) as i32;
         let beta = if write == Write::Accumulate { 1.0 } else { 0.0 };
-        let dims = (m as i32, n as i32, k as i32);
+        let (m, n, k) = (m as i32, n as i32, k as i32);
+        macro_rules! call {
+            ($gemm:ident, $float:ty) => {
+                $gemm(
+                    ROW_MAJOR,
+                    a_op.transpose,
+                    b_op.transpose,
+                    m,
+                    n,
+                    k,
+                    1.0,
+                    a_ptr.cast(),
+                    a_op.leading,
+                    b_ptr.cast(),
+                    b_op.leading,
+                    beta as $float,
+                    out.cast(),
+                    ldc,
+                )
+            };
+        }
         // SAFETY: the operands point at the views (or their copies, alive until the end of
         // this function); `out` as for `multiply`.
         unsafe {
             if TypeId::of::<A>() == TypeId::of::<f32>() {
-                cblas_sgemm(
-                    ROW_MAJOR,
-                    a_op.transpose,
-                    b_op.transpose,
-                    dims.0,
-                    dims.1,
-                    dims.2,
-                    1.0,
-                    a_ptr.cast(),
-                    a_op.leading,
-                    b_ptr.cast(),
-                    b_op.leading,
-                    beta as f32,
-                    out.cast(),
-                    ldc,
-                );
+                call!(cblas_sgemm, f32);
             } else {
-                cblas_dgemm(
-                    ROW_MAJOR,
-                    a_op.transpose,
-                    b_op.transpose,
-                    dims.0,
-                    dims.1,
-                    dims.2,
-                    1.0,
-                    a_ptr.cast(),
-                    a_op.leading,
-                    b_ptr.cast(),
-                    b_op.leading,
-                    beta,
-                    out.cast(),
-                    ldc,
-                );
+                call!(cblas_dgemm, f64);
             }
         }
         drop((a_op.copy, b_op.copy));
