@@ -359,13 +359,13 @@ fn convolve<A: Float>(
     let multiply_adds = geo.positions() * geo.patch_len() * outputs;
     let bias_value = bias.map(|b| b.value());
     gemm::by_row_shares(y.view_mut(), multiply_adds, |path, share, mut y_share| {
+        let mut buffer = Vec::new(); // every block of every group of this share
         for (g, kg) in kernels.iter().enumerate() {
             let columns = g * geo.group_outputs..(g + 1) * geo.group_outputs;
             let group_bias = bias_value.map(|b| b.slice_axis(Axis(0), columns.clone().into()));
             let group_bias =
                 group_bias.map(|b| b.into_dimensionality::<ndarray::Ix1>().expect("(O)"));
             let kg = gemm::matrix(kg);
-            let mut buffer = Vec::new();
             for rows in block_ranges(share.len(), block_rows(geo.patch_len())) {
                 let positions = share.start + rows.start..share.start + rows.end;
                 let p = geo.patches(xs, g, positions, &mut buffer);
