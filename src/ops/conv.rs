@@ -11,13 +11,15 @@
 //! is scattered back onto the input (col2im, adding where windows overlap). NHWC keeps each
 //! pixel's channels contiguous, so a patch row is built from `KH·KW` slice copies.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::sync::Arc;
 
-use ndarray::{Array2, ArrayD, ArrayView2, ArrayViewMut2, Axis, IxDyn, s};
+use ndarray::{Array2, ArrayD, ArrayView2, Axis, IxDyn, s};
 
 use crate::error::{Error, Result};
 use crate::float::Float;
+use crate::kernels::fused::column_sums;
 use crate::kernels::gemm;
 use crate::ops::window::{Padding, WindowAxis, require_nhwc, window_axes};
 use crate::shape::{standard_layout, standard_layout_shared};
@@ -77,44 +79,76 @@ impl Geometry {
         self.rows.window * self.cols.window * self.group_channels
     }
 
-    /// Calls `visit(patch row, window offset in the row, input offset, length)` for every
-    /// run of kernel taps of every output position that reads inside the input: offsets in
-    /// elements, for slices of `length` elements of group `g`. Along a window row the taps
-    /// that fall inside the input are consecutive; with one group and no dilation they are
-    /// also contiguous in the input (NHWC), so each window row is one slice copy.
+    /// Calls `visit(patch row, offset in the row, source, length)` for runs that cover each
+    /// element of the patch rows `rows` of group `g` once, in order: offsets in elements.
+    /// Along a window row the taps that fall inside the input are consecutive, with padding
+    /// before and after them; with one group and no dilation they are also contiguous in the
+    /// input (NHWC), so each window row is at most three runs: padding, one slice, padding.
     #[inline]
-    fn for_each_tap(
+    fn for_each_run(
         &self,
         g: usize,
         rows: Range<usize>,
-        mut visit: impl FnMut(usize, usize, usize, usize),
+        mut visit: impl FnMut(usize, usize, Source, usize),
     ) {
         let (w, c, cg) = (self.cols.input, self.channels, self.group_channels);
+        let (kh, kw) = (self.rows.window, self.cols.window);
+        let row_len = kw * cg;
         let contiguous = self.groups == 1 && self.cols.dilation == 1;
         self.for_each_position(rows, |at| {
-            if at.across.is_empty() {
-                return; // the window's columns are all padding
-            }
-            let left = self
-                .cols
-                .source(at.column, at.across.start)
-                .expect("inside");
-            for u in at.down.clone() {
-                let i = self.rows.source(at.row, u).expect("inside");
-                let pixel = |j: usize| ((at.image * self.rows.input + i) * w + j) * c + g * cg;
-                let tap = |v: usize| (u * self.cols.window + v) * cg;
-                if contiguous {
+            let across = at.across.clone();
+            let pixel =
+                |i: usize, j: usize| ((at.image * self.rows.input + i) * w + j) * c + g * cg;
+            if contiguous && at.down.len() == kh && across.len() == kw {
+                // The whole window inside the input (most positions): `kh` slices of a window
+                // row each, `dilation` input rows apart.
+                let top = self.rows.source(at.row, 0).expect("inside");
+                let left = self.cols.source(at.column, 0).expect("inside");
+                let (first, step) = (pixel(top, left), self.rows.dilation * w * c);
+                for u in 0..kh {
                     visit(
                         at.patch_row,
-                        tap(at.across.start),
-                        pixel(left),
-                        at.across.len() * cg,
+                        u * row_len,
+                        Source::Input(first + u * step),
+                        row_len,
+                    );
+                }
+                return;
+            }
+            for u in 0..kh {
+                let start = u * row_len;
+                if across.is_empty() || !at.down.contains(&u) {
+                    visit(at.patch_row, start, Source::Padding, row_len);
+                    continue;
+                }
+                if across.start > 0 {
+                    visit(at.patch_row, start, Source::Padding, across.start * cg);
+                }
+                let i = self.rows.source(at.row, u).expect("inside");
+                let input = |v: usize| {
+                    Source::Input(pixel(i, self.cols.source(at.column, v).expect("inside")))
+                };
+                if contiguous {
+                    let run = across.len() * cg;
+                    visit(
+                        at.patch_row,
+                        start + across.start * cg,
+                        input(across.start),
+                        run,
                     );
                 } else {
-                    for v in at.across.clone() {
-                        let j = self.cols.source(at.column, v).expect("inside");
-                        visit(at.patch_row, tap(v), pixel(j), cg);
+                    for v in across.clone() {
+                        visit(at.patch_row, start + v * cg, input(v), cg);
                     }
+                }
+                if across.end < kw {
+                    let after = (kw - across.end) * cg;
+                    visit(
+                        at.patch_row,
+                        start + across.end * cg,
+                        Source::Padding,
+                        after,
+                    );
                 }
             }
         });
@@ -154,9 +188,10 @@ impl Geometry {
         }
     }
 
-    /// The rows `rows` of group `g`'s patch matrix (im2col), built in `buffer` (grown if
-    /// need be, never shrunk: one buffer serves every block of a share). Only the rows whose
-    /// window reads padding are zeroed first; every other element is a copy of the input.
+    /// The rows `rows` of group `g`'s patch matrix (im2col), built in `buffer`'s allocation
+    /// (grown if need be: one buffer serves every block of a share). Every element is
+    /// written once, a copy of the input or a zero where the window reads padding, so the
+    /// buffer is never zeroed first.
     fn patches<'b, A: Float>(
         &self,
         x: &[A],
@@ -165,19 +200,19 @@ impl Geometry {
         buffer: &'b mut Vec<A>,
     ) -> ArrayView2<'b, A> {
         let (count, len) = (rows.len(), self.patch_len());
-        let fresh = buffer.is_empty(); // then all zeros once grown
-        let out = grown(buffer, count * len);
-        if !fresh {
-            self.for_each_position(rows.clone(), |at| {
-                if at.down.len() < self.rows.window || at.across.len() < self.cols.window {
-                    out[at.patch_row * len..(at.patch_row + 1) * len].fill(A::zero()); // padding
-                }
-            });
-        }
-        self.for_each_tap(g, rows, |row, tap, input, run| {
-            out[row * len + tap..row * len + tap + run].copy_from_slice(&x[input..input + run]);
+        buffer.clear();
+        buffer.reserve(count * len);
+        let out = &mut buffer.spare_capacity_mut()[..count * len];
+        self.for_each_run(g, rows, |row, at, source, run| {
+            let to = &mut out[row * len + at..row * len + at + run];
+            match source {
+                Source::Input(from) => copy_run(to, &x[from..from + run]),
+                Source::Padding => to.fill(MaybeUninit::new(A::zero())),
+            }
         });
-        ArrayView2::from_shape((count, len), out).expect("count · len elements")
+        // SAFETY: the runs of `for_each_run` cover each of the `count · len` elements.
+        unsafe { buffer.set_len(count * len) };
+        ArrayView2::from_shape((count, len), &buffer[..]).expect("count · len elements")
     }
 
     /// Adds the patch-shaped gradient `dp` of group `g` back onto the input's gradient
@@ -193,7 +228,10 @@ impl Geometry {
         offset: usize,
     ) {
         let len = self.patch_len();
-        self.for_each_tap(g, rows, |row, tap, input, run| {
+        self.for_each_run(g, rows, |row, tap, source, run| {
+            let Source::Input(input) = source else {
+                return; // the gradient of padding goes nowhere
+            };
             let from = &dp[row * len + tap..row * len + tap + run];
             for (d, &s) in dx[input - offset..input - offset + run]
                 .iter_mut()
@@ -217,13 +255,21 @@ struct Position<'a> {
     across: &'a Range<usize>,
 }
 
-/// The first `len` elements of `buffer`, grown with zeros if it is shorter. What they hold
-/// is left from earlier use: callers overwrite what they read.
-fn grown<A: Float>(buffer: &mut Vec<A>, len: usize) -> &mut [A] {
-    if buffer.len() < len {
-        buffer.resize(len, A::zero());
+/// What a run of a patch row holds ([`Geometry::for_each_run`]).
+#[derive(Clone, Copy)]
+enum Source {
+    /// The input's elements from this offset on.
+    Input(usize),
+    /// Zeros: the window reads padding there.
+    Padding,
+}
+
+/// Copies `from` into the uninitialised `to` (of the same length).
+#[inline(always)]
+fn copy_run<A: Copy>(to: &mut [MaybeUninit<A>], from: &[A]) {
+    for (to, &from) in to.iter_mut().zip(from) {
+        to.write(from);
     }
-    &mut buffer[..len]
 }
 
 /// The op's name on the tape, and in its errors.
@@ -352,7 +398,7 @@ fn convolve<A: Float>(
     );
     let kernels: Vec<Arc<ArrayD<A>>> = (0..geo.groups).map(|g| group_kernel(&k, &geo, g)).collect();
     let xs = input.as_slice().expect("standard layout");
-    let mut y = Array2::zeros((geo.positions(), outputs));
+    let mut y = Array2::uninit((geo.positions(), outputs));
     // Shares of output positions over the pool, each building its own blocks' patches and
     // multiplying them straight into its rows of `y`: the im2col runs on every thread too,
     // and a whole convolution is one hand-off, not one per block.
@@ -375,6 +421,9 @@ fn convolve<A: Float>(
             }
         }
     });
+    // SAFETY: the shares cover every row, and within a share the blocks every row and the
+    // groups every column; `product_into` writes each element of its target.
+    let y = unsafe { y.assume_init() };
     let out_shape = [geo.batch, geo.rows.output, geo.cols.output, outputs];
     let value = y
         .into_shape_with_order(IxDyn(&out_shape))
@@ -429,18 +478,13 @@ fn convolve<A: Float>(
                         let positions = share.start + rows.start..share.start + rows.end;
                         let dyb = dy.slice(s![positions.clone(), columns.clone()]);
                         if let Some(dx_part) = dx_part.as_deref_mut() {
-                            // Overwritten whole by the product: the buffer needs no zeroing.
-                            let dp = grown(&mut dp_buffer, positions.len() * geo.patch_len());
-                            let dp_view =
-                                ArrayViewMut2::from_shape((positions.len(), geo.patch_len()), dp)
-                                    .expect("rows · patch elements");
-                            gemm::product_into(path, dyb, kg.t(), gemm::Start::Empty, dp_view);
+                            let dp = gemm::product_in(path, dyb, kg.t(), &mut dp_buffer);
                             geo.scatter(dp, g, positions.clone(), dx_part, dx_offset);
                         }
                         if let Some(dk_part) = dk_part.as_mut() {
                             let p = geo.patches(xs, g, positions.clone(), &mut patch_buffer);
                             let target = dk_part.slice_mut(s![.., columns.clone()]);
-                            gemm::product_into(path, p.t(), dyb, gemm::Start::Current, target);
+                            gemm::product_add_into(path, p.t(), dyb, target);
                         }
                     }
                 }
@@ -466,7 +510,7 @@ fn convolve<A: Float>(
         let dbias = needs
             .get(2)
             .is_some_and(|&n| n)
-            .then(|| dy.sum_axis(Axis(0)).into_dyn());
+            .then(|| column_sums(dy).into_dyn());
         let mut grads = vec![
             dx.map(|d| ArrayD::from_shape_vec(x_shape.clone(), d).expect("the input's shape")),
             dk.map(|d| {

@@ -3,6 +3,8 @@
 //! Each output pixel reads the window's input pixels, all channels at once (NHWC keeps them
 //! contiguous), so the loops run along channels.
 
+use std::mem::MaybeUninit;
+
 use ndarray::{ArrayD, IxDyn};
 
 use crate::error::Result;
@@ -94,6 +96,50 @@ fn max_into<A: Float>(best: &mut [A], won: &mut [u32], row: &[A], index: u32) {
     }
 }
 
+/// Max pooling's VJP: the input's gradient, where each tap of each window takes the
+/// gradient of the channels it won. A select along the channels (vectorised) rather than a
+/// scatter to the winners; adding the zeros changes no sum, so the values are those of the
+/// scatter. `ONCE`: the windows tile the input ([`WindowAxis::tiles`]), so each element is
+/// written once, with no zeroing first and no read (`0 + g`, as the scatter would give).
+fn route_max_gradient<A: Float, const ONCE: bool>(
+    shape: &[usize],
+    axes: [WindowAxis; 2],
+    won: &[u32],
+    gs: &[A],
+) -> Vec<A> {
+    let (len, channels) = (shape.iter().product(), shape[3]);
+    let mut dx = Vec::with_capacity(len);
+    let dxs = &mut dx.spare_capacity_mut()[..len];
+    if !ONCE {
+        dxs.fill(MaybeUninit::new(A::zero()));
+    }
+    vectorized(
+        #[inline(always)]
+        || {
+            for_each_window(shape[0], axes, channels, |out, window| {
+                let (won, gs) = (&won[out..out + channels], &gs[out..out + channels]);
+                window.for_each_tap(|index, tap| {
+                    for ((d, &winner), &gradient) in
+                        dxs[tap..tap + channels].iter_mut().zip(won).zip(gs)
+                    {
+                        // SAFETY (the read): without `ONCE` every element was zeroed above.
+                        let before = if ONCE {
+                            A::zero()
+                        } else {
+                            unsafe { d.assume_init_read() }
+                        };
+                        d.write(before + if winner == index { gradient } else { A::zero() });
+                    }
+                });
+            });
+        },
+    );
+    // SAFETY: with `ONCE` each element lies in exactly one window and was written there;
+    // without, all were zeroed first.
+    unsafe { dx.set_len(len) };
+    dx
+}
+
 fn output_shape(shape: &[usize], [rows, cols]: [WindowAxis; 2]) -> Vec<usize> {
     vec![shape[0], rows.output, cols.output, shape[3]]
 }
@@ -164,27 +210,12 @@ impl<A: Float> Tensor<A> {
         Ok(record_one("max_pool", self, value, move |g| {
             let g = standard_layout(g);
             let gs = g.as_slice().expect("standard layout");
-            let mut dx = ArrayD::zeros(IxDyn(&shape));
-            let dxs = dx.as_slice_mut().expect("a new array is contiguous");
-            // Each tap of the window takes the gradient of the channels it won: a select
-            // along the channels (vectorised) rather than a scatter to the winners. Adding
-            // the zeros changes no sum, so the values are those of the scatter.
-            vectorized(
-                #[inline(always)]
-                || {
-                    for_each_window(shape[0], axes, channels, |out, window| {
-                        let (won, gs) = (&won[out..out + channels], &gs[out..out + channels]);
-                        window.for_each_tap(|index, tap| {
-                            for ((d, &winner), &gradient) in
-                                dxs[tap..tap + channels].iter_mut().zip(won).zip(gs)
-                            {
-                                *d += if winner == index { gradient } else { A::zero() };
-                            }
-                        });
-                    });
-                },
-            );
-            dx
+            let dx = if axes.iter().all(WindowAxis::tiles) {
+                route_max_gradient::<A, true>(&shape, axes, &won, gs)
+            } else {
+                route_max_gradient::<A, false>(&shape, axes, &won, gs)
+            };
+            ArrayD::from_shape_vec(IxDyn(&shape), dx).expect("the input's shape")
         }))
     }
 

@@ -42,6 +42,17 @@ impl WindowAxis {
             .filter(|&i| i < self.input)
     }
 
+    /// Whether every input position is read by exactly one (output, offset) pair, as with
+    /// windows side by side (stride = window, no dilation) whose run `[−pad_before, output ·
+    /// stride − pad_before)` reaches the input's end: what this checks. (Rarer tilings, as
+    /// one output, or dilated windows interleaved, answer `false`: the answer is safe, not
+    /// exact.)
+    pub(crate) fn tiles(&self) -> bool {
+        self.stride == self.window
+            && self.dilation == 1
+            && self.output * self.stride >= self.input + self.pad_before
+    }
+
     /// The window offsets `k` at which output `o` reads inside the input: one range, since
     /// the position read grows with `k` (empty for a window entirely in padding).
     #[inline]
@@ -144,6 +155,48 @@ mod tests {
         // Stride 1 keeps the size; 2-wide windows pad after.
         assert_eq!(axis(6, 3, 1, Padding::Same).output, 6);
         assert_eq!(axis(4, 2, 1, Padding::Same).pad_before, 0);
+    }
+
+    #[test]
+    fn tiles_exactly_when_each_input_position_is_read_once() {
+        for input in 1..9 {
+            for (k, s, d) in [
+                (1, 1, 1),
+                (2, 2, 1),
+                (3, 3, 1),
+                (2, 1, 1),
+                (2, 3, 1),
+                (2, 2, 2),
+                (1, 1, 2),
+            ] {
+                let paddings = [
+                    Padding::Same,
+                    Padding::Valid,
+                    Padding::Explicit([(1, 0); 2]),
+                ];
+                for padding in paddings {
+                    let Ok([a, _]) =
+                        window_axes("t", &[1, input, input, 1], [k, k], [s, s], [d, d], padding)
+                    else {
+                        continue;
+                    };
+                    let mut reads = vec![0; input];
+                    for o in 0..a.output {
+                        for k in 0..a.window {
+                            if let Some(i) = a.source(o, k) {
+                                reads[i] += 1;
+                            }
+                        }
+                    }
+                    let once = reads.iter().all(|&r| r == 1);
+                    if s == k && d == 1 {
+                        assert_eq!(a.tiles(), once, "{a:?}: reads {reads:?}");
+                    } else {
+                        assert!(!a.tiles() || once, "{a:?}: reads {reads:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

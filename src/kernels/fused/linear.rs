@@ -36,7 +36,7 @@ pub(crate) fn linear<A: Float>(x: &Tensor<A>, w: &Tensor<A>, b: &Tensor<A>) -> R
 }
 
 /// `Σ_rows g`, row by row along contiguous memory when `g` is in standard layout.
-fn column_sums<A: Float>(g: ArrayView2<'_, A>) -> Array1<A> {
+pub(crate) fn column_sums<A: Float>(g: ArrayView2<'_, A>) -> Array1<A> {
     let Some(values) = g.as_slice() else {
         return g.sum_axis(Axis(0));
     };

@@ -10,6 +10,7 @@
 
 mod backend;
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -58,18 +59,18 @@ impl Plan<'_> {
         bias: Option<ArrayView1<'_, A>>,
     ) -> Array2<A> {
         let (m, k, n) = (a.nrows(), a.ncols(), b.ncols());
-        let (mut out, write) = match bias {
+        let mut out = Vec::with_capacity(m * n);
+        let write = match bias {
             // The bias first, then the product accumulated onto it: no pass for `+ b`.
             Some(bias) => {
-                let mut out = Vec::with_capacity(m * n);
-                let bias = bias.to_vec();
-                for _ in 0..m {
-                    out.extend_from_slice(&bias);
-                }
-                (out, Write::Accumulate)
+                let spare =
+                    ArrayViewMut2::from_shape((m, n), &mut out.spare_capacity_mut()[..m * n])
+                        .expect("m · n elements");
+                write_rows(spare, bias);
+                Write::Accumulate
             }
             // Uninitialised: the product writes every element before anything reads one.
-            None => (Vec::with_capacity(m * n), Write::Overwrite),
+            None => Write::Overwrite,
         };
         let shares = self.shares(m, m * k * n);
         let start = |share: usize| share * m / shares;
@@ -135,46 +136,101 @@ fn with_plan<R>(f: impl FnOnce(Plan<'_>) -> R) -> R {
     })
 }
 
-/// What a product into a view starts from.
+/// What a product into a fresh (uninitialised) output starts from.
+#[derive(Clone, Copy)]
 pub(crate) enum Start<'a, A> {
-    /// Nothing: the view is overwritten with `a · b`.
+    /// Nothing: the output is `a · b`.
     Empty,
-    /// A bias on every row: the view becomes `bias + a · b`.
+    /// A bias on every row: the output is `bias + a · b`.
     Bias(ArrayView1<'a, A>),
-    /// The view's own values: `a · b` is added to them.
-    Current,
 }
 
-/// `out = start + a · b` on the calling thread, into a view with unit column stride (rows or
-/// columns of a larger output, say): for callers that split their work over the pool
-/// themselves ([`in_shares`]), on the kernel path they were given.
+/// Writes `bias` into every row of `out`.
+fn write_rows<A: Float>(mut out: ArrayViewMut2<'_, MaybeUninit<A>>, bias: ArrayView1<'_, A>) {
+    let bias = bias.to_vec();
+    let write = |(element, &b): (&mut MaybeUninit<A>, &A)| {
+        element.write(b);
+    };
+    for mut row in out.rows_mut() {
+        // A contiguous row (as every caller's is) as a slice: one vectorised copy, not an
+        // element-wise walk of ndarray's iterator.
+        match row.as_slice_mut() {
+            Some(row) => row.iter_mut().zip(&bias).for_each(write),
+            None => row.iter_mut().zip(&bias).for_each(write),
+        }
+    }
+}
+
+/// The pointer and row stride of a view with unit column stride (rows or columns of a
+/// larger output, say).
+fn out_of<T, A>(out: &mut ArrayViewMut2<'_, T>) -> backend::Out<A> {
+    // (An empty view may have any strides: ndarray gives zeros.)
+    assert!(
+        out.is_empty() || out.ncols() < 2 || out.strides()[1] == 1,
+        "rows of unit column stride"
+    );
+    backend::Out {
+        start: out.as_mut_ptr().cast(),
+        row_stride: out.strides()[0],
+    }
+}
+
+/// `out = start + a · b` on the calling thread, into a view that may be uninitialised
+/// (every element is written, none read): for callers that split their work over the pool
+/// themselves ([`in_shares`]), on the kernel path they were given. Afterwards every
+/// element of `out` is initialised.
 pub(crate) fn product_into<A: Float>(
     path: KernelPath,
     a: ArrayView2<'_, A>,
     b: ArrayView2<'_, A>,
     start: Start<'_, A>,
-    mut out: ArrayViewMut2<'_, A>,
+    mut out: ArrayViewMut2<'_, MaybeUninit<A>>,
 ) {
     assert_eq!(out.dim(), (a.nrows(), b.ncols()), "callers check shapes");
-    assert!(
-        out.ncols() < 2 || out.strides()[1] == 1,
-        "rows of unit column stride"
-    );
     let write = match start {
         Start::Empty => Write::Overwrite,
         Start::Bias(bias) => {
-            let rows = bias.broadcast(out.dim()).expect("a row per output row");
-            out.assign(&rows);
+            write_rows(out.view_mut(), bias);
             Write::Accumulate
         }
-        Start::Current => Write::Accumulate,
     };
-    let out = backend::Out {
-        start: out.as_mut_ptr(),
-        row_stride: out.strides()[0],
-    };
-    // SAFETY: the view is valid, initialised and ours for the whole call.
+    let out = out_of(&mut out);
+    // SAFETY: the view is valid and ours for the whole call; with a bias every element was
+    // written above, and without, `Overwrite` reads none.
     unsafe { backend::multiply(path, a, b, out, write) }
+}
+
+/// `out += a · b` on the calling thread, as [`product_into`] but onto `out`'s values.
+pub(crate) fn product_add_into<A: Float>(
+    path: KernelPath,
+    a: ArrayView2<'_, A>,
+    b: ArrayView2<'_, A>,
+    mut out: ArrayViewMut2<'_, A>,
+) {
+    assert_eq!(out.dim(), (a.nrows(), b.ncols()), "callers check shapes");
+    let out = out_of(&mut out);
+    // SAFETY: the view is valid, initialised and ours for the whole call.
+    unsafe { backend::multiply(path, a, b, out, Write::Accumulate) }
+}
+
+/// `a · b` on the calling thread into `buffer`'s allocation (grown if need be; what it held
+/// is dropped), returned as its row-major `(m, n)` elements: scratch products reused block
+/// after block, with no zeroing.
+pub(crate) fn product_in<'b, A: Float>(
+    path: KernelPath,
+    a: ArrayView2<'_, A>,
+    b: ArrayView2<'_, A>,
+    buffer: &'b mut Vec<A>,
+) -> &'b [A] {
+    let (m, n) = (a.nrows(), b.ncols());
+    buffer.clear();
+    buffer.reserve(m * n);
+    let out = ArrayViewMut2::from_shape((m, n), &mut buffer.spare_capacity_mut()[..m * n])
+        .expect("m · n elements");
+    product_into(path, a, b, Start::Empty, out);
+    // SAFETY: `product_into` wrote each of the `m · n` elements.
+    unsafe { buffer.set_len(m * n) };
+    buffer
 }
 
 /// Cuts `0..units` into shares worth a thread each (for `multiply_adds` of work in all),
@@ -196,10 +252,10 @@ pub(crate) fn in_shares<T: Send>(
 }
 
 /// [`in_shares`] over the rows of `out`: each share gets its row range and those rows.
-pub(crate) fn by_row_shares<A: Float>(
-    out: ArrayViewMut2<'_, A>,
+pub(crate) fn by_row_shares<T: Send>(
+    out: ArrayViewMut2<'_, T>,
     multiply_adds: usize,
-    share: impl Fn(KernelPath, Range<usize>, ArrayViewMut2<'_, A>) + Sync,
+    share: impl Fn(KernelPath, Range<usize>, ArrayViewMut2<'_, T>) + Sync,
 ) {
     let rows = out.nrows();
     let items = |ranges: &[Range<usize>]| {
@@ -325,6 +381,37 @@ mod tests {
                 assert_eq!((got_da.is_some(), got_db.is_some()), wanted);
                 assert!(got_da.is_none_or(|d| close(&d, &da)));
                 assert!(got_db.is_none_or(|d| close(&d, &db)));
+            }
+        }
+    }
+
+    #[test]
+    fn products_into_scratch_write_every_element_and_read_none() {
+        for (m, k, n) in SHAPES {
+            let (a, b, bias) = (
+                filled(&[m, k], 1.0),
+                filled(&[k, n], 2.0),
+                filled(&[n], 3.0),
+            );
+            let (a, b) = (matrix(&a), matrix(&b));
+            let bias = bias.view().into_shape_with_order(n).unwrap();
+            let expected = a.dot(&b);
+            // A used buffer full of NaN: any element read or left unwritten shows.
+            let mut buffer = vec![f64::NAN; m * n + 7];
+            let got = product_in(KernelPath::Portable, a, b, &mut buffer);
+            let got = Array2::from_shape_vec((m, n), got.to_vec()).unwrap();
+            assert!(close(&got, &expected));
+            for start in [Start::Empty, Start::Bias(bias)] {
+                let mut out = Array2::from_elem((m, n), MaybeUninit::new(f64::NAN));
+                product_into(KernelPath::Portable, a, b, start, out.view_mut());
+                // SAFETY: initialised (with NaN) from the start.
+                let out = unsafe { out.assume_init() };
+                let plus = if matches!(start, Start::Bias(_)) {
+                    1.0
+                } else {
+                    0.0
+                };
+                assert!(close(&out, &(&expected + &(bias.to_owned() * plus))));
             }
         }
     }
