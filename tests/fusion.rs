@@ -63,8 +63,21 @@ fn fused_equals_definition(
     params: &Params<f64>,
     f: &Computation<'_>,
 ) -> std::result::Result<(), TestCaseError> {
-    let fused = outcome(Fusion::On, params, f);
-    let definition = outcome(Fusion::Off, params, f);
+    outcomes_agree(
+        &outcome(Fusion::On, params, f),
+        &outcome(Fusion::Off, params, f),
+    )?;
+    for fusion in [Fusion::On, Fusion::Off] {
+        let report = fusion
+            .run(|| check_grads(params, |p| Ok(f(p)?.0), &GradCheckOptions::default()))
+            .unwrap();
+        prop_assert!(report.passed(), "{fusion:?}: {report}");
+    }
+    Ok(())
+}
+
+/// The fused outcome's values, gradients and statistics agree with the definition's.
+fn outcomes_agree(fused: &Outcome, definition: &Outcome) -> std::result::Result<(), TestCaseError> {
     prop_assert!(
         close(
             &fused.output,
@@ -96,12 +109,6 @@ fn fused_equals_definition(
                 );
             }
         }
-    }
-    for fusion in [Fusion::On, Fusion::Off] {
-        let report = fusion
-            .run(|| check_grads(params, |p| Ok(f(p)?.0), &GradCheckOptions::default()))
-            .unwrap();
-        prop_assert!(report.passed(), "{fusion:?}: {report}");
     }
     Ok(())
 }
@@ -293,4 +300,51 @@ fn sequential_runs_batch_norm_then_relu_in_one_node() {
     assert!(fused_ops.contains(&"batch_norm_relu"), "{fused_ops:?}");
     assert!(composite_ops.contains(&"relu") && !composite_ops.contains(&"batch_norm_relu"));
     assert!(close(&fused, &composite, scale([&composite])));
+}
+
+/// BatchNorm, alone and followed by a ReLU, on a batch of several chunks (its sums and passes
+/// are split over the threads in chunks of 2^16 elements: `kernels/chunks.rs`): the fused
+/// node against the composite, values, gradients and statistics, as for the small batches
+/// of the property tests (which are one chunk each). No finite differences at this size.
+#[test]
+fn batch_norm_on_a_batch_of_several_chunks_fused_equals_the_composite() {
+    use tapegrad::nn::{Activation, Sequential};
+    let (shape, features) = (vec![8, 32, 32, 24], 24); // 196,608 elements: 4 chunks
+    let x = ArrayD::from_shape_fn(shape, |i| {
+        let k = ((i[0] * 32 + i[1]) * 32 + i[2]) * 24 + i[3];
+        3.0 * (i[3] as f64) + (k as f64 * 0.61).sin()
+    });
+    let scale: Vec<f64> = (0..features).map(|j| 1.0 + 0.1 * j as f64).collect();
+    let bias: Vec<f64> = (0..features).map(|j| 0.3 - 0.05 * j as f64).collect();
+    let params = params_of(vec![
+        ("x", x),
+        (
+            "BatchNorm_0/scale",
+            ArrayD::from_shape_vec(vec![features], scale).unwrap(),
+        ),
+        (
+            "BatchNorm_0/bias",
+            ArrayD::from_shape_vec(vec![features], bias).unwrap(),
+        ),
+    ]);
+    let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
+    for relu in [false, true] {
+        let mut model = Sequential::new().push(BatchNorm::new().momentum(0.8));
+        if relu {
+            model = model.push(Activation::Relu);
+        }
+        let f = |p: &ParamTensors<f64>| {
+            let x = p.get("x")?;
+            let variables = model.init(0, &x.detach())?;
+            let (y, updates) = model.apply_tracked(p, &variables, x, &train)?;
+            Ok((y, Some(updates)))
+        };
+        let (fused, definition) = (
+            outcome(Fusion::On, &params, &f),
+            outcome(Fusion::Off, &params, &f),
+        );
+        if let Err(failure) = outcomes_agree(&fused, &definition) {
+            panic!("relu {relu}: {failure}");
+        }
+    }
 }

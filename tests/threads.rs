@@ -9,7 +9,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ndarray::ArrayD;
-use tapegrad::{ConvOptions, Tape, runtime};
+use tapegrad::nn::{Activation, BatchNorm, Sequential};
+use tapegrad::{
+    ApplyOptions, ConvOptions, ModuleExt, Mutable, ParamTensors, Tape, Tensor, runtime,
+};
 
 /// The threads of this process (Linux), or `None` where `/proc` does not tell.
 fn threads_of_this_process() -> Option<usize> {
@@ -54,6 +57,39 @@ fn large_convolution() -> [ArrayD<f64>; 4] {
     let grads = y.backward_with(weights).unwrap();
     let grad = |t| grads.get(t).unwrap().clone();
     [y.value().clone(), grad(&tx), grad(&tk), grad(&tb)]
+}
+
+/// BatchNorm then ReLU in training mode on a batch of several chunks (its sums and passes
+/// split over threads: `kernels/chunks.rs`): the output, the new statistics and the
+/// gradients of the input, scale and bias.
+fn large_batch_norm() -> Vec<ArrayD<f64>> {
+    let x = ArrayD::from_shape_fn(vec![6, 30, 30, 32], |i| {
+        ((i[0] * 5 + i[1] * 3 + i[2] * 7 + i[3]) as f64 * 0.13).sin() + i[3] as f64
+    });
+    let model = Sequential::new()
+        .push(BatchNorm::new())
+        .push(Activation::Relu);
+    let variables = model.init(0, &Tensor::constant(x.clone())).unwrap();
+    let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
+    let tape = Tape::new();
+    let params = ParamTensors::leaves(variables.params(), &tape);
+    let input = tape.leaf("x", x);
+    let (y, updates) = model
+        .apply_tracked(&params, &variables, &input, &train)
+        .unwrap();
+    let weights = ArrayD::from_shape_fn(y.shape().to_vec(), |i| (i[3] as f64 * 0.7).cos());
+    let grads = y.backward_with(weights).unwrap();
+    let mut results = vec![y.value().clone(), grads.get(&input).unwrap().clone()];
+    for path in ["BatchNorm_0/scale", "BatchNorm_0/bias"] {
+        results.push(grads.get(params.get(path).unwrap()).unwrap().clone());
+    }
+    for stat in [
+        "batch_stats/BatchNorm_0/mean",
+        "batch_stats/BatchNorm_0/var",
+    ] {
+        results.push(updates.get(stat).unwrap().clone());
+    }
+    results
 }
 
 /// Agreement of two results to 1e-12 relative to their largest magnitude.
@@ -110,6 +146,7 @@ fn the_thread_count_is_obeyed_and_one_thread_spawns_none() {
     let before = threads_of_this_process();
     let single = large_product();
     let single_convolution = large_convolution();
+    let single_batch_norm = large_batch_norm();
     assert_eq!(
         threads_of_this_process(),
         before,
@@ -122,6 +159,7 @@ fn the_thread_count_is_obeyed_and_one_thread_spawns_none() {
     assert_eq!(runtime::num_threads(), 2);
     let double = large_product();
     let double_convolution = large_convolution();
+    let double_batch_norm = large_batch_norm();
     if let Some(before) = before {
         assert_eq!(
             threads_of_this_process(),
@@ -133,6 +171,11 @@ fn the_thread_count_is_obeyed_and_one_thread_spawns_none() {
     assert!(
         agree(&single_convolution, &double_convolution),
         "conv2d: one thread against two"
+    );
+    // BatchNorm's chunks are the same whatever the thread count: the same bits.
+    assert_eq!(
+        single_batch_norm, double_batch_norm,
+        "BatchNorm: one thread against two"
     );
 
     // Back to one: the pool's worker exits (rayon ends its threads when the pool is dropped,

@@ -12,12 +12,15 @@
 //! * [`gemm`]: the matrix products of `matmul`, the fused `linear` and the convolutions, by
 //!   the library of the [kernel path](crate::runtime::KernelPath), split over threads when
 //!   large (tested against ndarray's plain `dot`).
+//! * [`chunks`]: BatchNorm's passes over a large batch, in chunks of a fixed size over the
+//!   same threads (the same sums whatever the thread count).
 //! * [`pool`]: the threads those products use ([`crate::runtime::set_num_threads`]).
 //! * [`simd`]: hot loops compiled again for AVX2 and for AVX-512 and chosen at run time (the
 //!   same values on every path).
 //!
 //! Why each is written the way it is, with the measurements, is in `docs/performance.md`.
 
+pub(crate) mod chunks;
 pub(crate) mod fused;
 pub(crate) mod gemm;
 pub(crate) mod pool;

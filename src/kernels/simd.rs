@@ -16,13 +16,22 @@ use crate::runtime::KernelPath;
 /// `#[inline(always)]` so they are compiled into each copy.
 #[inline]
 pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    vectorized_on(KernelPath::current(), f)
+}
+
+/// [`vectorized`] on a path read elsewhere: on a pool's worker, the caller's path (a
+/// [`KernelPath::run`] cap is the caller thread's). Never above what the CPU has.
+#[inline]
+pub(crate) fn vectorized_on<R>(path: KernelPath, f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
-    match KernelPath::current() {
-        // SAFETY: a path is in force only if the CPU has its features (`KernelPath::detected`).
+    match path.min(KernelPath::detected()) {
+        // SAFETY: the CPU has the path's features (`KernelPath::detected`).
         KernelPath::Avx512 => return unsafe { with_avx512(f) },
         KernelPath::Avx2 => return unsafe { with_avx2(f) },
         KernelPath::Portable => {}
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = path;
     f()
 }
 

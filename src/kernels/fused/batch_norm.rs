@@ -21,6 +21,7 @@
 //! writes `dx` into the incoming gradient's buffer. Forward makes one new array and three
 //! passes, backward none and two. (Measurements: docs/performance.md.)
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use ndarray::{Array1, ArrayD};
@@ -28,7 +29,7 @@ use ndarray::{Array1, ArrayD};
 use super::rows;
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::kernels::simd;
+use crate::kernels::{chunks, simd};
 use crate::shape::{standard_layout, standard_layout_shared};
 use crate::tensor::{Tensor, record};
 
@@ -82,16 +83,10 @@ pub(crate) fn batch_norm_train<A: Float>(
     let gamma = scale_value.as_slice().expect("standard layout");
     let beta = bias_value.as_slice().expect("standard layout");
 
-    let (mean, var) = simd::vectorized(
-        #[inline(always)]
-        || batch_statistics(xs, features),
-    );
+    let (mean, var) = batch_statistics(xs, features);
     let inv_std: Vec<A> = var.iter().map(|&v| (v + epsilon).sqrt().recip()).collect();
     let slope: Vec<A> = gamma.iter().zip(&inv_std).map(|(&g, &s)| g * s).collect();
-    let y = simd::vectorized(
-        #[inline(always)]
-        || normalize(xs, features, [&mean, &slope, beta], epilogue),
-    );
+    let y = normalize(xs, features, [&mean, &slope, beta], epilogue);
     let output =
         Arc::new(ArrayD::from_shape_vec(x.shape(), y).expect("one output per input element"));
 
@@ -111,10 +106,7 @@ pub(crate) fn batch_norm_train<A: Float>(
             .as_deref()
             .map(|y| y.as_slice().expect("standard layout"));
         let gs = g.as_slice_mut().expect("standard layout");
-        let [sum_g, sum_g_xhat, sum_xhat] = simd::vectorized(
-            #[inline(always)]
-            || backward_sums(gs, ys, xs, features, [&mean, &inv_std]),
-        );
+        let [sum_g, sum_g_xhat, sum_xhat] = backward_sums(gs, ys, xs, features, [&mean, &inv_std]);
         let dx = if needs[0] {
             let coefficient: Vec<A> = slope.iter().map(|&a| a / count).collect();
             let xhat_mean: Vec<A> = sum_xhat.iter().map(|&s| s / count).collect();
@@ -125,10 +117,7 @@ pub(crate) fn batch_norm_train<A: Float>(
                 xhat_mean: &xhat_mean,
             };
             let per_feature = [&mean[..], &inv_std, &coefficient];
-            simd::vectorized(
-                #[inline(always)]
-                || input_gradient(gs, ys, xs, features, per_feature, &sums),
-            );
+            input_gradient(gs, ys, xs, features, per_feature, &sums);
             Some(g) // dx, written over the incoming gradient
         } else {
             None
@@ -142,26 +131,63 @@ pub(crate) fn batch_norm_train<A: Float>(
     Ok((tensor, statistics))
 }
 
-/// The batch mean and biased variance of each feature (column) of `xs`, rows of `features`.
-/// Two passes: the one-pass `E[x²] − E[x]²` loses digits when `|μ| ≫ σ`.
-#[inline(always)]
+/// The rows of chunk `rows` of `values`, rows of `features` elements.
+fn rows_of<A>(values: &[A], rows: Range<usize>, features: usize) -> &[A] {
+    &values[rows.start * features..rows.end * features]
+}
+
+/// The per-feature sums of the chunks, added in chunk order.
+fn add_parts<A: Float, const K: usize>(parts: Vec<[Vec<A>; K]>) -> [Vec<A>; K] {
+    let mut parts = parts.into_iter();
+    let mut total = parts.next().expect("at least one chunk");
+    for part in parts {
+        for (total, part) in total.iter_mut().zip(part) {
+            rows::add(total, &part);
+        }
+    }
+    total
+}
+
+/// The batch mean and biased variance of each feature (column) of `xs`, rows of `features`,
+/// each summed by chunks over the pool ([`chunks`]). Two passes: the one-pass
+/// `E[x²] − E[x]²` loses digits when `|μ| ≫ σ`.
 fn batch_statistics<A: Float>(xs: &[A], features: usize) -> (Vec<A>, Vec<A>) {
-    let count = A::of((xs.len() / features) as f64);
-    let mut mean = vec![A::zero(); features];
-    for row in xs.chunks_exact(features) {
-        rows::add(&mut mean, row);
-    }
+    let rows = xs.len() / features;
+    let count = A::of(rows as f64);
+    let sums = chunks::map_chunks(rows, features, |path, chunk| {
+        simd::vectorized_on(
+            path,
+            #[inline(always)]
+            || {
+                let mut sum = vec![A::zero(); features];
+                for row in rows_of(xs, chunk, features).chunks_exact(features) {
+                    rows::add(&mut sum, row);
+                }
+                [sum]
+            },
+        )
+    });
+    let [mut mean] = add_parts(sums);
     mean.iter_mut().for_each(|m| *m /= count);
-    let mut var = vec![A::zero(); features];
-    for row in xs.chunks_exact(features) {
-        rows::add_squared_deviation(&mut var, row, &mean);
-    }
+    let squares = chunks::map_chunks(rows, features, |path, chunk| {
+        simd::vectorized_on(
+            path,
+            #[inline(always)]
+            || {
+                let mut sum = vec![A::zero(); features];
+                for row in rows_of(xs, chunk, features).chunks_exact(features) {
+                    rows::add_squared_deviation(&mut sum, row, &mean);
+                }
+                [sum]
+            },
+        )
+    });
+    let [mut var] = add_parts(squares);
     var.iter_mut().for_each(|v| *v /= count);
     (mean, var)
 }
 
-/// `y = (x − μ) · slope + β` row by row, then ReLU if asked.
-#[inline(always)]
+/// `y = (x − μ) · slope + β` row by row, then ReLU if asked, by chunks over the pool.
 fn normalize<A: Float>(
     xs: &[A],
     features: usize,
@@ -169,10 +195,63 @@ fn normalize<A: Float>(
     epilogue: Epilogue,
 ) -> Vec<A> {
     let mut y = Vec::with_capacity(xs.len());
-    for x_row in xs.chunks_exact(features) {
-        rows::extend_affine(&mut y, x_row, per_feature, epilogue == Epilogue::Relu);
-    }
+    let relu = epilogue == Epilogue::Relu;
+    chunks::for_each_chunk_mut(
+        &mut y.spare_capacity_mut()[..xs.len()],
+        features,
+        |path, chunk, out| {
+            simd::vectorized_on(
+                path,
+                #[inline(always)]
+                || {
+                    let x_rows = rows_of(xs, chunk, features).chunks_exact(features);
+                    for (out_row, x_row) in out.chunks_exact_mut(features).zip(x_rows) {
+                        rows::write_affine(out_row, x_row, per_feature, relu);
+                    }
+                },
+            );
+        },
+    );
+    // SAFETY: the chunks cover the rows, and each row's elements were written above.
+    unsafe { y.set_len(xs.len()) };
     y
+}
+
+/// `Σg'`, `Σ g' x̂` and `Σx̂` per feature, `g'` the gradient through the ReLU whose output is
+/// `ys`; by chunks over the pool.
+fn backward_sums<A: Float>(
+    gs: &[A],
+    ys: Option<&[A]>,
+    xs: &[A],
+    features: usize,
+    per_feature: [&[A]; 2],
+) -> [Vec<A>; 3] {
+    let parts = chunks::map_chunks(xs.len() / features, features, |path, chunk| {
+        simd::vectorized_on(
+            path,
+            #[inline(always)]
+            || {
+                let mut sums = [(); 3].map(|()| vec![A::zero(); features]);
+                let (g_rows, x_rows) = (
+                    rows_of(gs, chunk.clone(), features).chunks_exact(features),
+                    rows_of(xs, chunk.clone(), features).chunks_exact(features),
+                );
+                let ys = ys.map(|ys| rows_of(ys, chunk, features));
+                for (i, (g_row, x_row)) in g_rows.zip(x_rows).enumerate() {
+                    let [sum_g, sum_g_xhat, sum_xhat] = &mut sums;
+                    rows::add_backward_sums(
+                        [sum_g, sum_g_xhat, sum_xhat],
+                        g_row,
+                        output_row(ys, i, features),
+                        x_row,
+                        per_feature,
+                    );
+                }
+                sums
+            },
+        )
+    });
+    add_parts(parts)
 }
 
 /// Row `i` of the ReLU's output, if the node has one.
@@ -181,33 +260,8 @@ fn output_row<A>(ys: Option<&[A]>, i: usize, features: usize) -> Option<&[A]> {
     ys.map(|ys| &ys[i * features..(i + 1) * features])
 }
 
-/// `Σg'`, `Σ g' x̂` and `Σx̂` per feature, `g'` the gradient through the ReLU whose output is
-/// `ys`.
-#[inline(always)]
-fn backward_sums<A: Float>(
-    gs: &[A],
-    ys: Option<&[A]>,
-    xs: &[A],
-    features: usize,
-    per_feature: [&[A]; 2],
-) -> [Vec<A>; 3] {
-    let [mut sum_g, mut sum_g_xhat, mut sum_xhat] = [(); 3].map(|()| vec![A::zero(); features]);
-    let row_pairs = gs.chunks_exact(features).zip(xs.chunks_exact(features));
-    for (i, (g_row, x_row)) in row_pairs.enumerate() {
-        let y_row = output_row(ys, i, features);
-        rows::add_backward_sums(
-            [&mut sum_g, &mut sum_g_xhat, &mut sum_xhat],
-            g_row,
-            y_row,
-            x_row,
-            per_feature,
-        );
-    }
-    [sum_g, sum_g_xhat, sum_xhat]
-}
-
-/// `dx` over `g`, row by row; `per_feature` is `[μ, 1/√(σ²+ε), γ/(N√(σ²+ε))]`.
-#[inline(always)]
+/// `dx` over `g`, row by row, by chunks over the pool; `per_feature` is
+/// `[μ, 1/√(σ²+ε), γ/(N√(σ²+ε))]`.
 fn input_gradient<A: Float>(
     gs: &mut [A],
     ys: Option<&[A]>,
@@ -216,11 +270,21 @@ fn input_gradient<A: Float>(
     per_feature: [&[A]; 3],
     sums: &rows::Sums<'_, A>,
 ) {
-    let row_pairs = gs.chunks_exact_mut(features).zip(xs.chunks_exact(features));
-    for (i, (g_row, x_row)) in row_pairs.enumerate() {
-        let y_row = output_row(ys, i, features);
-        rows::input_gradient(g_row, y_row, x_row, per_feature, sums);
-    }
+    chunks::for_each_chunk_mut(gs, features, |path, chunk, g_part| {
+        simd::vectorized_on(
+            path,
+            #[inline(always)]
+            || {
+                let x_rows = rows_of(xs, chunk.clone(), features).chunks_exact(features);
+                let ys = ys.map(|ys| rows_of(ys, chunk, features));
+                let row_pairs = g_part.chunks_exact_mut(features).zip(x_rows);
+                for (i, (g_row, x_row)) in row_pairs.enumerate() {
+                    let y_row = output_row(ys, i, features);
+                    rows::input_gradient(g_row, y_row, x_row, per_feature, sums);
+                }
+            },
+        );
+    });
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 //! callers running them inside [`vectorized`](crate::kernels::simd::vectorized) get the AVX2
 //! copy.
 
+use std::mem::MaybeUninit;
+
 use crate::float::Float;
 
 /// `sums += row`.
@@ -27,25 +29,32 @@ pub(crate) fn add_squared_deviation<A: Float>(sums: &mut [A], row: &[A], mean: &
     }
 }
 
-/// Appends `(row − mean) · slope + offset` to `out`, through `max(·, 0)` if `relu`.
+/// Writes `(row − mean) · slope + offset` into the uninitialised `out`, through `max(·, 0)`
+/// if `relu`.
 ///
 /// ReLU is applied to the value before its one store: as a pass of its own over the output
 /// (`y = if y > 0 { y } else { 0 }`), LLVM compiles it to a masked store of the zeros
 /// (`vmaskmovps`), which some CPUs run in microcode (docs/performance.md has the cost).
-/// Appending, rather than zero-filling a buffer and overwriting it, writes each output once.
+/// Writing into uninitialised memory, rather than zero-filling a buffer and overwriting it,
+/// writes each output once.
 #[inline(always)]
-pub(crate) fn extend_affine<A: Float>(
-    out: &mut Vec<A>,
+pub(crate) fn write_affine<A: Float>(
+    out: &mut [MaybeUninit<A>],
     row: &[A],
     [mean, slope, offset]: [&[A]; 3],
     relu: bool,
 ) {
-    let values = row.iter().zip(mean).zip(slope).zip(offset);
-    let affine = values.map(|(((&x, &m), &s), &b)| (x - m) * s + b);
+    let n = out.len();
+    let (row, mean, slope, offset) = (&row[..n], &mean[..n], &slope[..n], &offset[..n]);
+    let affine = |j: usize| (row[j] - mean[j]) * slope[j] + offset[j];
     if relu {
-        out.extend(affine.map(positive_part));
+        for (j, out) in out.iter_mut().enumerate() {
+            out.write(positive_part(affine(j)));
+        }
     } else {
-        out.extend(affine);
+        for (j, out) in out.iter_mut().enumerate() {
+            out.write(affine(j));
+        }
     }
 }
 
