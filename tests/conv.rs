@@ -1,7 +1,7 @@
 //! Convolution and pooling against their definitions written as direct loops (the six-deep
 //! sum the im2col lowering replaces), and their bad input.
 
-use ndarray::{ArrayD, IxDyn};
+use ndarray::{ArrayD, Axis, IxDyn};
 use proptest::prelude::*;
 use tapegrad::testing::arrays;
 use tapegrad::{ConvOptions, Error, Padding, Tensor};
@@ -419,5 +419,48 @@ proptest! {
             |logits| tapegrad::softmax_cross_entropy(logits, &labels), &GradCheckOptions::default())?;
         prop_assert!(report.passed(), "{report}");
         prop_assert_eq!(report.held_fixed, vec![("batch_stats".to_string(), true)]);
+    }
+}
+
+/// Max pooling of a batch large enough to run in several chunks over the threads
+/// (`kernels/chunks.rs`: 2^16 elements, here 2 images a chunk) gives, image by image, what
+/// pooling that image alone gives (one chunk, checked against the definition above): values
+/// and input gradients, exactly, with tiling windows and with overlapping ones.
+#[test]
+fn max_pool_of_a_batch_in_several_chunks_equals_each_image_pooled_alone() {
+    let shape = [7, 30, 30, 32];
+    let x = ArrayD::from_shape_fn(IxDyn(&shape), |i| {
+        (((i[0] * 31 + i[1]) * 37 + i[2] * 11 + i[3]) as f64 * 0.29).sin()
+    });
+    for (window, stride, padding) in [([2, 2], 2, Padding::Valid), ([3, 3], 2, Padding::Same)] {
+        let pool = |x: ArrayD<f64>| {
+            let tape = tapegrad::Tape::<f64>::new();
+            let leaf = tape.leaf("x", x);
+            let y = leaf.max_pool(window, [stride, stride], padding).unwrap();
+            let weights = ArrayD::from_shape_fn(y.shape(), |i| 1.0 + (i[1] + 2 * i[3]) as f64);
+            let dx = y
+                .backward_with(weights)
+                .unwrap()
+                .get(&leaf)
+                .unwrap()
+                .clone();
+            (y.value().clone(), dx)
+        };
+        let (y, dx) = pool(x.clone());
+        for n in 0..shape[0] {
+            let image = x.slice_axis(Axis(0), (n..n + 1).into()).to_owned();
+            let (y_alone, dx_alone) = pool(image);
+            let at = |a: &ArrayD<f64>| a.slice_axis(Axis(0), (n..n + 1).into()).to_owned();
+            assert_eq!(
+                at(&y),
+                y_alone,
+                "{window:?} {padding:?}: image {n}'s values"
+            );
+            assert_eq!(
+                at(&dx),
+                dx_alone,
+                "{window:?} {padding:?}: image {n}'s gradient"
+            );
+        }
     }
 }

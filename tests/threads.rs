@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ndarray::ArrayD;
-use tapegrad::nn::{Activation, BatchNorm, Sequential};
+use tapegrad::nn::{Activation, BatchNorm, Pool, Sequential};
 use tapegrad::{
     ApplyOptions, ConvOptions, ModuleExt, Mutable, ParamTensors, Tape, Tensor, runtime,
 };
@@ -59,8 +59,8 @@ fn large_convolution() -> [ArrayD<f64>; 4] {
     [y.value().clone(), grad(&tx), grad(&tk), grad(&tb)]
 }
 
-/// BatchNorm then ReLU in training mode on a batch of several chunks (its sums and passes
-/// split over threads: `kernels/chunks.rs`): the output, the new statistics and the
+/// BatchNorm, ReLU and 2×2 max pooling in training mode on a batch of several chunks (their
+/// passes split over threads: `kernels/chunks.rs`): the output, the new statistics and the
 /// gradients of the input, scale and bias.
 fn large_batch_norm() -> Vec<ArrayD<f64>> {
     let x = ArrayD::from_shape_fn(vec![6, 30, 30, 32], |i| {
@@ -68,7 +68,8 @@ fn large_batch_norm() -> Vec<ArrayD<f64>> {
     });
     let model = Sequential::new()
         .push(BatchNorm::new())
-        .push(Activation::Relu);
+        .push(Activation::Relu)
+        .push(Pool::max([2, 2]));
     let variables = model.init(0, &Tensor::constant(x.clone())).unwrap();
     let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
     let tape = Tape::new();
@@ -172,10 +173,10 @@ fn the_thread_count_is_obeyed_and_one_thread_spawns_none() {
         agree(&single_convolution, &double_convolution),
         "conv2d: one thread against two"
     );
-    // BatchNorm's chunks are the same whatever the thread count: the same bits.
+    // BatchNorm's and pooling's chunks are the same whatever the thread count: the same bits.
     assert_eq!(
         single_batch_norm, double_batch_norm,
-        "BatchNorm: one thread against two"
+        "BatchNorm and max pooling: one thread against two"
     );
 
     // Back to one: the pool's worker exits (rayon ends its threads when the pool is dropped,

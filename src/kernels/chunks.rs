@@ -65,6 +65,52 @@ pub(crate) fn map_chunks<T: Send>(
         .collect()
 }
 
+/// `pass(path, item)` for one item per chunk of `rows` rows of `len` elements, over the
+/// pool: `items(chunks)` makes them from the chunks' row ranges (each item carries what its
+/// chunk writes: disjoint parts of the outputs).
+pub(crate) fn for_each_chunk<T: Send>(
+    rows: usize,
+    len: usize,
+    items: impl FnOnce(&[Range<usize>]) -> Vec<T>,
+    pass: impl Fn(KernelPath, T) + Sync,
+) {
+    let path = KernelPath::current();
+    let chunks = chunk_rows(rows, len);
+    let mut items = items(&chunks);
+    if items.len() == 1 {
+        pass(path, items.pop().expect("one item"));
+        return;
+    }
+    let (threads, workers) = pool::current();
+    pool::for_each_item(workers.as_deref(), shares(items, threads), |share| {
+        for item in share {
+            pass(path, item);
+        }
+    });
+}
+
+/// `items` as the `FnOnce` it is: a closure bound to a name first is inferred `FnMut`, and
+/// then cannot hand out the borrows it holds (the parts of the outputs).
+pub(crate) fn once<T, F: FnOnce(&[Range<usize>]) -> T>(items: F) -> F {
+    items
+}
+
+/// Cuts `data`, rows of `len` elements, into the chunks' parts.
+pub(crate) fn split_rows<'a, T>(
+    mut data: &'a mut [T],
+    len: usize,
+    chunks: &[Range<usize>],
+) -> Vec<&'a mut [T]> {
+    chunks
+        .iter()
+        .map(|rows| {
+            let (part, tail) = std::mem::take(&mut data).split_at_mut(rows.len() * len);
+            data = tail;
+            part
+        })
+        .collect()
+}
+
 /// `pass(path, rows, part)` for each chunk of `data`, rows of `len` elements, over the pool:
 /// `part` is the chunk's own elements of `data` (`rows` the row numbers they hold).
 pub(crate) fn for_each_chunk_mut<T: Send>(
@@ -72,26 +118,19 @@ pub(crate) fn for_each_chunk_mut<T: Send>(
     len: usize,
     pass: impl Fn(KernelPath, Range<usize>, &mut [T]) + Sync,
 ) {
-    let path = KernelPath::current();
     let rows = data.len() / len.max(1);
-    let chunks = chunk_rows(rows, len);
-    if chunks.len() == 1 {
-        pass(path, 0..rows, data);
-        return;
-    }
-    let (threads, workers) = pool::current();
-    let mut rest = data;
-    let mut items = Vec::with_capacity(chunks.len());
-    for rows in chunks {
-        let (part, tail) = rest.split_at_mut(rows.len() * len);
-        items.push((rows, part));
-        rest = tail;
-    }
-    pool::for_each_item(workers.as_deref(), shares(items, threads), |share| {
-        for (rows, part) in share {
-            pass(path, rows, part);
-        }
-    });
+    for_each_chunk(
+        rows,
+        len,
+        move |chunks| {
+            chunks
+                .iter()
+                .cloned()
+                .zip(split_rows(data, len, chunks))
+                .collect()
+        },
+        |path, (rows, part)| pass(path, rows, part),
+    );
 }
 
 #[cfg(test)]

@@ -4,12 +4,14 @@
 //! contiguous), so the loops run along channels.
 
 use std::mem::MaybeUninit;
+use std::ops::Range;
 
 use ndarray::{ArrayD, IxDyn};
 
 use crate::error::Result;
 use crate::float::Float;
-use crate::kernels::simd::vectorized;
+use crate::kernels::chunks::{self, split_rows};
+use crate::kernels::simd::{vectorized, vectorized_on};
 use crate::ops::window::{Padding, WindowAxis, require_nhwc, window_axes};
 use crate::shape::{standard_layout, standard_layout_shared};
 use crate::tensor::{Tensor, record_one};
@@ -41,8 +43,9 @@ impl Window {
     }
 }
 
-/// For every output pixel `(n, i, j)`, in order, calls `visit(output offset, window)`.
-/// Inlined into its caller, so that under [`vectorized`] the whole pass is compiled for the
+/// For every output pixel `(n, i, j)` of `batch` images, in order, calls `visit(output
+/// offset, window)`, offsets from the first image's (so a run over some of a batch's images
+/// passes its own parts of the input and output). Inlined into its caller, so that under [`vectorized`] the whole pass is compiled for the
 /// kernel path in force.
 #[inline(always)]
 fn for_each_window(
@@ -108,32 +111,43 @@ fn route_max_gradient<A: Float, const ONCE: bool>(
     gs: &[A],
 ) -> Vec<A> {
     let (len, channels) = (shape.iter().product(), shape[3]);
+    let (image_in, image_out) = (len / shape[0].max(1), won.len() / shape[0].max(1));
     let mut dx = Vec::with_capacity(len);
-    let dxs = &mut dx.spare_capacity_mut()[..len];
-    if !ONCE {
-        dxs.fill(MaybeUninit::new(A::zero()));
-    }
-    vectorized(
-        #[inline(always)]
-        || {
-            for_each_window(shape[0], axes, channels, |out, window| {
-                let (won, gs) = (&won[out..out + channels], &gs[out..out + channels]);
-                window.for_each_tap(|index, tap| {
-                    for ((d, &winner), &gradient) in
-                        dxs[tap..tap + channels].iter_mut().zip(won).zip(gs)
-                    {
-                        // SAFETY (the read): without `ONCE` every element was zeroed above.
-                        let before = if ONCE {
-                            A::zero()
-                        } else {
-                            unsafe { d.assume_init_read() }
-                        };
-                        d.write(before + if winner == index { gradient } else { A::zero() });
-                    }
+    let spare = &mut dx.spare_capacity_mut()[..len];
+    // Images in chunks over the pool, each writing its own images' part of `dx`.
+    let items = chunks::once(move |chunks: &[Range<usize>]| -> Vec<_> {
+        let parts = split_rows(spare, image_in, chunks);
+        chunks.iter().cloned().zip(parts).collect()
+    });
+    chunks::for_each_chunk(shape[0], image_in, items, |path, (images, dxs)| {
+        if !ONCE {
+            dxs.fill(MaybeUninit::new(A::zero()));
+        }
+        let outputs = images.start * image_out..images.end * image_out;
+        let (won, gs) = (&won[outputs.clone()], &gs[outputs]);
+        vectorized_on(
+            path,
+            #[inline(always)]
+            || {
+                for_each_window(images.len(), axes, channels, |out, window| {
+                    let (won, gs) = (&won[out..out + channels], &gs[out..out + channels]);
+                    window.for_each_tap(|index, tap| {
+                        for ((d, &winner), &gradient) in
+                            dxs[tap..tap + channels].iter_mut().zip(won).zip(gs)
+                        {
+                            // SAFETY (the read): without `ONCE` every element was zeroed.
+                            let before = if ONCE {
+                                A::zero()
+                            } else {
+                                unsafe { d.assume_init_read() }
+                            };
+                            d.write(before + if winner == index { gradient } else { A::zero() });
+                        }
+                    });
                 });
-            });
-        },
-    );
+            },
+        );
+    });
     // SAFETY: with `ONCE` each element lies in exactly one window and was written there;
     // without, all were zeroed first.
     unsafe { dx.set_len(len) };
@@ -184,26 +198,43 @@ impl<A: Float> Tensor<A> {
         // For each output element, the tap of its window that won (`NO_TAP`: only padding).
         // A 32-bit index beside 32-bit floats keeps the comparison loop vectorised.
         let mut won = vec![NO_TAP; len];
-        vectorized(
-            #[inline(always)]
-            || {
-                for_each_window(shape[0], axes, channels, |out, window| {
-                    let (values, won) = (
-                        &mut values[out..out + channels],
-                        &mut won[out..out + channels],
-                    );
-                    // The first tap is the best so far, even if it is −∞; a window entirely
-                    // in padding keeps −∞ and `NO_TAP`, and gets no gradient.
-                    window.for_each_tap(|index, tap| {
-                        let row = &xs[tap..tap + channels];
-                        if index == 0 {
-                            values.copy_from_slice(row);
-                            won.fill(0);
-                        } else {
-                            max_into(values, won, row, index);
-                        }
-                    });
-                });
+        let (image_in, image_out) = (xs.len() / shape[0].max(1), len / shape[0].max(1));
+        // Images in chunks over the pool: windows never cross images.
+        let (all_values, all_won) = (&mut values[..], &mut won[..]);
+        let items = chunks::once(move |chunks: &[Range<usize>]| -> Vec<_> {
+            let values = split_rows(all_values, image_out, chunks);
+            let won = split_rows(all_won, image_out, chunks);
+            chunks.iter().cloned().zip(values).zip(won).collect()
+        });
+        chunks::for_each_chunk(
+            shape[0],
+            image_in,
+            items,
+            |path, ((images, values), won)| {
+                let xs = &xs[images.start * image_in..images.end * image_in];
+                vectorized_on(
+                    path,
+                    #[inline(always)]
+                    || {
+                        for_each_window(images.len(), axes, channels, |out, window| {
+                            let (values, won) = (
+                                &mut values[out..out + channels],
+                                &mut won[out..out + channels],
+                            );
+                            // The first tap is the best so far, even if it is −∞; a window
+                            // entirely in padding keeps −∞ and `NO_TAP`, and gets no gradient.
+                            window.for_each_tap(|index, tap| {
+                                let row = &xs[tap..tap + channels];
+                                if index == 0 {
+                                    values.copy_from_slice(row);
+                                    won.fill(0);
+                                } else {
+                                    max_into(values, won, row, index);
+                                }
+                            });
+                        });
+                    },
+                );
             },
         );
         let value = ArrayD::from_shape_vec(IxDyn(&out_shape), values).expect("the output's shape");
