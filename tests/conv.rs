@@ -464,3 +464,67 @@ fn max_pool_of_a_batch_in_several_chunks_equals_each_image_pooled_alone() {
         }
     }
 }
+
+/// `Conv` with a bias runs as one node when fusion is on, the bias a row of the kernel matrix
+/// read by a column of ones in the patches (`ops/conv.rs`), its gradient from the same
+/// product as the kernel's, or `Σ dY` when the kernel is frozen. With every subset of
+/// {input, kernel, bias} frozen, the fused node gives the composite's gradients (`conv2d`
+/// then `add`) for the others, to 1e-12 relative, and none for the frozen.
+#[test]
+fn conv_with_bias_gives_the_composite_gradients_whichever_inputs_are_frozen() {
+    use tapegrad::nn::Conv;
+    use tapegrad::{ApplyOptions, Fusion, ModuleExt, ParamTensors, Params, Variables};
+    let value = |shape: &[usize], seed: f64| {
+        let len: usize = shape.iter().product();
+        let values = (0..len).map(|k| (seed + k as f64 * 0.71).sin()).collect();
+        ArrayD::from_shape_vec(IxDyn(shape), values).unwrap()
+    };
+    let all = [
+        ("x", value(&[2, 5, 6, 3], 0.3)),
+        ("kernel", value(&[3, 3, 3, 4], 0.7)),
+        ("bias", value(&[4], 1.1)),
+    ];
+    let layer = Conv::new(4, [3, 3]);
+    for frozen_mask in 0..7u32 {
+        let split = |frozen: bool| -> Params<f64> {
+            let chosen = all.iter().enumerate();
+            chosen
+                .filter(|&(i, _)| (frozen_mask >> i & 1 == 1) == frozen)
+                .map(|(_, (path, v))| (path.to_string(), v.clone()))
+                .collect()
+        };
+        let (trainable, frozen) = (split(false), split(true));
+        let gradients = |fusion: Fusion| {
+            fusion.run(|| {
+                let tape = tapegrad::Tape::new();
+                let p = ParamTensors::leaves(&trainable, &tape)
+                    .with_frozen(&frozen)
+                    .unwrap();
+                let x = p.get("x").unwrap();
+                let (y, _) = layer
+                    .apply_tracked(&p, &Variables::new(), x, &ApplyOptions::eval())
+                    .unwrap();
+                let weights = value(y.shape(), 2.3);
+                let grads = y.backward_with(weights).unwrap();
+                let paths: Vec<&str> = trainable.paths().collect();
+                paths
+                    .iter()
+                    .map(|path| grads.get(p.get(path).unwrap()).unwrap().clone())
+                    .collect::<Vec<_>>()
+            })
+        };
+        let (fused, composite) = (gradients(Fusion::On), gradients(Fusion::Off));
+        assert_eq!(fused.len(), trainable.len());
+        for ((path, f), c) in trainable.paths().zip(&fused).zip(&composite) {
+            let scale = c.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+            let worst = f
+                .iter()
+                .zip(c)
+                .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                f.shape() == c.shape() && worst <= 1e-12 * scale,
+                "frozen {frozen_mask:03b}: {path} off by {worst}"
+            );
+        }
+    }
+}

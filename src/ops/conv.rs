@@ -189,30 +189,39 @@ impl Geometry {
     }
 
     /// The rows `rows` of group `g`'s patch matrix (im2col), built in `buffer`'s allocation
-    /// (grown if need be: one buffer serves every block of a share). Every element is
-    /// written once, a copy of the input or a zero where the window reads padding, so the
-    /// buffer is never zeroed first.
+    /// (grown if need be: one buffer serves every block of a share), with a last column of
+    /// ones if `ones` (the bias's column: see [`convolve`]). Every element is written once, a
+    /// copy of the input or a zero where the window reads padding, so the buffer is never
+    /// zeroed first.
     fn patches<'b, A: Float>(
         &self,
         x: &[A],
         g: usize,
         rows: Range<usize>,
+        ones: bool,
         buffer: &'b mut Vec<A>,
     ) -> ArrayView2<'b, A> {
-        let (count, len) = (rows.len(), self.patch_len());
+        let len = self.patch_len();
+        let (count, stride) = (rows.len(), len + usize::from(ones));
         buffer.clear();
-        buffer.reserve(count * len);
-        let out = &mut buffer.spare_capacity_mut()[..count * len];
+        buffer.reserve(count * stride);
+        let out = &mut buffer.spare_capacity_mut()[..count * stride];
         self.for_each_run(g, rows, |row, at, source, run| {
-            let to = &mut out[row * len + at..row * len + at + run];
+            let to = &mut out[row * stride + at..row * stride + at + run];
             match source {
                 Source::Input(from) => copy_run(to, &x[from..from + run]),
                 Source::Padding => to.fill(MaybeUninit::new(A::zero())),
             }
         });
-        // SAFETY: the runs of `for_each_run` cover each of the `count · len` elements.
-        unsafe { buffer.set_len(count * len) };
-        ArrayView2::from_shape((count, len), &buffer[..]).expect("count · len elements")
+        if ones {
+            for row in out.chunks_exact_mut(stride) {
+                row[len].write(A::one());
+            }
+        }
+        // SAFETY: the runs of `for_each_run` cover each of the `count · len` elements of the
+        // patches, and with `ones` the loop above the last column.
+        unsafe { buffer.set_len(count * stride) };
+        ArrayView2::from_shape((count, stride), &buffer[..]).expect("count · stride elements")
     }
 
     /// Adds the patch-shaped gradient `dp` of group `g` back onto the input's gradient
@@ -346,9 +355,10 @@ impl<A: Float> Tensor<A> {
         convolve(self, kernel, None, options)
     }
 
-    /// `conv2d(kernel) + bias` in one node, the bias written into the product's output as
-    /// it is made: the fused implementation [`Conv`](crate::nn::Conv) runs with fusion on
-    /// (`tests/fusion.rs` checks it against `conv2d` then `add`).
+    /// `conv2d(kernel) + bias` in one node, the bias added inside the product (a row of the
+    /// kernel matrix, read by a column of ones: see `convolve`): the fused implementation
+    /// [`Conv`](crate::nn::Conv) runs with fusion on (`tests/fusion.rs` and `tests/conv.rs`
+    /// check it against `conv2d` then `add`).
     pub(crate) fn conv2d_with_bias(
         &self,
         kernel: &Tensor<A>,
@@ -368,8 +378,15 @@ fn block_rows(patch_len: usize) -> usize {
 }
 
 /// The convolution, and its VJP: for each group and each block of output positions,
-/// `Y_b = P_b · K_g (+ bias)`; backward rebuilds `P_b` (as PyTorch does) for
-/// `dK_g += P_bᵀ · dY_b`, and scatters `dP_b = dY_b · K_gᵀ` onto `dX`; `dbias = Σ_rows dY`.
+/// `Y_b = P_b · K_g`; backward rebuilds `P_b` (as PyTorch does) for `dK_g += P_bᵀ · dY_b`,
+/// and scatters `dP_b = dY_b · K_gᵀ` onto `dX`.
+///
+/// A bias is one more row of the kernel matrix, `K' = [K; b]`, read by one more column of
+/// ones in the patches, `P' = [P 1]`: then `Y = P' K'` adds the bias inside the product
+/// (its last multiply-add: `fl(P K) + b`, as `conv2d` then `add` rounds), and backward's
+/// `P'ᵀ dY` gives `[dK; dbias]`, the bias's gradient `Σ_rows dY` in the same product. That
+/// saves a pass writing the bias under every output before the product and a pass summing
+/// `dY`, for one multiply-add more per output.
 fn convolve<A: Float>(
     x: &Tensor<A>,
     kernel: &Tensor<A>,
@@ -387,15 +404,27 @@ fn convolve<A: Float>(
         ));
     }
     let input = standard_layout_shared(x.shared_value());
-    // The kernel as one (kh·kw·C_g, O) matrix; small, so copied once per call.
-    let k = Arc::new(
-        kernel
-            .value()
-            .as_standard_layout()
-            .into_owned()
-            .into_shape_with_order(IxDyn(&[geo.patch_len(), outputs]))
-            .expect("an HWIO kernel"),
-    );
+    // The kernel as one (kh·kw·C_g (+ 1), O) matrix, the bias its last row; small, so copied
+    // once per call.
+    let k = kernel
+        .value()
+        .as_standard_layout()
+        .into_owned()
+        .into_shape_with_order((geo.patch_len(), outputs))
+        .expect("an HWIO kernel");
+    let k = match bias {
+        Some(b) => {
+            let b = b
+                .value()
+                .view()
+                .into_shape_with_order((1, outputs))
+                .expect("(O)");
+            ndarray::concatenate(Axis(0), &[k.view(), b]).expect("O columns each")
+        }
+        None => k,
+    };
+    let ones = bias.is_some();
+    let k = Arc::new(k.into_dyn());
     let kernels: Vec<Arc<ArrayD<A>>> = (0..geo.groups).map(|g| group_kernel(&k, &geo, g)).collect();
     let xs = input.as_slice().expect("standard layout");
     let mut y = Array2::uninit((geo.positions(), outputs));
@@ -403,21 +432,16 @@ fn convolve<A: Float>(
     // multiplying them straight into its rows of `y`: the im2col runs on every thread too,
     // and a whole convolution is one hand-off, not one per block.
     let multiply_adds = geo.positions() * geo.patch_len() * outputs;
-    let bias_value = bias.map(|b| b.value());
     gemm::by_row_shares(y.view_mut(), multiply_adds, |path, share, mut y_share| {
         let mut buffer = Vec::new(); // every block of every group of this share
         for (g, kg) in kernels.iter().enumerate() {
             let columns = g * geo.group_outputs..(g + 1) * geo.group_outputs;
-            let group_bias = bias_value.map(|b| b.slice_axis(Axis(0), columns.clone().into()));
-            let group_bias =
-                group_bias.map(|b| b.into_dimensionality::<ndarray::Ix1>().expect("(O)"));
             let kg = gemm::matrix(kg);
             for rows in block_ranges(share.len(), block_rows(geo.patch_len())) {
                 let positions = share.start + rows.start..share.start + rows.end;
-                let p = geo.patches(xs, g, positions, &mut buffer);
+                let p = geo.patches(xs, g, positions, ones, &mut buffer);
                 let target = y_share.slice_mut(s![rows, columns.clone()]);
-                let start = group_bias.map_or(gemm::Start::Empty, gemm::Start::Bias);
-                gemm::product_into(path, p.view(), kg, start, target);
+                gemm::product_into(path, p.view(), kg, target);
             }
         }
     });
@@ -446,6 +470,11 @@ fn convolve<A: Float>(
         // Shares of whole images over the pool: each scatters onto its own images' part of
         // `dx` (windows never cross images) and sums its own part of `dK`; the parts of `dK`
         // are added in share order.
+        // With the kernel's gradient, the bias's comes from the same product (the ones
+        // column); alone, it is `Σ_rows dY`.
+        let bias_wanted = needs.get(2).is_some_and(|&n| n);
+        let bias_in_product = bias_wanted && needs[1];
+        let dk_rows = geo.patch_len() + usize::from(bias_in_product);
         let dk_parts = std::sync::Mutex::new(Vec::new());
         let multiply_adds = 2 * geo.positions() * geo.patch_len() * outputs;
         let dx_whole = dx.as_deref_mut();
@@ -468,12 +497,14 @@ fn convolve<A: Float>(
             items,
             |path, (index, images, mut dx_part)| {
                 let share = images.start * per_image..images.end * per_image;
-                let mut dk_part = needs[1].then(|| Array2::zeros((geo.patch_len(), outputs)));
+                let mut dk_part = needs[1].then(|| Array2::zeros((dk_rows, outputs)));
                 let dx_offset = images.start * image_len;
                 let (mut patch_buffer, mut dp_buffer) = (Vec::new(), Vec::new());
                 for (g, kg) in kernels.iter().enumerate() {
                     let columns = g * geo.group_outputs..(g + 1) * geo.group_outputs;
+                    // The kernel without its bias row: the ones column has no input.
                     let kg = gemm::matrix(kg);
+                    let kg = kg.slice(s![..geo.patch_len(), ..]);
                     for rows in block_ranges(share.len(), block_rows(geo.patch_len())) {
                         let positions = share.start + rows.start..share.start + rows.end;
                         let dyb = dy.slice(s![positions.clone(), columns.clone()]);
@@ -482,7 +513,13 @@ fn convolve<A: Float>(
                             geo.scatter(dp, g, positions.clone(), dx_part, dx_offset);
                         }
                         if let Some(dk_part) = dk_part.as_mut() {
-                            let p = geo.patches(xs, g, positions.clone(), &mut patch_buffer);
+                            let p = geo.patches(
+                                xs,
+                                g,
+                                positions.clone(),
+                                bias_in_product,
+                                &mut patch_buffer,
+                            );
                             let target = dk_part.slice_mut(s![.., columns.clone()]);
                             gemm::product_add_into(path, p.t(), dyb, target);
                         }
@@ -507,10 +544,17 @@ fn convolve<A: Float>(
                 dk += &part;
                 dk
             });
-        let dbias = needs
-            .get(2)
-            .is_some_and(|&n| n)
-            .then(|| column_sums(dy).into_dyn());
+        let (dk, dbias) = match dk {
+            Some(dk) if bias_in_product => {
+                let (kernel_rows, bias_row) = dk.view().split_at(Axis(0), geo.patch_len());
+                let dbias = bias_row.into_shape_with_order(outputs).expect("one row");
+                (
+                    Some(kernel_rows.to_owned()),
+                    Some(dbias.to_owned().into_dyn()),
+                )
+            }
+            dk => (dk, bias_wanted.then(|| column_sums(dy).into_dyn())),
+        };
         let mut grads = vec![
             dx.map(|d| ArrayD::from_shape_vec(x_shape.clone(), d).expect("the input's shape")),
             dk.map(|d| {

@@ -136,15 +136,6 @@ fn with_plan<R>(f: impl FnOnce(Plan<'_>) -> R) -> R {
     })
 }
 
-/// What a product into a fresh (uninitialised) output starts from.
-#[derive(Clone, Copy)]
-pub(crate) enum Start<'a, A> {
-    /// Nothing: the output is `a · b`.
-    Empty,
-    /// A bias on every row: the output is `bias + a · b`.
-    Bias(ArrayView1<'a, A>),
-}
-
 /// Writes `bias` into every row of `out`.
 fn write_rows<A: Float>(mut out: ArrayViewMut2<'_, MaybeUninit<A>>, bias: ArrayView1<'_, A>) {
     let bias = bias.to_vec();
@@ -175,29 +166,20 @@ fn out_of<T, A>(out: &mut ArrayViewMut2<'_, T>) -> backend::Out<A> {
     }
 }
 
-/// `out = start + a · b` on the calling thread, into a view that may be uninitialised
-/// (every element is written, none read): for callers that split their work over the pool
-/// themselves ([`in_shares`]), on the kernel path they were given. Afterwards every
-/// element of `out` is initialised.
+/// `out = a · b` on the calling thread, into a view that may be uninitialised (every element
+/// is written, none read): for callers that split their work over the pool themselves
+/// ([`in_shares`]), on the kernel path they were given. Afterwards every element of `out`
+/// is initialised.
 pub(crate) fn product_into<A: Float>(
     path: KernelPath,
     a: ArrayView2<'_, A>,
     b: ArrayView2<'_, A>,
-    start: Start<'_, A>,
     mut out: ArrayViewMut2<'_, MaybeUninit<A>>,
 ) {
     assert_eq!(out.dim(), (a.nrows(), b.ncols()), "callers check shapes");
-    let write = match start {
-        Start::Empty => Write::Overwrite,
-        Start::Bias(bias) => {
-            write_rows(out.view_mut(), bias);
-            Write::Accumulate
-        }
-    };
     let out = out_of(&mut out);
-    // SAFETY: the view is valid and ours for the whole call; with a bias every element was
-    // written above, and without, `Overwrite` reads none.
-    unsafe { backend::multiply(path, a, b, out, write) }
+    // SAFETY: the view is valid and ours for the whole call; `Overwrite` reads none of it.
+    unsafe { backend::multiply(path, a, b, out, Write::Overwrite) }
 }
 
 /// `out += a · b` on the calling thread, as [`product_into`] but onto `out`'s values.
@@ -227,7 +209,7 @@ pub(crate) fn product_in<'b, A: Float>(
     buffer.reserve(m * n);
     let out = ArrayViewMut2::from_shape((m, n), &mut buffer.spare_capacity_mut()[..m * n])
         .expect("m · n elements");
-    product_into(path, a, b, Start::Empty, out);
+    product_into(path, a, b, out);
     // SAFETY: `product_into` wrote each of the `m · n` elements.
     unsafe { buffer.set_len(m * n) };
     buffer
@@ -388,31 +370,18 @@ mod tests {
     #[test]
     fn products_into_scratch_write_every_element_and_read_none() {
         for (m, k, n) in SHAPES {
-            let (a, b, bias) = (
-                filled(&[m, k], 1.0),
-                filled(&[k, n], 2.0),
-                filled(&[n], 3.0),
-            );
+            let (a, b) = (filled(&[m, k], 1.0), filled(&[k, n], 2.0));
             let (a, b) = (matrix(&a), matrix(&b));
-            let bias = bias.view().into_shape_with_order(n).unwrap();
             let expected = a.dot(&b);
             // A used buffer full of NaN: any element read or left unwritten shows.
             let mut buffer = vec![f64::NAN; m * n + 7];
             let got = product_in(KernelPath::Portable, a, b, &mut buffer);
             let got = Array2::from_shape_vec((m, n), got.to_vec()).unwrap();
             assert!(close(&got, &expected));
-            for start in [Start::Empty, Start::Bias(bias)] {
-                let mut out = Array2::from_elem((m, n), MaybeUninit::new(f64::NAN));
-                product_into(KernelPath::Portable, a, b, start, out.view_mut());
-                // SAFETY: initialised (with NaN) from the start.
-                let out = unsafe { out.assume_init() };
-                let plus = if matches!(start, Start::Bias(_)) {
-                    1.0
-                } else {
-                    0.0
-                };
-                assert!(close(&out, &(&expected + &(bias.to_owned() * plus))));
-            }
+            let mut out = Array2::from_elem((m, n), MaybeUninit::new(f64::NAN));
+            product_into(KernelPath::Portable, a, b, out.view_mut());
+            // SAFETY: initialised (with NaN) from the start.
+            assert!(close(&unsafe { out.assume_init() }, &expected));
         }
     }
 
