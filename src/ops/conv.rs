@@ -383,7 +383,7 @@ fn block_rows(patch_len: usize) -> usize {
 ///
 /// A bias is one more row of the kernel matrix, `K' = [K; b]`, read by one more column of
 /// ones in the patches, `P' = [P 1]`: then `Y = P' K'` adds the bias inside the product
-/// (its last multiply-add: `fl(P K) + b`, as `conv2d` then `add` rounds), and backward's
+/// (as the last term of each output's dot product), and backward's
 /// `P'ᵀ dY` gives `[dK; dbias]`, the bias's gradient `Σ_rows dY` in the same product. That
 /// saves a pass writing the bias under every output before the product and a pass summing
 /// `dY`, for one multiply-add more per output.

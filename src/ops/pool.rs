@@ -45,8 +45,8 @@ impl Window {
 
 /// For every output pixel `(n, i, j)` of `batch` images, in order, calls `visit(output
 /// offset, window)`, offsets from the first image's (so a run over some of a batch's images
-/// passes its own parts of the input and output). Inlined into its caller, so that under [`vectorized`] the whole pass is compiled for the
-/// kernel path in force.
+/// passes its own parts of the input and output). Inlined into its caller, so that under
+/// [`vectorized`] the whole pass is compiled for the kernel path in force.
 #[inline(always)]
 fn for_each_window(
     batch: usize,
