@@ -148,41 +148,52 @@ fn add_parts<A: Float, const K: usize>(parts: Vec<[Vec<A>; K]>) -> [Vec<A>; K] {
     total
 }
 
+/// `Σ_rows add(row)` per feature of `xs`, rows of `features`: `add(sum, row)` accumulates
+/// one row (mark it `#[inline(always)]`, so that it is compiled into the vectorised copy),
+/// chunk by chunk over the pool ([`chunks`]), the chunks' sums added in order.
+fn feature_sums<A: Float>(
+    xs: &[A],
+    features: usize,
+    add: impl Fn(&mut [A], &[A]) + Sync,
+) -> Vec<A> {
+    let parts = chunks::map_chunks(xs.len() / features, features, |path, chunk| {
+        simd::vectorized_on(
+            path,
+            #[inline(always)]
+            || {
+                let mut sum = vec![A::zero(); features];
+                for row in rows_of(xs, chunk, features).chunks_exact(features) {
+                    add(&mut sum, row);
+                }
+                [sum]
+            },
+        )
+    });
+    let [sum] = add_parts(parts);
+    sum
+}
+
 /// The batch mean and biased variance of each feature (column) of `xs`, rows of `features`,
 /// each summed by chunks over the pool ([`chunks`]). Two passes: the one-pass
 /// `E[x²] − E[x]²` loses digits when `|μ| ≫ σ`.
 fn batch_statistics<A: Float>(xs: &[A], features: usize) -> (Vec<A>, Vec<A>) {
     let rows = xs.len() / features;
     let count = A::of(rows as f64);
-    let sums = chunks::map_chunks(rows, features, |path, chunk| {
-        simd::vectorized_on(
-            path,
-            #[inline(always)]
-            || {
-                let mut sum = vec![A::zero(); features];
-                for row in rows_of(xs, chunk, features).chunks_exact(features) {
-                    rows::add(&mut sum, row);
-                }
-                [sum]
-            },
-        )
-    });
-    let [mut mean] = add_parts(sums);
+    let mut mean = feature_sums(
+        xs,
+        features,
+        #[inline(always)]
+        |sum, row| rows::add(sum, row),
+    );
     mean.iter_mut().for_each(|m| *m /= count);
-    let squares = chunks::map_chunks(rows, features, |path, chunk| {
-        simd::vectorized_on(
-            path,
-            #[inline(always)]
-            || {
-                let mut sum = vec![A::zero(); features];
-                for row in rows_of(xs, chunk, features).chunks_exact(features) {
-                    rows::add_squared_deviation(&mut sum, row, &mean);
-                }
-                [sum]
-            },
-        )
-    });
-    let [mut var] = add_parts(squares);
+    let mut var = feature_sums(
+        xs,
+        features,
+        #[inline(always)]
+        |sum, row| {
+            rows::add_squared_deviation(sum, row, &mean);
+        },
+    );
     var.iter_mut().for_each(|v| *v /= count);
     (mean, var)
 }
