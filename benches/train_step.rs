@@ -1,10 +1,12 @@
 //! The training step of the workload at sizes S, M and L (f32), and its forward and
-//! backward halves. `cargo bench --bench train_step`.
+//! backward halves, and the optimizer's update alone. `cargo bench --bench train_step`.
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
 #[path = "support/workload.rs"]
 mod workload;
+use tapegrad::optim::Optimizer;
+use tapegrad::{Grads, runtime};
 use workload::{CNN_M, CNN_S, L, M, S, Workload};
 
 fn train_step(c: &mut Criterion) {
@@ -57,5 +59,29 @@ fn cnn_step(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, train_step, halves, cnn_step);
+/// The SGD-momentum update alone on the workload's params (M: 86 K, L: 1.3 M), on one thread
+/// and on two: a memory-bound elementwise pass, split over the pool above 2^16 elements.
+fn sgd_update(c: &mut Criterion) {
+    let mut group = c.benchmark_group("sgd_update");
+    for config in [M, L] {
+        let mut w = Workload::new(config);
+        let grads = Grads::zeros_like(w.variables.params())
+            .map(|_, zeros| zeros.mapv(|_| 1e-3))
+            .unwrap();
+        for threads in [1, 2] {
+            runtime::set_num_threads(threads).unwrap();
+            group.bench_function(format!("{}/{threads}_threads", config.name), |b| {
+                b.iter(|| {
+                    w.optimizer
+                        .update(w.variables.params_mut(), &grads)
+                        .unwrap()
+                })
+            });
+        }
+    }
+    runtime::set_num_threads(2).unwrap();
+    group.finish();
+}
+
+criterion_group!(benches, train_step, halves, cnn_step, sgd_update);
 criterion_main!(benches);

@@ -56,6 +56,65 @@ fn nesterov_and_weight_decay_follow_pytorch() {
     assert!((p.get("w").unwrap()[[0]] - w).abs() < 1e-14);
 }
 
+/// Params of several hundred thousand elements are updated over the pool in shares cut
+/// anywhere: every element still takes exactly the formula's steps (plain, heavy-ball and
+/// Nesterov, with weight decay), the small param beside them too.
+#[test]
+fn sgd_on_params_split_over_threads_equals_the_formula_at_every_element() {
+    let (lr, mu, wd) = (0.1, 0.9, 0.01);
+    let sizes = [("big", 300_007usize), ("small", 7)];
+    let start = |i: usize| ((i as f64) * 0.37).sin();
+    let gradient = |w: f64, i: usize| w * w + (i as f64 * 0.11).cos();
+    for (momentum, nesterov) in [(0.0, false), (mu, false), (mu, true)] {
+        let mut p: Params<f64> = sizes
+            .iter()
+            .map(|&(name, n)| {
+                (
+                    name.to_string(),
+                    ArrayD::from_shape_fn(vec![n], |i| start(i[0])),
+                )
+            })
+            .collect();
+        let mut sgd = Sgd::new(lr)
+            .momentum(momentum)
+            .nesterov(nesterov)
+            .weight_decay(wd);
+        let mut expected: Vec<(Vec<f64>, Vec<f64>)> = sizes
+            .iter()
+            .map(|&(_, n)| ((0..n).map(start).collect(), vec![0.0; n]))
+            .collect();
+        for _ in 0..3 {
+            let g = Grads::zeros_like(&p)
+                .map(|path, zeros| {
+                    let w = p.get(path).unwrap();
+                    ArrayD::from_shape_fn(zeros.raw_dim(), |i| gradient(w[&i], i[0]))
+                })
+                .unwrap();
+            sgd.update(&mut p, &g).unwrap();
+            for (w, v) in &mut expected {
+                for i in 0..w.len() {
+                    let g = gradient(w[i], i) + wd * w[i];
+                    let step = if momentum == 0.0 {
+                        g
+                    } else {
+                        v[i] = momentum * v[i] + g;
+                        if nesterov { g + momentum * v[i] } else { v[i] }
+                    };
+                    w[i] -= lr * step;
+                }
+            }
+        }
+        // Params iterate by path: "big", then "small".
+        for ((_, w), (expected, _)) in p.iter().zip(&expected) {
+            assert_eq!(
+                w.as_slice().unwrap(),
+                expected.as_slice(),
+                "momentum {momentum}, nesterov {nesterov}"
+            );
+        }
+    }
+}
+
 #[test]
 fn two_adam_steps_equal_the_formula() {
     let (lr, b1, b2, eps) = (0.01, 0.9, 0.999, 1e-8);

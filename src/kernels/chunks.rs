@@ -133,6 +133,90 @@ pub(crate) fn for_each_chunk_mut<T: Send>(
     );
 }
 
+/// Elementwise work on parts of several arrays of one length, which may be cut anywhere:
+/// what an optimizer's update pass works on (a param, its gradient, its state).
+pub(crate) trait Elementwise: Send + Sized {
+    /// The elements in this part.
+    fn len(&self) -> usize;
+    /// The first `mid` elements and the rest.
+    fn split_at(self, mid: usize) -> (Self, Self);
+}
+
+impl<A: Send + Sync> Elementwise for (&mut [A], &[A]) {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn split_at(self, mid: usize) -> (Self, Self) {
+        let ((p0, p1), (g0, g1)) = (self.0.split_at_mut(mid), self.1.split_at(mid));
+        ((p0, g0), (p1, g1))
+    }
+}
+
+impl<A: Send + Sync> Elementwise for (&mut [A], &mut [A], &[A]) {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn split_at(self, mid: usize) -> (Self, Self) {
+        let (p, v, g) = self;
+        let ((p0, p1), (v0, v1), (g0, g1)) =
+            (p.split_at_mut(mid), v.split_at_mut(mid), g.split_at(mid));
+        ((p0, v0, g0), (p1, v1, g1))
+    }
+}
+
+/// `pass(path, part)` over all of `parts`, split over the pool into shares of equal element
+/// counts (a part is cut where a share ends), at most one share per [`CHUNK`] elements: all
+/// on the caller for at most `CHUNK` elements. Elementwise work gives the same bits however
+/// it is cut, so the thread count changes nothing but the time.
+pub(crate) fn for_each_elementwise<T: Elementwise>(
+    parts: Vec<T>,
+    pass: impl Fn(KernelPath, T) + Sync,
+) {
+    let path = KernelPath::current();
+    let total: usize = parts.iter().map(Elementwise::len).sum();
+    let (threads, workers) = if total > CHUNK {
+        pool::current()
+    } else {
+        (1, None)
+    };
+    let count = threads.clamp(1, total.div_ceil(CHUNK).max(1));
+    if count == 1 {
+        parts.into_iter().for_each(|part| pass(path, part));
+        return;
+    }
+    pool::for_each_item(
+        workers.as_deref(),
+        even_shares(parts, total, count),
+        |share| {
+            share.into_iter().for_each(|part| pass(path, part));
+        },
+    );
+}
+
+/// `parts` (of `total` elements) as `count` runs of consecutive elements, of equal size
+/// within one element.
+fn even_shares<T: Elementwise>(parts: Vec<T>, total: usize, count: usize) -> Vec<Vec<T>> {
+    let mut shares: Vec<Vec<T>> = (0..count).map(|_| Vec::new()).collect();
+    let mut share = 0;
+    let mut filled = 0; // elements given to shares 0..=share
+    let share_end = |s: usize| (s + 1) * total / count;
+    for mut part in parts {
+        while part.len() > 0 {
+            let room = share_end(share) - filled;
+            if room == 0 {
+                share += 1;
+                continue;
+            }
+            let take = room.min(part.len());
+            let (head, tail) = part.split_at(take);
+            shares[share].push(head);
+            filled += take;
+            part = tail;
+        }
+    }
+    shares
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,5 +256,64 @@ mod tests {
             part.iter_mut().for_each(|v| *v *= 2.0);
         });
         assert!(doubled.iter().zip(&data).all(|(d, v)| *d == 2.0 * v));
+    }
+
+    #[test]
+    fn even_shares_cut_parts_into_equal_consecutive_runs() {
+        for (lens, count) in [
+            (vec![10, 3, 0, 7], 2),
+            (vec![5], 3),
+            (vec![1, 1, 1], 3),
+            (vec![100, 1], 4),
+        ] {
+            let mut data: Vec<Vec<usize>> = lens.iter().map(|&n| (0..n).collect()).collect();
+            let marks: Vec<Vec<usize>> = lens.iter().map(|&n| vec![0; n]).collect();
+            let total: usize = lens.iter().sum();
+            let parts: Vec<(&mut [usize], &[usize])> = data
+                .iter_mut()
+                .zip(&marks)
+                .map(|(d, m)| (d.as_mut_slice(), m.as_slice()))
+                .collect();
+            let shares = even_shares(parts, total, count);
+            assert_eq!(shares.len(), count);
+            let sizes: Vec<usize> = shares
+                .iter()
+                .map(|s| s.iter().map(Elementwise::len).sum())
+                .collect();
+            assert_eq!(sizes.iter().sum::<usize>(), total);
+            assert!(
+                sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1,
+                "{sizes:?}"
+            );
+            // Consecutive: the parts, read share by share, are the arrays in order.
+            let read: Vec<usize> = shares
+                .into_iter()
+                .flatten()
+                .flat_map(|(d, _)| d.to_vec())
+                .collect();
+            let expected: Vec<usize> = lens.iter().flat_map(|&n| 0..n).collect();
+            assert_eq!(read, expected);
+        }
+    }
+
+    #[test]
+    fn elementwise_work_over_the_pool_reaches_every_element_once() {
+        let lens = [3 * CHUNK + 17, 5, CHUNK / 2];
+        let mut data: Vec<Vec<f64>> = lens.iter().map(|&n| vec![1.0; n]).collect();
+        let steps: Vec<Vec<f64>> = lens
+            .iter()
+            .map(|&n| (0..n).map(|i| i as f64).collect())
+            .collect();
+        let parts = data
+            .iter_mut()
+            .zip(&steps)
+            .map(|(d, s)| (d.as_mut_slice(), s.as_slice()))
+            .collect();
+        for_each_elementwise(parts, |_, (d, s): (&mut [f64], &[f64])| {
+            d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
+        });
+        for (d, s) in data.iter().zip(&steps) {
+            assert!(d.iter().zip(s).all(|(d, s)| *d == 1.0 + s));
+        }
     }
 }

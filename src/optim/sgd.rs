@@ -8,7 +8,7 @@ use crate::collection::Params;
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::grads::Grads;
-use crate::kernels::simd;
+use crate::kernels::{chunks, simd};
 use crate::optim::momentum::heavy_ball;
 use crate::optim::{
     LearningRate, Optimizer, OptimizerState, check_gradients, check_state_shapes,
@@ -144,24 +144,62 @@ impl<A: Float> Optimizer<A> for Sgd<A> {
             A::of(self.weight_decay),
             self.nesterov,
         );
+        // Params and grads have the same paths in the same order (checked above). Params in
+        // standard layout (all of them, unless a caller built one from a view) are updated
+        // in one elementwise pass over the pool; any other on the caller, through `Zip`.
         if self.momentum == 0.0 {
-            // Params and grads have the same paths in the same order (checked above).
+            let mut parts = Vec::new();
             for ((_, p), (_, g)) in params.iter_mut().zip(grads.iter()) {
-                simd::vectorized(
-                    #[inline(always)]
-                    || for_each_pair(p, g, |p, g| *p -= lr * (g + decay * *p)),
-                );
+                match (p.is_standard_layout(), g.as_slice()) {
+                    (true, Some(g)) => parts.push((p.as_slice_mut().expect("standard"), g)),
+                    _ => Zip::from(p)
+                        .and(g)
+                        .for_each(|p, &g| *p -= lr * (g + decay * *p)),
+                }
             }
+            chunks::for_each_elementwise(parts, |path, (p, g): (&mut [A], &[A])| {
+                simd::vectorized_on(
+                    path,
+                    #[inline(always)]
+                    || {
+                        for (p, &g) in p.iter_mut().zip(g) {
+                            *p -= lr * (g + decay * *p);
+                        }
+                    },
+                );
+            });
         } else {
             self.add_missing_velocities(grads);
+            let mut velocities: BTreeMap<&str, &mut ArrayD<A>> = self
+                .velocities
+                .iter_mut()
+                .map(|(path, v)| (path.as_str(), v))
+                .collect();
+            let mut parts = Vec::new();
             for ((path, p), (_, g)) in params.iter_mut().zip(grads.iter()) {
-                let v = self.velocities.get_mut(path).expect("added above");
-                // One pass per param, in place: no copy of the gradient or the velocity.
-                simd::vectorized(
+                let v = velocities.remove(path).expect("added above");
+                match (
+                    p.is_standard_layout() && v.is_standard_layout(),
+                    g.as_slice(),
+                ) {
+                    (true, Some(g)) => parts.push((
+                        p.as_slice_mut().expect("standard"),
+                        v.as_slice_mut().expect("standard"),
+                        g,
+                    )),
+                    _ => Zip::from(p).and(v).and(g).for_each(|p, v, &g| {
+                        *p -= lr * heavy_ball(v, g + decay * *p, mu, nesterov);
+                    }),
+                }
+            }
+            // One pass per param, in place: no copy of the gradient or the velocity.
+            chunks::for_each_elementwise(parts, |path, (p, v, g)| {
+                simd::vectorized_on(
+                    path,
                     #[inline(always)]
                     || momentum_step(p, v, g, [lr, decay, mu], nesterov),
                 );
-            }
+            });
         }
         self.steps += 1;
         Ok(())
@@ -186,48 +224,21 @@ impl<A: Float> Optimizer<A> for Sgd<A> {
 /// One heavy-ball step of `p` (velocity `v`, gradient `g`), with `[lr, decay, mu]`.
 #[inline(always)]
 fn momentum_step<A: Float>(
-    p: &mut ArrayD<A>,
-    v: &mut ArrayD<A>,
-    g: &ArrayD<A>,
+    p: &mut [A],
+    v: &mut [A],
+    g: &[A],
     [lr, decay, mu]: [A; 3],
     nesterov: bool,
 ) {
     // The branch outside the loop: each loop vectorises on its own.
+    let elements = p.iter_mut().zip(v.iter_mut()).zip(g);
     if nesterov {
-        for_each_triple(p, v, g, |p, v, g| {
-            *p -= lr * heavy_ball(v, g + decay * *p, mu, true)
-        });
-    } else {
-        for_each_triple(p, v, g, |p, v, g| {
-            *p -= lr * heavy_ball(v, g + decay * *p, mu, false)
-        });
-    }
-}
-
-/// `f(p, g)` for each element pair, over plain slices when both are in standard layout (the
-/// loop then vectorises), through `Zip` otherwise.
-#[inline(always)]
-fn for_each_pair<A: Float>(p: &mut ArrayD<A>, g: &ArrayD<A>, f: impl Fn(&mut A, A)) {
-    if let (Some(ps), Some(gs)) = (p.as_slice_mut(), g.as_slice()) {
-        ps.iter_mut().zip(gs).for_each(|(p, &g)| f(p, g));
-    } else {
-        Zip::from(p).and(g).for_each(|p, &g| f(p, g));
-    }
-}
-
-/// `f(p, v, g)` for each element triple; as [`for_each_pair`].
-#[inline(always)]
-fn for_each_triple<A: Float>(
-    p: &mut ArrayD<A>,
-    v: &mut ArrayD<A>,
-    g: &ArrayD<A>,
-    f: impl Fn(&mut A, &mut A, A),
-) {
-    if let (Some(ps), Some(vs), Some(gs)) = (p.as_slice_mut(), v.as_slice_mut(), g.as_slice()) {
-        for ((p, v), &g) in ps.iter_mut().zip(vs).zip(gs) {
-            f(p, v, g);
+        for ((p, v), &g) in elements {
+            *p -= lr * heavy_ball(v, g + decay * *p, mu, true);
         }
     } else {
-        Zip::from(p).and(v).and(g).for_each(|p, v, &g| f(p, v, g));
+        for ((p, v), &g) in elements {
+            *p -= lr * heavy_ball(v, g + decay * *p, mu, false);
+        }
     }
 }
