@@ -5,7 +5,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
 #[path = "support/workload.rs"]
 mod workload;
-use tapegrad::optim::Optimizer;
+use tapegrad::optim::{Adam, Optimizer};
 use tapegrad::{Grads, runtime};
 use workload::{CNN_M, CNN_S, L, M, S, Workload};
 
@@ -59,23 +59,29 @@ fn cnn_step(c: &mut Criterion) {
     group.finish();
 }
 
-/// The SGD-momentum update alone on the workload's params (M: 86 K, L: 1.3 M), on one thread
-/// and on two: a memory-bound elementwise pass, split over the pool above 2^16 elements.
-fn sgd_update(c: &mut Criterion) {
-    let mut group = c.benchmark_group("sgd_update");
+/// The optimizer's update alone on the workload's params (M: 86 K, L: 1.3 M), SGD momentum
+/// and Adam, on one thread and on two: memory-bound elementwise passes, split over the pool
+/// above 2^16 elements.
+fn optimizer_update(c: &mut Criterion) {
+    let mut group = c.benchmark_group("optimizer_update");
     for config in [M, L] {
         let mut w = Workload::new(config);
         let grads = Grads::zeros_like(w.variables.params())
             .map(|_, zeros| zeros.mapv(|_| 1e-3))
             .unwrap();
+        let mut adam = Adam::new(1e-3);
         for threads in [1, 2] {
             runtime::set_num_threads(threads).unwrap();
-            group.bench_function(format!("{}/{threads}_threads", config.name), |b| {
+            let name = format!("{}/{threads}_threads", config.name);
+            group.bench_function(format!("sgd/{name}"), |b| {
                 b.iter(|| {
                     w.optimizer
                         .update(w.variables.params_mut(), &grads)
                         .unwrap()
                 })
+            });
+            group.bench_function(format!("adam/{name}"), |b| {
+                b.iter(|| adam.update(w.variables.params_mut(), &grads).unwrap())
             });
         }
     }
@@ -83,5 +89,5 @@ fn sgd_update(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, train_step, halves, cnn_step, sgd_update);
+criterion_group!(benches, train_step, halves, cnn_step, optimizer_update);
 criterion_main!(benches);

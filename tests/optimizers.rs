@@ -56,62 +56,92 @@ fn nesterov_and_weight_decay_follow_pytorch() {
     assert!((p.get("w").unwrap()[[0]] - w).abs() < 1e-14);
 }
 
-/// Params of several hundred thousand elements are updated over the pool in shares cut
-/// anywhere: every element still takes exactly the formula's steps (plain, heavy-ball and
-/// Nesterov, with weight decay), the small param beside them too.
-#[test]
-fn sgd_on_params_split_over_threads_equals_the_formula_at_every_element() {
-    let (lr, mu, wd) = (0.1, 0.9, 0.01);
+/// Three steps of `optimizer` on a param of 300,007 elements (updated over the pool in
+/// shares cut anywhere) and one of 7 beside it, against `formula(t, w, state, g)` applied to
+/// each element on its own (`t` counts steps from 1, `state` starts at zeros): the same bits.
+fn assert_steps_follow_the_formula(
+    optimizer: &mut dyn Optimizer<f64>,
+    formula: impl Fn(i32, &mut f64, &mut [f64; 2], f64),
+    what: &str,
+) {
     let sizes = [("big", 300_007usize), ("small", 7)];
     let start = |i: usize| ((i as f64) * 0.37).sin();
     let gradient = |w: f64, i: usize| w * w + (i as f64 * 0.11).cos();
-    for (momentum, nesterov) in [(0.0, false), (mu, false), (mu, true)] {
-        let mut p: Params<f64> = sizes
-            .iter()
-            .map(|&(name, n)| {
-                (
-                    name.to_string(),
-                    ArrayD::from_shape_fn(vec![n], |i| start(i[0])),
-                )
+    let mut p: Params<f64> = sizes
+        .iter()
+        .map(|&(name, n)| (name, ArrayD::from_shape_fn(vec![n], |i| start(i[0]))))
+        .collect();
+    let mut expected: Vec<Vec<(f64, [f64; 2])>> = sizes
+        .iter()
+        .map(|&(_, n)| (0..n).map(|i| (start(i), [0.0; 2])).collect())
+        .collect();
+    for t in 1..=3 {
+        let g = Grads::zeros_like(&p)
+            .map(|path, zeros| {
+                let w = p.get(path).unwrap();
+                ArrayD::from_shape_fn(zeros.raw_dim(), |i| gradient(w[&i], i[0]))
             })
-            .collect();
+            .unwrap();
+        optimizer.update(&mut p, &g).unwrap();
+        for param in &mut expected {
+            for (i, (w, state)) in param.iter_mut().enumerate() {
+                formula(t, w, state, gradient(*w, i));
+            }
+        }
+    }
+    // Params iterate by path: "big", then "small".
+    for ((path, w), expected) in p.iter().zip(&expected) {
+        let expected: Vec<f64> = expected.iter().map(|(w, _)| *w).collect();
+        assert_eq!(w.as_slice().unwrap(), expected.as_slice(), "{what}: {path}");
+    }
+}
+
+#[test]
+fn sgd_on_params_split_over_threads_equals_the_formula_at_every_element() {
+    let (lr, mu, wd) = (0.1, 0.9, 0.01);
+    for (momentum, nesterov) in [(0.0, false), (mu, false), (mu, true)] {
         let mut sgd = Sgd::new(lr)
             .momentum(momentum)
             .nesterov(nesterov)
             .weight_decay(wd);
-        let mut expected: Vec<(Vec<f64>, Vec<f64>)> = sizes
-            .iter()
-            .map(|&(_, n)| ((0..n).map(start).collect(), vec![0.0; n]))
-            .collect();
-        for _ in 0..3 {
-            let g = Grads::zeros_like(&p)
-                .map(|path, zeros| {
-                    let w = p.get(path).unwrap();
-                    ArrayD::from_shape_fn(zeros.raw_dim(), |i| gradient(w[&i], i[0]))
-                })
-                .unwrap();
-            sgd.update(&mut p, &g).unwrap();
-            for (w, v) in &mut expected {
-                for i in 0..w.len() {
-                    let g = gradient(w[i], i) + wd * w[i];
-                    let step = if momentum == 0.0 {
-                        g
-                    } else {
-                        v[i] = momentum * v[i] + g;
-                        if nesterov { g + momentum * v[i] } else { v[i] }
-                    };
-                    w[i] -= lr * step;
-                }
-            }
-        }
-        // Params iterate by path: "big", then "small".
-        for ((_, w), (expected, _)) in p.iter().zip(&expected) {
-            assert_eq!(
-                w.as_slice().unwrap(),
-                expected.as_slice(),
-                "momentum {momentum}, nesterov {nesterov}"
-            );
-        }
+        let formula = |_, w: &mut f64, [v, _]: &mut [f64; 2], g: f64| {
+            let g = g + wd * *w;
+            let step = if momentum == 0.0 {
+                g
+            } else {
+                *v = momentum * *v + g;
+                if nesterov { g + momentum * *v } else { *v }
+            };
+            *w -= lr * step;
+        };
+        let what = format!("SGD, momentum {momentum}, Nesterov {nesterov}");
+        assert_steps_follow_the_formula(&mut sgd, formula, &what);
+    }
+}
+
+#[test]
+fn adam_on_params_split_over_threads_equals_the_formula_at_every_element() {
+    let (lr, b1, b2, eps) = (0.01, 0.9, 0.999, 1e-8);
+    for (wd, decoupled) in [(0.0, false), (0.1, false), (0.01, true)] {
+        let mut adam = if decoupled {
+            Adam::adamw(lr)
+        } else {
+            Adam::new(lr).weight_decay(wd)
+        };
+        let formula = |t: i32, w: &mut f64, [m, v]: &mut [f64; 2], g: f64| {
+            let g = if decoupled {
+                *w -= lr * wd * *w;
+                g
+            } else {
+                g + wd * *w
+            };
+            *m = b1 * *m + (1.0 - b1) * g;
+            *v = b2 * *v + (1.0 - b2) * g * g;
+            let (m_hat, v_hat) = (*m / (1.0 - b1.powi(t)), *v / (1.0 - b2.powi(t)));
+            *w -= lr * m_hat / (v_hat.sqrt() + eps);
+        };
+        let what = format!("Adam, weight decay {wd}, decoupled {decoupled}");
+        assert_steps_follow_the_formula(&mut adam, formula, &what);
     }
 }
 

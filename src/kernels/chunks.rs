@@ -164,6 +164,18 @@ impl<A: Send + Sync> Elementwise for (&mut [A], &mut [A], &[A]) {
     }
 }
 
+impl<A: Send + Sync> Elementwise for (&mut [A], &mut [A], &mut [A], &[A]) {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn split_at(self, mid: usize) -> (Self, Self) {
+        let (p, m, v, g) = self;
+        let ((p0, p1), (m0, m1)) = (p.split_at_mut(mid), m.split_at_mut(mid));
+        let ((v0, v1), (g0, g1)) = (v.split_at_mut(mid), g.split_at(mid));
+        ((p0, m0, v0, g0), (p1, m1, v1, g1))
+    }
+}
+
 /// `pass(path, part)` over all of `parts`, split over the pool into shares of equal element
 /// counts (a part is cut where a share ends), at most one share per [`CHUNK`] elements: all
 /// on the caller for at most `CHUNK` elements. Elementwise work gives the same bits however

@@ -8,6 +8,7 @@ use crate::collection::Params;
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::grads::Grads;
+use crate::kernels::{chunks, simd};
 use crate::optim::{
     LearningRate, Optimizer, OptimizerState, check_gradients, check_state_shapes,
     setting_at_least_zero, setting_below_one,
@@ -142,36 +143,56 @@ impl<A: Float> Optimizer<A> for Adam<A> {
         let (b1, b2) = (A::of(self.beta1), A::of(self.beta2));
         let correction1 = A::of(1.0 - self.beta1.powi(t));
         let correction2 = A::of(1.0 - self.beta2.powi(t));
-        let (eps, decay) = (A::of(self.eps), A::of(self.weight_decay));
-        for (path, p) in params.iter_mut() {
-            let mut g = grads.get(path).expect("keys checked").clone();
-            if self.weight_decay != 0.0 {
-                if self.decoupled {
-                    p.mapv_inplace(|x| x - A::of(lr) * decay * x);
-                } else {
-                    g.scaled_add(decay, p);
+        let moments = Moments {
+            b1,
+            b2,
+            correction1,
+            correction2,
+            lr: A::of(lr),
+            eps: A::of(self.eps),
+        };
+        let decay = match (self.weight_decay != 0.0, self.decoupled) {
+            (false, _) => Decay::None,
+            (true, false) => Decay::L2(A::of(self.weight_decay)),
+            (true, true) => Decay::Decoupled(A::of(lr) * A::of(self.weight_decay)),
+        };
+        for (path, g) in grads.iter() {
+            for state in [&mut self.first, &mut self.second] {
+                if !state.contains_key(path) {
+                    state.insert(path.to_string(), ArrayD::zeros(g.raw_dim()));
                 }
             }
-            let m = self
-                .first
-                .entry(path.to_string())
-                .or_insert_with(|| ArrayD::zeros(g.raw_dim()));
-            let v = self
-                .second
-                .entry(path.to_string())
-                .or_insert_with(|| ArrayD::zeros(g.raw_dim()));
-            Zip::from(p)
-                .and(&mut *m)
-                .and(&mut *v)
-                .and(&g)
-                .for_each(|p, m, v, &g| {
-                    *m = b1 * *m + (A::one() - b1) * g;
-                    *v = b2 * *v + (A::one() - b2) * g * g;
-                    let m_hat = *m / correction1;
-                    let v_hat = *v / correction2;
-                    *p -= A::of(lr) * m_hat / (v_hat.sqrt() + eps);
-                });
         }
+        let mut first = by_path(&mut self.first);
+        let mut second = by_path(&mut self.second);
+        // As in SGD: params in standard layout in one elementwise pass over the pool, any
+        // other on the caller through `Zip`. Params and grads have the same paths in the
+        // same order (checked above).
+        let mut parts = Vec::new();
+        for ((path, p), (_, g)) in params.iter_mut().zip(grads.iter()) {
+            let (m, v) = (first.remove(path), second.remove(path));
+            let (m, v) = (m.expect("added above"), v.expect("added above"));
+            let standard = p.is_standard_layout() && m.is_standard_layout();
+            match (standard && v.is_standard_layout(), g.as_slice()) {
+                (true, Some(g)) => parts.push((
+                    p.as_slice_mut().expect("standard"),
+                    m.as_slice_mut().expect("standard"),
+                    v.as_slice_mut().expect("standard"),
+                    g,
+                )),
+                _ => Zip::from(p).and(m).and(v).and(g).for_each(|p, m, v, &g| {
+                    let g = decay.apply(p, g);
+                    moments.step(p, m, v, g);
+                }),
+            }
+        }
+        chunks::for_each_elementwise(parts, |path, (p, m, v, g)| {
+            simd::vectorized_on(
+                path,
+                #[inline(always)]
+                || adam_step(p, m, v, g, &moments, decay),
+            );
+        });
         self.steps += 1;
         Ok(())
     }
@@ -193,4 +214,84 @@ impl<A: Float> Optimizer<A> for Adam<A> {
         self.steps = steps;
         Ok(())
     }
+}
+
+/// The constants of one Adam step.
+struct Moments<A> {
+    b1: A,
+    b2: A,
+    correction1: A,
+    correction2: A,
+    lr: A,
+    eps: A,
+}
+
+impl<A: Float> Moments<A> {
+    /// `m`, `v` and `p` after one step with gradient `g` (weight decay already applied).
+    #[inline(always)]
+    fn step(&self, p: &mut A, m: &mut A, v: &mut A, g: A) {
+        *m = self.b1 * *m + (A::one() - self.b1) * g;
+        *v = self.b2 * *v + (A::one() - self.b2) * g * g;
+        let m_hat = *m / self.correction1;
+        let v_hat = *v / self.correction2;
+        *p -= self.lr * m_hat / (v_hat.sqrt() + self.eps);
+    }
+}
+
+/// Weight decay, as it enters a step.
+#[derive(Clone, Copy)]
+enum Decay<A> {
+    None,
+    /// L2: `λ p` added to the gradient.
+    L2(A),
+    /// Decoupled (AdamW): `p ← p − (lr λ) p` before the step.
+    Decoupled(A),
+}
+
+impl<A: Float> Decay<A> {
+    /// The gradient the step sees, after decaying `p` if decoupled.
+    #[inline(always)]
+    fn apply(self, p: &mut A, g: A) -> A {
+        match self {
+            Decay::None => g,
+            Decay::L2(lambda) => g + lambda * *p,
+            Decay::Decoupled(lr_lambda) => {
+                *p = *p - lr_lambda * *p;
+                g
+            }
+        }
+    }
+}
+
+/// One step over slices: a copy of the loop for each kind of decay, in which the decay's
+/// branch is resolved (the loop then vectorises).
+#[inline(always)]
+fn adam_step<A: Float>(
+    p: &mut [A],
+    m: &mut [A],
+    v: &mut [A],
+    g: &[A],
+    moments: &Moments<A>,
+    decay: Decay<A>,
+) {
+    #[inline(always)]
+    fn each<A: Float>(p: &mut [A], m: &mut [A], v: &mut [A], g: &[A], c: &Moments<A>, d: Decay<A>) {
+        for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+            let g = d.apply(p, g);
+            c.step(p, m, v, g);
+        }
+    }
+    match decay {
+        Decay::None => each(p, m, v, g, moments, Decay::None),
+        Decay::L2(lambda) => each(p, m, v, g, moments, Decay::L2(lambda)),
+        Decay::Decoupled(lr_lambda) => each(p, m, v, g, moments, Decay::Decoupled(lr_lambda)),
+    }
+}
+
+/// The map's arrays by path, each borrowed on its own.
+fn by_path<A>(state: &mut BTreeMap<String, ArrayD<A>>) -> BTreeMap<&str, &mut ArrayD<A>> {
+    state
+        .iter_mut()
+        .map(|(path, a)| (path.as_str(), a))
+        .collect()
 }
