@@ -122,3 +122,37 @@ impl<A: Float> Tensor<A> {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::spread;
+    use ndarray::{ArrayD, Dimension, IxDyn, ShapeBuilder};
+
+    /// Global average pooling's case (outer axes reduced) and an inner one, from a gradient
+    /// in standard and in transposed layout: each output element is its reduced position's
+    /// gradient, and the output is in standard layout (later passes read it as a slice).
+    #[test]
+    fn spread_copies_each_gradient_to_its_positions_in_standard_layout() {
+        let input = [2, 3, 4, 5];
+        for (keep, reduced) in [([2, 1, 1, 5], [1, 2]), ([2, 3, 4, 1], [3, 3])] {
+            let g = ArrayD::from_shape_fn(IxDyn(&keep), |i| (i[0] * 100 + i[3] * 10 + i[1]) as f64);
+            let transposed = {
+                let mut t = ArrayD::zeros(IxDyn(&keep).f());
+                t.assign(&g);
+                t
+            };
+            for g in [&g, &transposed] {
+                let out = spread(g, &keep, &input);
+                assert!(out.is_standard_layout());
+                assert_eq!(out.shape(), &input);
+                for (i, v) in out.indexed_iter() {
+                    let mut at = i.as_array_view().to_vec();
+                    for axis in reduced {
+                        at[axis] = 0;
+                    }
+                    assert_eq!(*v, g[IxDyn(&at)]);
+                }
+            }
+        }
+    }
+}
