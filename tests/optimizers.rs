@@ -145,6 +145,67 @@ fn adam_on_params_split_over_threads_equals_the_formula_at_every_element() {
     }
 }
 
+/// Params frozen after some steps leave their state in the optimizer: the others' state
+/// must still be found by path. `b` is frozen after two steps; `a` and `c` then follow
+/// exactly the trajectory of an optimizer that never saw `b`, and `b`'s state is kept.
+#[test]
+fn state_left_by_a_frozen_param_is_kept_and_never_used_for_another() {
+    let all = |values: [f64; 3]| -> Params<f64> {
+        ["a", "b", "c"]
+            .into_iter()
+            .zip(values)
+            .map(|(name, v)| (name, arr1(&[v]).into_dyn()))
+            .collect()
+    };
+    let without_b = |p: &Params<f64>| p.partition(|path| path == "b");
+    let cube = |p: &Params<f64>| {
+        tapegrad::grad(p, |t| {
+            let mut sum = None::<Tensor<f64>>;
+            for path in p.paths() {
+                let cubed = t.get(path)?.powi(3).sum_all();
+                sum = Some(match sum {
+                    Some(s) => s.add(&cubed)?,
+                    None => cubed,
+                });
+            }
+            Ok(sum.expect("params"))
+        })
+        .unwrap()
+    };
+    type Make = fn() -> Box<dyn Optimizer<f64>>;
+    let optimizers: [Make; 2] = [
+        || Box::new(Sgd::new(0.1).momentum(0.9)),
+        || Box::new(Adam::new(0.1)),
+    ];
+    for make in optimizers {
+        let (mut seen_b, mut never_b) = (make(), make());
+        let mut p = all([0.5, -1.0, 0.8]);
+        let (_, mut q) = without_b(&p);
+        for _ in 0..2 {
+            let g = cube(&p);
+            seen_b.update(&mut p, &g).unwrap();
+            let g = cube(&q);
+            never_b.update(&mut q, &g).unwrap();
+        }
+        let state_before = seen_b.state();
+        let (frozen, mut trainable) = without_b(&p);
+        for _ in 0..2 {
+            let g = cube(&trainable);
+            seen_b.update(&mut trainable, &g).unwrap();
+            let g = cube(&q);
+            never_b.update(&mut q, &g).unwrap();
+        }
+        assert_eq!(trainable, q);
+        assert_eq!(frozen.paths().collect::<Vec<_>>(), ["b"]);
+        let state = seen_b.state();
+        for (slot, arrays) in &state.slots {
+            let kept = state_before.slots[slot].get("b");
+            assert!(kept.is_some(), "{slot} of b after two steps");
+            assert_eq!(arrays.get("b"), kept, "{slot} of b");
+        }
+    }
+}
+
 #[test]
 fn two_adam_steps_equal_the_formula() {
     let (lr, b1, b2, eps) = (0.01, 0.9, 0.999, 1e-8);

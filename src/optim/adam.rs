@@ -11,7 +11,7 @@ use crate::grads::Grads;
 use crate::kernels::{chunks, simd};
 use crate::optim::{
     LearningRate, Optimizer, OptimizerState, check_gradients, check_state_shapes,
-    setting_at_least_zero, setting_below_one,
+    setting_at_least_zero, setting_below_one, states_in_order,
 };
 
 /// Adam with bias correction (Kingma and Ba), PyTorch's defaults: `β = (0.9, 0.999)`,
@@ -163,15 +163,14 @@ impl<A: Float> Optimizer<A> for Adam<A> {
                 }
             }
         }
-        let mut first = by_path(&mut self.first);
-        let mut second = by_path(&mut self.second);
+        let first = states_in_order(&mut self.first, grads.paths());
+        let second = states_in_order(&mut self.second, grads.paths());
         // As in SGD: params in standard layout in one elementwise pass over the pool, any
         // other on the caller through `Zip`. Params and grads have the same paths in the
         // same order (checked above).
         let mut parts = Vec::new();
-        for ((path, p), (_, g)) in params.iter_mut().zip(grads.iter()) {
-            let (m, v) = (first.remove(path), second.remove(path));
-            let (m, v) = (m.expect("added above"), v.expect("added above"));
+        let states = first.into_iter().zip(second);
+        for (((_, p), (_, g)), (m, v)) in params.iter_mut().zip(grads.iter()).zip(states) {
             let standard = p.is_standard_layout() && m.is_standard_layout();
             match (standard && v.is_standard_layout(), g.as_slice()) {
                 (true, Some(g)) => parts.push((
@@ -286,12 +285,4 @@ fn adam_step<A: Float>(
         Decay::L2(lambda) => each(p, m, v, g, moments, Decay::L2(lambda)),
         Decay::Decoupled(lr_lambda) => each(p, m, v, g, moments, Decay::Decoupled(lr_lambda)),
     }
-}
-
-/// The map's arrays by path, each borrowed on its own.
-fn by_path<A>(state: &mut BTreeMap<String, ArrayD<A>>) -> BTreeMap<&str, &mut ArrayD<A>> {
-    state
-        .iter_mut()
-        .map(|(path, a)| (path.as_str(), a))
-        .collect()
 }

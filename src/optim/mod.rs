@@ -100,6 +100,23 @@ pub(crate) fn check_state_shapes<A: Float>(
     Ok(())
 }
 
+/// The arrays of `state` at `paths`, in that order, from one walk of the map: `paths` are in
+/// the map's (sorted) order and each is in it (an optimizer adds what is missing first);
+/// the map may hold more (the state of params frozen since).
+pub(crate) fn states_in_order<'a, 'p, A>(
+    state: &'a mut BTreeMap<String, ArrayD<A>>,
+    paths: impl Iterator<Item = &'p str>,
+) -> Vec<&'a mut ArrayD<A>> {
+    let mut entries = state.iter_mut();
+    paths
+        .map(|path| {
+            entries
+                .find_map(|(kept, array)| (kept == path).then_some(array))
+                .expect("every path has its state, in the map's order")
+        })
+        .collect()
+}
+
 /// Everything `update` checks before it moves anything, in the order a user meets them:
 /// the keys and shapes of the gradients, then their values.
 pub(crate) fn check_gradients<A: Float>(

@@ -12,7 +12,7 @@ use crate::kernels::{chunks, simd};
 use crate::optim::momentum::heavy_ball;
 use crate::optim::{
     LearningRate, Optimizer, OptimizerState, check_gradients, check_state_shapes,
-    setting_at_least_zero,
+    setting_at_least_zero, states_in_order,
 };
 
 /// SGD: `g ← g + λ p` (weight decay), `v ← μ v + g`, `p ← p − lr · v` (or
@@ -170,14 +170,9 @@ impl<A: Float> Optimizer<A> for Sgd<A> {
             });
         } else {
             self.add_missing_velocities(grads);
-            let mut velocities: BTreeMap<&str, &mut ArrayD<A>> = self
-                .velocities
-                .iter_mut()
-                .map(|(path, v)| (path.as_str(), v))
-                .collect();
+            let velocities = states_in_order(&mut self.velocities, grads.paths());
             let mut parts = Vec::new();
-            for ((path, p), (_, g)) in params.iter_mut().zip(grads.iter()) {
-                let v = velocities.remove(path).expect("added above");
+            for (((_, p), (_, g)), v) in params.iter_mut().zip(grads.iter()).zip(velocities) {
                 match (
                     p.is_standard_layout() && v.is_standard_layout(),
                     g.as_slice(),
