@@ -74,7 +74,7 @@ const fn product(
 
 /// The products of a training step at each size, forward and backward, and of the CNN's
 /// convolutions (im2col: positions × patch by patch × channels).
-const PRODUCTS: [Product; 16] = [
+const PRODUCTS: [Product; 19] = [
     product("L Dense_0 x·W", (512, 256, 1024), (false, false)),
     product("L Dense_1 x·W", (512, 1024, 1024), (false, false)),
     product("L Dense_2 x·W", (512, 1024, 10), (false, false)),
@@ -85,7 +85,10 @@ const PRODUCTS: [Product; 16] = [
     product("M Dense_1 x·W", (128, 256, 256), (false, false)),
     product("M Dense_1 xᵀ·g", (256, 128, 256), (true, false)),
     product("M Dense_1 g·Wᵀ", (128, 256, 256), (false, true)),
+    product("S Dense_0 x·W", (32, 16, 64), (false, false)),
     product("S Dense_1 x·W", (32, 64, 64), (false, false)),
+    product("S Dense_1 xᵀ·g", (64, 32, 64), (true, false)),
+    product("S Dense_1 g·Wᵀ", (32, 64, 64), (false, true)),
     product("S Dense_2 x·W", (32, 64, 4), (false, false)),
     product("CNN-M Conv_1 p·K", (12544, 288, 64), (false, false)),
     product("CNN-M Conv_1 pᵀ·g", (288, 12544, 64), (true, false)),
