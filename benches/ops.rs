@@ -10,6 +10,9 @@
 //!   and on every thread, and with `--features openblas` the system's OpenBLAS (the
 //!   reference). `cargo bench --bench ops -- gemm`; `docs/performance.md` has the figures.
 //! * `pool`: what handing a share of a product to a pool worker costs, awake and asleep.
+//! * `pooling`: 2×2 max and average pooling, forward and backward, of CNN-M's first
+//!   activations `(64, 26, 26, 32)` on one thread and on two (criterion;
+//!   `cargo bench --bench ops -- pooling`).
 
 use std::time::Instant;
 
@@ -43,6 +46,44 @@ fn overhead(c: &mut Criterion) {
             x.value()[[0]]
         })
     });
+    group.finish();
+}
+
+/// Pooling's forward and backward at CNN-M's first pooling, on one thread and on two: passes
+/// over images in chunks of 2^16 elements, split over the pool.
+fn pooling(c: &mut Criterion) {
+    // As the step benchmarks do: freed arrays' memory is kept, so that each iteration does
+    // not fault its 12 MB of arrays in afresh (which was most of the time measured). It is
+    // process-wide: the groups above have run already.
+    runtime::retain_freed_memory();
+    let mut group = c.benchmark_group("pooling");
+    let x = ArrayD::from_shape_fn(vec![64, 26, 26, 32], |i| {
+        ((i[0] * 7 + i[1] * 5 + i[2] * 3 + i[3]) as f32 * 0.1).sin()
+    });
+    for threads in [1, 2] {
+        runtime::set_num_threads(threads).unwrap();
+        for max in [true, false] {
+            let name = format!("{}/{threads}_threads", if max { "max" } else { "avg" });
+            group.bench_function(name, |b| {
+                b.iter(|| {
+                    let tape = Tape::new();
+                    let leaf = tape.leaf("x", x.clone());
+                    let y = if max {
+                        leaf.max_pool([2, 2], [2, 2], tapegrad::Padding::Valid)
+                    } else {
+                        leaf.avg_pool([2, 2], [2, 2], tapegrad::Padding::Valid)
+                    }
+                    .unwrap();
+                    y.sum_all()
+                        .backward()
+                        .unwrap()
+                        .get(&leaf)
+                        .map(|g| g[[0, 0, 0, 0]])
+                })
+            });
+        }
+    }
+    runtime::set_num_threads(2).unwrap();
     group.finish();
 }
 
@@ -331,7 +372,7 @@ fn pool_handoff() {
 }
 
 fn main() {
-    // `cargo bench --bench ops [-- overhead | gemm | pool]`: all, or the one named.
+    // `cargo bench --bench ops [-- overhead | gemm | pool | pooling]`: all, or the one named.
     let filters: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -346,7 +387,12 @@ fn main() {
     if wants("gemm") {
         gemm_rates();
     }
-    if wants("pool") {
+    if wants("pooling") {
+        let mut criterion = Criterion::default().configure_from_args();
+        pooling(&mut criterion);
+        criterion.final_summary();
+    }
+    if filters.is_empty() || filters.iter().any(|f| f == "pool") {
         pool_handoff();
     }
 }

@@ -422,22 +422,33 @@ proptest! {
     }
 }
 
-/// Max pooling of a batch large enough to run in several chunks over the threads
+/// Max and average pooling of a batch large enough to run in several chunks over the threads
 /// (`kernels/chunks.rs`: 2^16 elements, here 2 images a chunk) gives, image by image, what
 /// pooling that image alone gives (one chunk, checked against the definition above): values
 /// and input gradients, exactly, with tiling windows and with overlapping ones.
 #[test]
-fn max_pool_of_a_batch_in_several_chunks_equals_each_image_pooled_alone() {
+fn pooling_a_batch_in_several_chunks_equals_each_image_pooled_alone() {
     let shape = [7, 30, 30, 32];
     let x = ArrayD::from_shape_fn(IxDyn(&shape), |i| {
         (((i[0] * 31 + i[1]) * 37 + i[2] * 11 + i[3]) as f64 * 0.29).sin()
     });
-    for (window, stride, padding) in [([2, 2], 2, Padding::Valid), ([3, 3], 2, Padding::Same)] {
-        let pool = |x: ArrayD<f64>| {
+    let cases = [([2, 2], 2, Padding::Valid), ([3, 3], 2, Padding::Same)];
+    for ((window, stride, padding), max) in cases.into_iter().flat_map(|c| [(c, true), (c, false)])
+    {
+        // The output's cotangent differs from image to image (`first`: the batch's first
+        // image's number), so a chunk reading another chunk's part would be seen.
+        let pool = |x: ArrayD<f64>, first: usize| {
             let tape = tapegrad::Tape::<f64>::new();
             let leaf = tape.leaf("x", x);
-            let y = leaf.max_pool(window, [stride, stride], padding).unwrap();
-            let weights = ArrayD::from_shape_fn(y.shape(), |i| 1.0 + (i[1] + 2 * i[3]) as f64);
+            let y = if max {
+                leaf.max_pool(window, [stride, stride], padding)
+            } else {
+                leaf.avg_pool(window, [stride, stride], padding)
+            }
+            .unwrap();
+            let weights = ArrayD::from_shape_fn(y.shape(), |i| {
+                1.0 + (3 * (first + i[0]) + i[1] + 2 * i[3]) as f64
+            });
             let dx = y
                 .backward_with(weights)
                 .unwrap()
@@ -446,20 +457,20 @@ fn max_pool_of_a_batch_in_several_chunks_equals_each_image_pooled_alone() {
                 .clone();
             (y.value().clone(), dx)
         };
-        let (y, dx) = pool(x.clone());
+        let (y, dx) = pool(x.clone(), 0);
         for n in 0..shape[0] {
             let image = x.slice_axis(Axis(0), (n..n + 1).into()).to_owned();
-            let (y_alone, dx_alone) = pool(image);
+            let (y_alone, dx_alone) = pool(image, n);
             let at = |a: &ArrayD<f64>| a.slice_axis(Axis(0), (n..n + 1).into()).to_owned();
             assert_eq!(
                 at(&y),
                 y_alone,
-                "{window:?} {padding:?}: image {n}'s values"
+                "max {max}, {window:?} {padding:?}: image {n}'s values"
             );
             assert_eq!(
                 at(&dx),
                 dx_alone,
-                "{window:?} {padding:?}: image {n}'s gradient"
+                "max {max}, {window:?} {padding:?}: image {n}'s gradient"
             );
         }
     }

@@ -11,8 +11,9 @@ use ndarray::{ArrayD, IxDyn};
 use crate::error::Result;
 use crate::float::Float;
 use crate::kernels::chunks::{self, split_rows};
-use crate::kernels::simd::{vectorized, vectorized_on};
+use crate::kernels::simd::vectorized_on;
 use crate::ops::window::{Padding, WindowAxis, require_nhwc, window_axes};
+use crate::runtime::KernelPath;
 use crate::shape::{standard_layout, standard_layout_shared};
 use crate::tensor::{Tensor, record_one};
 
@@ -46,7 +47,7 @@ impl Window {
 /// For every output pixel `(n, i, j)` of `batch` images, in order, calls `visit(output
 /// offset, window)`, offsets from the first image's (so a run over some of a batch's images
 /// passes its own parts of the input and output). Inlined into its caller, so that under
-/// [`vectorized`] the whole pass is compiled for the kernel path in force.
+/// [`vectorized_on`] the whole pass is compiled for the kernel path in force.
 #[inline(always)]
 fn for_each_window(
     batch: usize,
@@ -99,22 +100,19 @@ fn max_into<A: Float>(best: &mut [A], won: &mut [u32], row: &[A], index: u32) {
     }
 }
 
-/// Max pooling's VJP: the input's gradient, where each tap of each window takes the
-/// gradient of the channels it won. A select along the channels (vectorised) rather than a
-/// scatter to the winners; adding the zeros changes no sum, so the values are those of the
-/// scatter. `ONCE`: the windows tile the input ([`WindowAxis::tiles`]), so each element is
-/// written once, with no zeroing first and no read (`0 + g`, as the scatter would give).
-fn route_max_gradient<A: Float, const ONCE: bool>(
+/// An input gradient written by images in chunks over the pool: `pass(path, images, dxs)`
+/// writes the gradient of `images`, `dxs` being their part of the whole, with [`add_to`].
+/// Without `ONCE` the part is zeroed first and windows add to it; with `ONCE` the windows
+/// tile the input ([`WindowAxis::tiles`]), so each element lies in exactly one window and is
+/// written there once, with no zeroing and no read (`0 + g`, the bits the sum would give).
+fn input_gradient<A: Float, const ONCE: bool>(
     shape: &[usize],
-    axes: [WindowAxis; 2],
-    won: &[u32],
-    gs: &[A],
+    pass: impl Fn(KernelPath, Range<usize>, &mut [MaybeUninit<A>]) + Sync,
 ) -> Vec<A> {
-    let (len, channels) = (shape.iter().product(), shape[3]);
-    let (image_in, image_out) = (len / shape[0].max(1), won.len() / shape[0].max(1));
+    let len = shape.iter().product();
+    let image_in = len / shape[0].max(1);
     let mut dx = Vec::with_capacity(len);
     let spare = &mut dx.spare_capacity_mut()[..len];
-    // Images in chunks over the pool, each writing its own images' part of `dx`.
     let items = chunks::once(move |chunks: &[Range<usize>]| -> Vec<_> {
         let parts = split_rows(spare, image_in, chunks);
         chunks.iter().cloned().zip(parts).collect()
@@ -123,6 +121,42 @@ fn route_max_gradient<A: Float, const ONCE: bool>(
         if !ONCE {
             dxs.fill(MaybeUninit::new(A::zero()));
         }
+        pass(path, images, dxs);
+    });
+    // SAFETY: with `ONCE` each element lies in exactly one window and was written there;
+    // without, all were zeroed first.
+    unsafe { dx.set_len(len) };
+    dx
+}
+
+/// `d += v` in an [`input_gradient`] pass: `d = 0 + v` when `ONCE` (never read).
+///
+/// # Safety
+/// Without `ONCE`, `d` was initialised (zeroed by [`input_gradient`]).
+#[inline(always)]
+unsafe fn add_to<A: Float, const ONCE: bool>(d: &mut MaybeUninit<A>, v: A) {
+    // SAFETY: the caller's contract.
+    let before = if ONCE {
+        A::zero()
+    } else {
+        unsafe { d.assume_init_read() }
+    };
+    d.write(before + v);
+}
+
+/// Max pooling's VJP: the input's gradient, where each tap of each window takes the
+/// gradient of the channels it won. A select along the channels (vectorised) rather than a
+/// scatter to the winners; adding the zeros changes no sum, so the values are those of the
+/// scatter.
+fn route_max_gradient<A: Float, const ONCE: bool>(
+    shape: &[usize],
+    axes: [WindowAxis; 2],
+    won: &[u32],
+    gs: &[A],
+) -> Vec<A> {
+    let channels = shape[3];
+    let image_out = won.len() / shape[0].max(1);
+    input_gradient::<A, ONCE>(shape, |path, images, dxs| {
         let outputs = images.start * image_out..images.end * image_out;
         let (won, gs) = (&won[outputs.clone()], &gs[outputs]);
         vectorized_on(
@@ -135,23 +169,45 @@ fn route_max_gradient<A: Float, const ONCE: bool>(
                         for ((d, &winner), &gradient) in
                             dxs[tap..tap + channels].iter_mut().zip(won).zip(gs)
                         {
-                            // SAFETY (the read): without `ONCE` every element was zeroed.
-                            let before = if ONCE {
-                                A::zero()
-                            } else {
-                                unsafe { d.assume_init_read() }
-                            };
-                            d.write(before + if winner == index { gradient } else { A::zero() });
+                            let g = if winner == index { gradient } else { A::zero() };
+                            // SAFETY: `input_gradient` zeroed `dxs` unless `ONCE`.
+                            unsafe { add_to::<A, ONCE>(d, g) };
                         }
                     });
                 });
             },
         );
-    });
-    // SAFETY: with `ONCE` each element lies in exactly one window and was written there;
-    // without, all were zeroed first.
-    unsafe { dx.set_len(len) };
-    dx
+    })
+}
+
+/// Average pooling's VJP: each tap of each window receives the window's gradient times
+/// `scale` (`1 / window size`, padding counted).
+fn spread_mean_gradient<A: Float, const ONCE: bool>(
+    shape: &[usize],
+    axes: [WindowAxis; 2],
+    gs: &[A],
+    scale: A,
+) -> Vec<A> {
+    let channels = shape[3];
+    let image_out = gs.len() / shape[0].max(1);
+    input_gradient::<A, ONCE>(shape, |path, images, dxs| {
+        let gs = &gs[images.start * image_out..images.end * image_out];
+        vectorized_on(
+            path,
+            #[inline(always)]
+            || {
+                for_each_window(images.len(), axes, channels, |out, window| {
+                    let gs = &gs[out..out + channels];
+                    window.for_each_tap(|_, tap| {
+                        for (d, &g) in dxs[tap..tap + channels].iter_mut().zip(gs) {
+                            // SAFETY: `input_gradient` zeroed `dxs` unless `ONCE`.
+                            unsafe { add_to::<A, ONCE>(d, g * scale) };
+                        }
+                    });
+                });
+            },
+        );
+    })
 }
 
 fn output_shape(shape: &[usize], [rows, cols]: [WindowAxis; 2]) -> Vec<usize> {
@@ -279,41 +335,38 @@ impl<A: Float> Tensor<A> {
         let xs = x.as_slice().expect("standard layout");
         let out_shape = output_shape(&shape, axes);
         let scale = A::of(1.0 / (window[0] * window[1]) as f64);
-        let mut values = vec![A::zero(); out_shape.iter().product()];
-        vectorized(
-            #[inline(always)]
-            || {
-                for_each_window(shape[0], axes, channels, |out, window| {
-                    let sums = &mut values[out..out + channels];
-                    window.for_each_tap(|_, tap| {
-                        for (sum, &v) in sums.iter_mut().zip(&xs[tap..tap + channels]) {
-                            *sum += v;
-                        }
+        let len: usize = out_shape.iter().product();
+        let mut values = vec![A::zero(); len];
+        let (image_in, image_out) = (xs.len() / shape[0].max(1), len / shape[0].max(1));
+        // Images in chunks over the pool, as max pooling's.
+        chunks::for_each_chunk_mut(&mut values, image_out, |path, images, values| {
+            let xs = &xs[images.start * image_in..images.end * image_in];
+            vectorized_on(
+                path,
+                #[inline(always)]
+                || {
+                    for_each_window(images.len(), axes, channels, |out, window| {
+                        let sums = &mut values[out..out + channels];
+                        window.for_each_tap(|_, tap| {
+                            for (sum, &v) in sums.iter_mut().zip(&xs[tap..tap + channels]) {
+                                *sum += v;
+                            }
+                        });
+                        sums.iter_mut().for_each(|v| *v *= scale);
                     });
-                    sums.iter_mut().for_each(|v| *v *= scale);
-                });
-            },
-        );
+                },
+            );
+        });
         let value = ArrayD::from_shape_vec(IxDyn(&out_shape), values).expect("the output's shape");
         Ok(record_one("avg_pool", self, value, move |g| {
             let g = standard_layout(g);
             let gs = g.as_slice().expect("standard layout");
-            let mut dx = ArrayD::zeros(IxDyn(&shape));
-            let dxs = dx.as_slice_mut().expect("a new array is contiguous");
-            vectorized(
-                #[inline(always)]
-                || {
-                    for_each_window(shape[0], axes, channels, |out, window| {
-                        let gs = &gs[out..out + channels];
-                        window.for_each_tap(|_, tap| {
-                            for (d, &g) in dxs[tap..tap + channels].iter_mut().zip(gs) {
-                                *d += g * scale;
-                            }
-                        });
-                    });
-                },
-            );
-            dx
+            let dx = if axes.iter().all(WindowAxis::tiles) {
+                spread_mean_gradient::<A, true>(&shape, axes, gs, scale)
+            } else {
+                spread_mean_gradient::<A, false>(&shape, axes, gs, scale)
+            };
+            ArrayD::from_shape_vec(IxDyn(&shape), dx).expect("the input's shape")
         }))
     }
 }
