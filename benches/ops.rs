@@ -56,6 +56,7 @@ fn pooling(c: &mut Criterion) {
     // not fault its 12 MB of arrays in afresh (which was most of the time measured). It is
     // process-wide: the groups above have run already.
     runtime::retain_freed_memory();
+    let threads_before = runtime::num_threads();
     let mut group = c.benchmark_group("pooling");
     let x = ArrayD::from_shape_fn(vec![64, 26, 26, 32], |i| {
         ((i[0] * 7 + i[1] * 5 + i[2] * 3 + i[3]) as f32 * 0.1).sin()
@@ -83,7 +84,7 @@ fn pooling(c: &mut Criterion) {
             });
         }
     }
-    runtime::set_num_threads(2).unwrap();
+    runtime::set_num_threads(threads_before).unwrap();
     group.finish();
 }
 

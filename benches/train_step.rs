@@ -63,6 +63,7 @@ fn cnn_step(c: &mut Criterion) {
 /// and Adam, on one thread and on two: memory-bound elementwise passes, split over the pool
 /// above 2^16 elements.
 fn optimizer_update(c: &mut Criterion) {
+    let threads_before = runtime::num_threads();
     let mut group = c.benchmark_group("optimizer_update");
     for config in [M, L] {
         let mut w = Workload::new(config);
@@ -85,7 +86,7 @@ fn optimizer_update(c: &mut Criterion) {
             });
         }
     }
-    runtime::set_num_threads(2).unwrap();
+    runtime::set_num_threads(threads_before).unwrap();
     group.finish();
 }
 
