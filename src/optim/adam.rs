@@ -11,7 +11,7 @@ use crate::grads::Grads;
 use crate::kernels::{chunks, simd};
 use crate::optim::{
     LearningRate, Optimizer, OptimizerState, check_gradients, check_state_shapes,
-    setting_at_least_zero, setting_below_one, states_in_order,
+    setting_at_least_zero, setting_below_one, state_for_each_gradient,
 };
 
 /// Adam with bias correction (Kingma and Ba), PyTorch's defaults: `β = (0.9, 0.999)`,
@@ -156,15 +156,8 @@ impl<A: Float> Optimizer<A> for Adam<A> {
             (true, false) => Decay::L2(A::of(self.weight_decay)),
             (true, true) => Decay::Decoupled(A::of(lr) * A::of(self.weight_decay)),
         };
-        for (path, g) in grads.iter() {
-            for state in [&mut self.first, &mut self.second] {
-                if !state.contains_key(path) {
-                    state.insert(path.to_string(), ArrayD::zeros(g.raw_dim()));
-                }
-            }
-        }
-        let first = states_in_order(&mut self.first, grads.paths());
-        let second = states_in_order(&mut self.second, grads.paths());
+        let first = state_for_each_gradient(&mut self.first, grads);
+        let second = state_for_each_gradient(&mut self.second, grads);
         // As in SGD: params in standard layout in one elementwise pass over the pool, any
         // other on the caller through `Zip`. Params and grads have the same paths in the
         // same order (checked above).

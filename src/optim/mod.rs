@@ -100,19 +100,25 @@ pub(crate) fn check_state_shapes<A: Float>(
     Ok(())
 }
 
-/// The arrays of `state` at `paths`, in that order, from one walk of the map: `paths` are in
-/// the map's (sorted) order and each is in it (an optimizer adds what is missing first);
-/// the map may hold more (the state of params frozen since).
-pub(crate) fn states_in_order<'a, 'p, A>(
+/// The arrays of `state` for each gradient, in the gradients' (sorted) order, from one walk
+/// of the map; first a zero array is added for each gradient that has none (every one at
+/// the first step). The map may hold more (the state of params frozen since).
+pub(crate) fn state_for_each_gradient<'a, A: Float>(
     state: &'a mut BTreeMap<String, ArrayD<A>>,
-    paths: impl Iterator<Item = &'p str>,
+    grads: &Grads<A>,
 ) -> Vec<&'a mut ArrayD<A>> {
+    for (path, g) in grads.iter() {
+        if !state.contains_key(path) {
+            state.insert(path.to_string(), ArrayD::zeros(g.raw_dim()));
+        }
+    }
     let mut entries = state.iter_mut();
-    paths
+    grads
+        .paths()
         .map(|path| {
             entries
                 .find_map(|(kept, array)| (kept == path).then_some(array))
-                .expect("every path has its state, in the map's order")
+                .expect("every gradient has its state, in the map's order")
         })
         .collect()
 }

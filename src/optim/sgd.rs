@@ -12,7 +12,7 @@ use crate::kernels::{chunks, simd};
 use crate::optim::momentum::heavy_ball;
 use crate::optim::{
     LearningRate, Optimizer, OptimizerState, check_gradients, check_state_shapes,
-    setting_at_least_zero, states_in_order,
+    setting_at_least_zero, state_for_each_gradient,
 };
 
 /// SGD: `g ← g + λ p` (weight decay), `v ← μ v + g`, `p ← p − lr · v` (or
@@ -121,16 +121,6 @@ impl<A: Float> Sgd<A> {
     pub fn current_learning_rate(&self) -> f64 {
         self.learning_rate.at(self.steps)
     }
-
-    /// A zero velocity for each param that has none yet (all of them on the first step).
-    fn add_missing_velocities(&mut self, grads: &Grads<A>) {
-        for (path, g) in grads.iter() {
-            if !self.velocities.contains_key(path) {
-                self.velocities
-                    .insert(path.to_string(), ArrayD::zeros(g.raw_dim()));
-            }
-        }
-    }
 }
 
 impl<A: Float> Optimizer<A> for Sgd<A> {
@@ -169,8 +159,7 @@ impl<A: Float> Optimizer<A> for Sgd<A> {
                 );
             });
         } else {
-            self.add_missing_velocities(grads);
-            let velocities = states_in_order(&mut self.velocities, grads.paths());
+            let velocities = state_for_each_gradient(&mut self.velocities, grads);
             let mut parts = Vec::new();
             for (((_, p), (_, g)), v) in params.iter_mut().zip(grads.iter()).zip(velocities) {
                 match (
