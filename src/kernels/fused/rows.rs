@@ -1,19 +1,51 @@
 //! The per-row loops of the fused kernels, one function each. Each takes one row and
-//! per-feature vectors, all of one length: it re-slices them to that length first, so the
-//! compiler drops the bounds checks and vectorises the loop. They are `inline(always)` so that
-//! callers running them inside [`vectorized`](crate::kernels::simd::vectorized) get the AVX2
-//! copy.
+//! per-feature vectors, all of one length, and computes in blocks of [`LANES`] features:
+//! each block's inputs are copied into local arrays, computed, and stored back whole. Run
+//! inside [`vectorized`](crate::kernels::simd::vectorized) (they are `inline(always)`, so the
+//! caller's AVX2 or AVX-512 copy gets them), each block becomes a few vector instructions.
+//!
+//! Why blocks rather than plain `for j in 0..n` loops, which LLVM vectorises too: a plain loop
+//! over slices that might overlap is vectorised behind run-time overlap checks of every pair,
+//! made again for every row, and LLVM kept the last 8 of a 64-feature row for a scalar loop;
+//! callgrind counted 25 K instructions a step in `dx` of the S workload's two BatchNorms, of
+//! which 6 K vector instructions (docs/performance.md, tenth session). A block read whole
+//! before it is written needs no such check. Every element's arithmetic is the same as in
+//! the plain loop: features are never mixed, so the results are the same bits.
 
 use std::mem::MaybeUninit;
 
 use crate::float::Float;
+
+/// The features a block holds: one AVX-512 register of `f32`, two AVX2 ones.
+pub(crate) const LANES: usize = 16;
+
+/// Where the whole blocks of a row of `n` features end; the features from there on are
+/// computed one by one.
+#[inline(always)]
+fn whole_blocks(n: usize) -> usize {
+    n / LANES * LANES
+}
+
+/// A copy of the block of `values` that starts at `at`.
+#[inline(always)]
+fn block<A: Copy>(values: &[A], at: usize) -> [A; LANES] {
+    values[at..at + LANES].try_into().expect("a whole block")
+}
 
 /// `sums += row`.
 #[inline(always)]
 pub(crate) fn add<A: Float>(sums: &mut [A], row: &[A]) {
     let n = sums.len();
     let row = &row[..n];
-    for j in 0..n {
+    let whole = whole_blocks(n);
+    for at in (0..whole).step_by(LANES) {
+        let (mut sum, x) = (block(sums, at), block(row, at));
+        for l in 0..LANES {
+            sum[l] += x[l];
+        }
+        sums[at..at + LANES].copy_from_slice(&sum);
+    }
+    for j in whole..n {
         sums[j] += row[j];
     }
 }
@@ -23,9 +55,20 @@ pub(crate) fn add<A: Float>(sums: &mut [A], row: &[A]) {
 pub(crate) fn add_squared_deviation<A: Float>(sums: &mut [A], row: &[A], mean: &[A]) {
     let n = sums.len();
     let (row, mean) = (&row[..n], &mean[..n]);
-    for j in 0..n {
-        let d = row[j] - mean[j];
-        sums[j] += d * d;
+    let square = |x: A, m: A| {
+        let d = x - m;
+        d * d
+    };
+    let whole = whole_blocks(n);
+    for at in (0..whole).step_by(LANES) {
+        let (mut sum, x, m) = (block(sums, at), block(row, at), block(mean, at));
+        for l in 0..LANES {
+            sum[l] += square(x[l], m[l]);
+        }
+        sums[at..at + LANES].copy_from_slice(&sum);
+    }
+    for j in whole..n {
+        sums[j] += square(row[j], mean[j]);
     }
 }
 
@@ -41,20 +84,43 @@ pub(crate) fn add_squared_deviation<A: Float>(sums: &mut [A], row: &[A], mean: &
 pub(crate) fn write_affine<A: Float>(
     out: &mut [MaybeUninit<A>],
     row: &[A],
-    [mean, slope, offset]: [&[A]; 3],
+    per_feature: [&[A]; 3],
     relu: bool,
+) {
+    if relu {
+        write_affine_then(out, row, per_feature, positive_part);
+    } else {
+        write_affine_then(out, row, per_feature, |z| z);
+    }
+}
+
+/// [`write_affine`] with `epilogue` applied to each value before it is stored.
+#[inline(always)]
+fn write_affine_then<A: Float>(
+    out: &mut [MaybeUninit<A>],
+    row: &[A],
+    [mean, slope, offset]: [&[A]; 3],
+    epilogue: impl Fn(A) -> A,
 ) {
     let n = out.len();
     let (row, mean, slope, offset) = (&row[..n], &mean[..n], &slope[..n], &offset[..n]);
-    let affine = |j: usize| (row[j] - mean[j]) * slope[j] + offset[j];
-    if relu {
-        for (j, out) in out.iter_mut().enumerate() {
-            out.write(positive_part(affine(j)));
+    let y = |x: A, m: A, s: A, o: A| epilogue((x - m) * s + o);
+    let whole = whole_blocks(n);
+    for at in (0..whole).step_by(LANES) {
+        let (x, m, s, o) = (
+            block(row, at),
+            block(mean, at),
+            block(slope, at),
+            block(offset, at),
+        );
+        let mut ys = [A::zero(); LANES];
+        for l in 0..LANES {
+            ys[l] = y(x[l], m[l], s[l], o[l]);
         }
-    } else {
-        for (j, out) in out.iter_mut().enumerate() {
-            out.write(affine(j));
-        }
+        out[at..at + LANES].copy_from_slice(&ys.map(MaybeUninit::new));
+    }
+    for j in whole..n {
+        out[j].write(y(row[j], mean[j], slope[j], offset[j]));
     }
 }
 
@@ -72,42 +138,81 @@ fn through_relu<A: Float>(g: A, y: A) -> A {
     if y > A::zero() { g } else { A::zero() }
 }
 
+/// The gradient as it is, for a node without ReLU: the second argument (the slot of ReLU's
+/// output in [`through_relu`]) is not read.
+#[inline(always)]
+fn as_is<A: Float>(g: A, _unused: A) -> A {
+    g
+}
+
 /// `Σg'`, `Σ g' x̂` and `Σx̂` accumulated over one row, with `x̂ = (x − mean) · inv_std` and
 /// `g'` the row's gradient `g`, through the ReLU if `relu_output` is its output row.
 #[inline(always)]
 pub(crate) fn add_backward_sums<A: Float>(
-    [sum_g, sum_g_xhat, sum_xhat]: [&mut [A]; 3],
+    sums: [&mut [A]; 3],
     g: &[A],
     relu_output: Option<&[A]>,
     x: &[A],
+    statistics: [&[A]; 2],
+) {
+    match relu_output {
+        Some(y) => add_backward_sums_gated(sums, g, y, x, statistics, through_relu),
+        // Without ReLU, `g` itself stands in the output's slot, where `as_is` never reads it.
+        None => add_backward_sums_gated(sums, g, g, x, statistics, as_is),
+    }
+}
+
+/// [`add_backward_sums`] with `g' = gate(g, y)`.
+#[inline(always)]
+fn add_backward_sums_gated<A: Float>(
+    [sum_g, sum_g_xhat, sum_xhat]: [&mut [A]; 3],
+    g: &[A],
+    y: &[A],
+    x: &[A],
     [mean, inv_std]: [&[A]; 2],
+    gate: impl Fn(A, A) -> A,
 ) {
     let n = sum_g.len();
-    let (sum_g_xhat, sum_xhat, g, x, mean, inv_std) = (
+    let (sum_g_xhat, sum_xhat, g, y, x, mean, inv_std) = (
         &mut sum_g_xhat[..n],
         &mut sum_xhat[..n],
         &g[..n],
+        &y[..n],
         &x[..n],
         &mean[..n],
         &inv_std[..n],
     );
-    let mut add = |j: usize, g: A| {
-        let x_hat = (x[j] - mean[j]) * inv_std[j];
-        sum_g[j] += g;
-        sum_g_xhat[j] += g * x_hat;
-        sum_xhat[j] += x_hat;
+    // The three terms one feature adds: `g'`, `g' x̂` and `x̂`.
+    let terms = |g: A, y: A, x: A, m: A, s: A| {
+        let (g, x_hat) = (gate(g, y), (x - m) * s);
+        [g, g * x_hat, x_hat]
     };
-    match relu_output {
-        Some(y) => {
-            for (j, (&g, &y)) in g.iter().zip(&y[..n]).enumerate() {
-                add(j, through_relu(g, y));
-            }
+    let whole = whole_blocks(n);
+    for at in (0..whole).step_by(LANES) {
+        let (gs, ys, xs, ms, ss) = (
+            block(g, at),
+            block(y, at),
+            block(x, at),
+            block(mean, at),
+            block(inv_std, at),
+        );
+        let (mut sg, mut sgx, mut sx) =
+            (block(sum_g, at), block(sum_g_xhat, at), block(sum_xhat, at));
+        for l in 0..LANES {
+            let [a, b, c] = terms(gs[l], ys[l], xs[l], ms[l], ss[l]);
+            sg[l] += a;
+            sgx[l] += b;
+            sx[l] += c;
         }
-        None => {
-            for (j, &g) in g.iter().enumerate() {
-                add(j, g);
-            }
-        }
+        sum_g[at..at + LANES].copy_from_slice(&sg);
+        sum_g_xhat[at..at + LANES].copy_from_slice(&sgx);
+        sum_xhat[at..at + LANES].copy_from_slice(&sx);
+    }
+    for j in whole..n {
+        let [a, b, c] = terms(g[j], y[j], x[j], mean[j], inv_std[j]);
+        sum_g[j] += a;
+        sum_g_xhat[j] += b;
+        sum_xhat[j] += c;
     }
 }
 
@@ -133,26 +238,70 @@ pub(crate) fn input_gradient<A: Float>(
     g: &mut [A],
     relu_output: Option<&[A]>,
     x: &[A],
-    [mean, inv_std, coefficient]: [&[A]; 3],
+    per_feature: [&[A]; 3],
     sums: &Sums<'_, A>,
 ) {
-    let n = g.len();
-    let (x, mean, inv_std, coefficient) = (&x[..n], &mean[..n], &inv_std[..n], &coefficient[..n]);
-    let (sum_g, sum_g_xhat, xhat_mean) = (&sums.g[..n], &sums.g_xhat[..n], &sums.xhat_mean[..n]);
-    let dx = |j: usize, g: A| {
-        let x_hat = (x[j] - mean[j]) * inv_std[j] - xhat_mean[j];
-        coefficient[j] * (sums.count * g - sum_g[j] - x_hat * sum_g_xhat[j])
-    };
     match relu_output {
-        Some(y) => {
-            for (j, (g, &y)) in g.iter_mut().zip(&y[..n]).enumerate() {
-                *g = dx(j, through_relu(*g, y));
-            }
+        Some(y) => input_gradient_gated(g, y, x, per_feature, sums, through_relu),
+        // Without ReLU, `x` stands in the output's slot, where `as_is` never reads it.
+        None => input_gradient_gated(g, x, x, per_feature, sums, as_is),
+    }
+}
+
+/// [`input_gradient`] with `g' = gate(g, y)`.
+#[inline(always)]
+fn input_gradient_gated<A: Float>(
+    g: &mut [A],
+    y: &[A],
+    x: &[A],
+    [mean, inv_std, coefficient]: [&[A]; 3],
+    sums: &Sums<'_, A>,
+    gate: impl Fn(A, A) -> A,
+) {
+    let n = g.len();
+    let (y, x, mean, inv_std, coefficient) = (
+        &y[..n],
+        &x[..n],
+        &mean[..n],
+        &inv_std[..n],
+        &coefficient[..n],
+    );
+    let (sum_g, sum_g_xhat, xhat_mean) = (&sums.g[..n], &sums.g_xhat[..n], &sums.xhat_mean[..n]);
+    let count = sums.count;
+    // One feature's `dx`, from its gradient, output, input, and per-feature values in the
+    // order `μ, 1/√(σ²+ε), c, Σg', Σ(g' x̂), Σx̂/N`.
+    let dx = |g: A, y: A, x: A, [m, s, c, sg, sgx, xm]: [A; 6]| {
+        let x_hat = (x - m) * s - xm;
+        c * (count * gate(g, y) - sg - x_hat * sgx)
+    };
+    let whole = whole_blocks(n);
+    for at in (0..whole).step_by(LANES) {
+        let (mut gs, ys, xs) = (block(g, at), block(y, at), block(x, at));
+        let (m, s, c) = (block(mean, at), block(inv_std, at), block(coefficient, at));
+        let (sg, sgx, xm) = (
+            block(sum_g, at),
+            block(sum_g_xhat, at),
+            block(xhat_mean, at),
+        );
+        for l in 0..LANES {
+            gs[l] = dx(
+                gs[l],
+                ys[l],
+                xs[l],
+                [m[l], s[l], c[l], sg[l], sgx[l], xm[l]],
+            );
         }
-        None => {
-            for (j, g) in g.iter_mut().enumerate() {
-                *g = dx(j, *g);
-            }
-        }
+        g[at..at + LANES].copy_from_slice(&gs);
+    }
+    for j in whole..n {
+        let per_feature = [
+            mean[j],
+            inv_std[j],
+            coefficient[j],
+            sum_g[j],
+            sum_g_xhat[j],
+            xhat_mean[j],
+        ];
+        g[j] = dx(g[j], y[j], x[j], per_feature);
     }
 }
