@@ -2,11 +2,12 @@
 //! for AVX2 with FMA (8 floats) and for AVX-512 (16 floats), chosen at run time.
 //!
 //! Rust compiles for the baseline unless told otherwise (`-C target-cpu`), and a library
-//! cannot tell its users how to build. The fused kernels' loops are plain slice loops that the
-//! compiler vectorises; run inside [`vectorized`], they are compiled again with the wider
-//! instruction sets enabled, and the copy of the [kernel path](KernelPath) in force runs. The
-//! results are the same on every path: the loops vectorise across features, never
-//! reassociating a sum, and Rust never fuses a multiply and an add on its own.
+//! cannot tell its users how to build. The fused kernels' loops are plain Rust that the
+//! compiler vectorises (BatchNorm's in blocks of features, `kernels/fused/rows.rs`, so that
+//! it needs no run-time overlap checks); run inside [`vectorized`], they are compiled again
+//! with the wider instruction sets enabled, and the copy of the [kernel path](KernelPath) in
+//! force runs. The results are the same on every path: the loops vectorise across features,
+//! never reassociating a sum, and Rust never fuses a multiply and an add on its own.
 
 use crate::float::Float;
 use crate::runtime::KernelPath;

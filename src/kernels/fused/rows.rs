@@ -17,7 +17,7 @@ use std::mem::MaybeUninit;
 use crate::float::Float;
 
 /// The features a block holds: one AVX-512 register of `f32`, two AVX2 ones.
-pub(crate) const LANES: usize = 16;
+const LANES: usize = 16;
 
 /// Where the whole blocks of a row of `n` features end; the features from there on are
 /// computed one by one.
