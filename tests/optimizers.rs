@@ -282,6 +282,52 @@ fn a_param_replaced_by_another_shape_is_an_error_naming_it_and_nothing_moves() {
     assert_eq!(p, before);
 }
 
+/// The shape check walks the kept state and the gradients together in path order: with the
+/// state of a frozen param (`b`) between the two others, a misshapen `c` is still found and
+/// named, and neither the params nor the state move.
+#[test]
+fn a_misshapen_param_after_a_frozen_one_is_named_and_nothing_moves() {
+    let of = |entries: &[(&str, &[f64])]| -> Params<f64> {
+        entries
+            .iter()
+            .map(|&(path, values)| (path, arr1(values).into_dyn()))
+            .collect()
+    };
+    let squares = |p: &Params<f64>| {
+        tapegrad::grad(p, |t| {
+            let mut total = t.get("a")?.square().sum_all();
+            for path in p.paths().filter(|&path| path != "a") {
+                total = total.add(&t.get(path)?.square().sum_all())?;
+            }
+            Ok(total)
+        })
+        .unwrap()
+    };
+    type Make = fn() -> Box<dyn Optimizer<f64>>;
+    let optimizers: [Make; 2] = [
+        || Box::new(Sgd::new(0.1).momentum(0.9)),
+        || Box::new(Adam::new(0.1)),
+    ];
+    for make in optimizers {
+        let mut optimizer = make();
+        let mut p = of(&[("a", &[1.0]), ("b", &[2.0]), ("c", &[3.0])]);
+        let g = squares(&p);
+        optimizer.update(&mut p, &g).unwrap();
+        let state_before = optimizer.state();
+
+        // `b` frozen (no gradient), `c` replaced by two elements under the same path.
+        let mut p = of(&[("a", &[1.0]), ("c", &[3.0, 4.0])]);
+        let (params_before, g) = (p.clone(), squares(&p));
+        let message = optimizer.update(&mut p, &g).unwrap_err().to_string();
+        assert!(
+            message.contains("\"c\"") && message.contains("[1]") && message.contains("[2]"),
+            "{message}"
+        );
+        assert_eq!(p, params_before);
+        assert_eq!(optimizer.state().slots, state_before.slots);
+    }
+}
+
 #[test]
 fn schedules_drive_the_learning_rate() {
     let mut sgd = Sgd::<f64>::new(LearningRate::Step {
