@@ -145,6 +145,18 @@ fn adam_on_params_split_over_threads_equals_the_formula_at_every_element() {
     }
 }
 
+/// Makes a fresh optimizer.
+type Make = fn() -> Box<dyn Optimizer<f64>>;
+
+/// Makers of a fresh SGD with momentum and a fresh Adam: the optimizers that keep state
+/// per param.
+fn stateful_optimizers() -> [Make; 2] {
+    [
+        || Box::new(Sgd::new(0.1).momentum(0.9)),
+        || Box::new(Adam::new(0.1)),
+    ]
+}
+
 /// Params frozen after some steps leave their state in the optimizer: the others' state
 /// must still be found by path. `b` is frozen after two steps; `a` and `c` then follow
 /// exactly the trajectory of an optimizer that never saw `b`, and `b`'s state is kept.
@@ -172,12 +184,7 @@ fn state_left_by_a_frozen_param_is_kept_and_never_used_for_another() {
         })
         .unwrap()
     };
-    type Make = fn() -> Box<dyn Optimizer<f64>>;
-    let optimizers: [Make; 2] = [
-        || Box::new(Sgd::new(0.1).momentum(0.9)),
-        || Box::new(Adam::new(0.1)),
-    ];
-    for make in optimizers {
+    for make in stateful_optimizers() {
         let (mut seen_b, mut never_b) = (make(), make());
         let mut p = all([0.5, -1.0, 0.8]);
         let (_, mut q) = without_b(&p);
@@ -303,12 +310,7 @@ fn a_misshapen_param_after_a_frozen_one_is_named_and_nothing_moves() {
         })
         .unwrap()
     };
-    type Make = fn() -> Box<dyn Optimizer<f64>>;
-    let optimizers: [Make; 2] = [
-        || Box::new(Sgd::new(0.1).momentum(0.9)),
-        || Box::new(Adam::new(0.1)),
-    ];
-    for make in optimizers {
+    for make in stateful_optimizers() {
         let mut optimizer = make();
         let mut p = of(&[("a", &[1.0]), ("b", &[2.0]), ("c", &[3.0])]);
         let g = squares(&p);
