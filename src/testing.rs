@@ -285,9 +285,6 @@ impl MlpCase {
     }
 }
 
-/// BatchNorm's default `epsilon` ([`crate::nn::BatchNorm::new`]), which [`MlpCase`]s use.
-const BATCH_NORM_EPSILON: f64 = 1e-5;
-
 /// Random [`MlpCase`]s: batch 2 to 6 (BatchNorm needs at least 2), 1 to 4 inputs, 1 or 2
 /// hidden layers of width 1 to 5, 2 to 4 classes, BatchNorm in half the cases; every ReLU
 /// input at least `1e-4` from the kink ([`MlpCase::relu_margin`]) and on the same side of it
@@ -323,7 +320,8 @@ pub fn mlp_case() -> impl Strategy<Value = MlpCase> {
         // The cheap test first: the step check runs the model twice per param entry.
         .prop_filter(
             "BatchNorm features of variance well above epsilon",
-            |case| case.smallest_batch_variance() > 100.0 * BATCH_NORM_EPSILON,
+            // The cases' BatchNorms are `BatchNorm::new()`'s, with its default epsilon.
+            |case| case.smallest_batch_variance() > 100.0 * crate::nn::BatchNorm::new().epsilon,
         )
         .prop_filter("ReLU inputs away from the kink", |case| {
             case.relu_margin() > 1e-4
