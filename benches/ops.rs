@@ -9,7 +9,7 @@
 //!   crate on one thread, tapegrad's `matmul` op on each kernel path the CPU has (one thread)
 //!   and on every thread, and with `--features openblas` the system's OpenBLAS (the
 //!   reference). `cargo bench --bench ops -- gemm`; `docs/performance.md` has the figures.
-//! * `pool`: what handing a share of a product to a pool worker costs, awake and asleep.
+//! * `handoff`: what handing a share of a product to a worker thread costs, awake and asleep.
 //! * `pooling`: 2×2 max and average pooling, forward and backward, of CNN-M's first
 //!   activations `(64, 26, 26, 32)` on one thread and on two (criterion;
 //!   `cargo bench --bench ops -- pooling`).
@@ -50,7 +50,7 @@ fn overhead(c: &mut Criterion) {
 }
 
 /// Pooling's forward and backward at CNN-M's first pooling, on one thread and on two: passes
-/// over images in chunks of 2^16 elements, split over the pool.
+/// over images in chunks of 2^16 elements, split over the threads.
 fn pooling(c: &mut Criterion) {
     // As the step benchmarks do: freed arrays' memory is kept, so that each iteration does
     // not fault its 12 MB of arrays in afresh (which was most of the time measured). It is
@@ -331,16 +331,16 @@ fn gemm_rates() {
     }
 }
 
-/// What handing work to a pool worker costs: a rayon pool of one worker (as tapegrad builds
+/// What handing work to a worker thread costs: a rayon pool of one worker (as tapegrad builds
 /// it for two threads), one trivial job through `in_place_scope`, when the worker is awake
 /// (back to back) and when it has gone to sleep (1 ms after the last job).
-fn pool_handoff() {
+fn handoff() {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
         .unwrap();
     // The caller either blocks at the end of the scope at once, or first spins on a flag the
-    // job sets (what src/kernels/pool.rs does), so that it is not put to sleep.
+    // job sets (what src/kernels/threads.rs does), so that it is not put to sleep.
     let handoff = |spin: bool| {
         let done = std::sync::atomic::AtomicBool::new(false);
         let start = Instant::now();
@@ -356,7 +356,7 @@ fn pool_handoff() {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    println!("\npool hand-off, µs (median of 2,000 back to back; of 200 after 1 ms idle):");
+    println!("\nworker hand-off, µs (median of 2,000 back to back; of 200 after 1 ms idle):");
     for spin in [false, true] {
         let awake = median((0..2000).map(|_| handoff(spin)).collect());
         let asleep = median(
@@ -373,7 +373,7 @@ fn pool_handoff() {
 }
 
 fn main() {
-    // `cargo bench --bench ops [-- overhead | gemm | pool | pooling]`: all, or the one named.
+    // `cargo bench --bench ops [-- overhead | gemm | handoff | pooling]`: all, or the one named.
     let filters: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -393,7 +393,7 @@ fn main() {
         pooling(&mut criterion);
         criterion.final_summary();
     }
-    if filters.is_empty() || filters.iter().any(|f| f == "pool") {
-        pool_handoff();
+    if wants("handoff") {
+        handoff();
     }
 }

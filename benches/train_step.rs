@@ -60,7 +60,7 @@ fn cnn_step(c: &mut Criterion) {
 }
 
 /// The optimizer's update alone on the workload's params (M: 86 K, L: 1.3 M), SGD momentum
-/// and Adam, on one thread and on two: memory-bound elementwise passes, split over the pool
+/// and Adam, on one thread and on two: memory-bound elementwise passes, split over the threads
 /// above 2^16 elements.
 fn optimizer_update(c: &mut Criterion) {
     let threads_before = runtime::num_threads();

@@ -177,7 +177,7 @@ impl MlpCase {
     /// How far the ReLUs' inputs are from the kink at 0: the smallest `|pre-activation|` of
     /// any hidden unit in training mode, with [`MlpCase::variables`].
     #[must_use]
-    pub fn relu_margin(&self) -> f64 {
+    pub(crate) fn relu_margin(&self) -> f64 {
         self.relu_inputs(&self.variables())
             .iter()
             .flat_map(|layer| layer.iter())
@@ -193,7 +193,7 @@ impl MlpCase {
     /// and the central difference read 53 where the true derivative, to which it converges
     /// at smaller steps, is 61.3).
     #[must_use]
-    pub fn kinks_clear_of_steps(&self, eps: f64) -> bool {
+    pub(crate) fn kinks_clear_of_steps(&self, eps: f64) -> bool {
         let variables = self.variables();
         let signs = |v: &crate::variables::Variables<f64>| -> Vec<bool> {
             let inputs = self.relu_inputs(v);
@@ -239,7 +239,7 @@ impl MlpCase {
     /// BatchNorm, twice what `tests/fusion.rs` allows). [`mlp_case`] keeps it above
     /// `100 · epsilon`.
     #[must_use]
-    pub fn smallest_batch_variance(&self) -> f64 {
+    pub(crate) fn smallest_batch_variance(&self) -> f64 {
         if self.batch_norm.is_none() {
             return f64::INFINITY;
         }
@@ -287,12 +287,12 @@ impl MlpCase {
 
 /// Random [`MlpCase`]s: batch 2 to 6 (BatchNorm needs at least 2), 1 to 4 inputs, 1 or 2
 /// hidden layers of width 1 to 5, 2 to 4 classes, BatchNorm in half the cases; every ReLU
-/// input at least `1e-4` from the kink ([`MlpCase::relu_margin`]) and on the same side of it
-/// after any step of ten times [`crate::gradcheck::GradCheckOptions`]' default `eps`
-/// ([`MlpCase::kinks_clear_of_steps`]), so that finite differences are meaningful; and
-/// every feature BatchNorm normalises has a batch variance above `100 · epsilon`
-/// ([`MlpCase::smallest_batch_variance`]), so that rounding is not amplified past what
-/// comparisons of two computations allow.
+/// input at least `1e-4` from the kink, and on the same side of it after any step of ten
+/// times [`crate::gradcheck::GradCheckOptions`]' default `eps`, so that finite differences
+/// are meaningful (behind BatchNorm a small margin is not enough: a feature of small
+/// variance moves by up to `1/√epsilon` times a param's step); and every feature BatchNorm
+/// normalises has a batch variance above `100 · epsilon`, so that rounding is not amplified
+/// past what comparisons of two computations allow.
 pub fn mlp_case() -> impl Strategy<Value = MlpCase> {
     (
         2..=6usize,

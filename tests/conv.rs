@@ -477,7 +477,7 @@ fn pooling_a_batch_in_several_chunks_equals_each_image_pooled_alone() {
 }
 
 /// `Conv` with a bias runs as one node when fusion is on, the bias a row of the kernel matrix
-/// read by a column of ones in the patches (`ops/conv.rs`), its gradient from the same
+/// read by a column of ones in the patches (`kernels/conv.rs`), its gradient from the same
 /// product as the kernel's, or `Σ dY` when the kernel is frozen. With every subset of
 /// {input, kernel, bias} frozen, the fused node gives the composite's gradients (`conv2d`
 /// then `add`) for the others, to 1e-12 relative, and none for the frozen.

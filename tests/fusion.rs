@@ -143,7 +143,7 @@ proptest! {
     /// `BatchNorm` in training mode on inputs of rank 2 to 4 (statistics over every axis but
     /// the last): the fused node against the composite, including the running statistics.
     /// Few features, or 15 to 34: the fused loops compute in blocks of 16 features and the
-    /// rest one by one (`kernels/fused/rows.rs`), so both parts are drawn.
+    /// rest one by one (`kernels/rows.rs`), so both parts are drawn.
     #[test]
     fn batch_norm_fused_equals_the_composite(
         (x, scale, bias, momentum) in (prop::collection::vec(1..4usize, 0..=2), 2..5usize, prop_oneof![1..4usize, 15..35usize])
@@ -276,20 +276,30 @@ fn with_fusion_off_the_tape_records_primitives_and_variables_are_the_same() {
     assert_eq!(fused_names, composite_names);
 }
 
-/// `Sequential` runs a BatchNorm followed by a ReLU as `Mlp` does, the ReLU inside the fused
-/// node with fusion on; the values are the same either way.
+/// `BatchNorm::with_relu` runs the ReLU inside the fused node with fusion on, and a separate
+/// `relu` with fusion off; a `Sequential` of `BatchNorm` then `Activation::Relu` runs two ops
+/// either way. All three give the same values.
 #[test]
-fn sequential_runs_batch_norm_then_relu_in_one_node() {
+fn batch_norm_with_relu_runs_in_one_node_and_equals_batch_norm_then_relu() {
     use tapegrad::nn::{Activation, Sequential};
-    let model = Sequential::<f64>::new()
+    let fused_layer = Sequential::<f64>::new()
+        .push(Dense::new(3))
+        .push(BatchNorm::new().with_relu())
+        .push(Dense::new(2));
+    let separate = Sequential::<f64>::new()
         .push(Dense::new(3))
         .push(BatchNorm::new())
         .push(Activation::Relu)
         .push(Dense::new(2));
     let x = Tensor::from_vec(&[4, 2], (0..8).map(|i| (i as f64 * 0.7).cos()).collect()).unwrap();
-    let variables = model.init(0, &x).unwrap();
+    let variables = separate.init(0, &x).unwrap();
+    assert_eq!(
+        variables,
+        fused_layer.init(0, &x).unwrap(),
+        "the same variables"
+    );
     let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
-    let run = |fusion: Fusion| {
+    let run = |model: &Sequential<f64>, fusion: Fusion| {
         fusion.run(|| {
             let tape = tapegrad::Tape::new();
             let p = ParamTensors::leaves(variables.params(), &tape);
@@ -298,10 +308,18 @@ fn sequential_runs_batch_norm_then_relu_in_one_node() {
             (y.value().clone(), ops)
         })
     };
-    let ((fused, fused_ops), (composite, composite_ops)) = (run(Fusion::On), run(Fusion::Off));
+    let (fused, fused_ops) = run(&fused_layer, Fusion::On);
     assert!(fused_ops.contains(&"batch_norm_relu"), "{fused_ops:?}");
+    assert!(!fused_ops.contains(&"relu"), "{fused_ops:?}");
+    let (composite, composite_ops) = run(&fused_layer, Fusion::Off);
     assert!(composite_ops.contains(&"relu") && !composite_ops.contains(&"batch_norm_relu"));
+    let (pair, pair_ops) = run(&separate, Fusion::On);
+    assert!(
+        pair_ops.contains(&"batch_norm") && pair_ops.contains(&"relu"),
+        "{pair_ops:?}"
+    );
     assert!(close(&fused, &composite, scale([&composite])));
+    assert_eq!(fused, pair, "the same arithmetic, in one node or two");
 }
 
 /// BatchNorm, alone and followed by a ReLU, on a batch of several chunks (its sums and passes
@@ -310,7 +328,7 @@ fn sequential_runs_batch_norm_then_relu_in_one_node() {
 /// of the property tests (which are one chunk each). No finite differences at this size.
 #[test]
 fn batch_norm_on_a_batch_of_several_chunks_fused_equals_the_composite() {
-    use tapegrad::nn::{Activation, Sequential};
+    use tapegrad::nn::Sequential;
     let (shape, features) = (vec![8, 32, 32, 24], 24); // 196,608 elements: 4 chunks
     let x = ArrayD::from_shape_fn(shape, |i| {
         let k = ((i[0] * 32 + i[1]) * 32 + i[2]) * 24 + i[3];
@@ -331,10 +349,12 @@ fn batch_norm_on_a_batch_of_several_chunks_fused_equals_the_composite() {
     ]);
     let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
     for relu in [false, true] {
-        let mut model = Sequential::new().push(BatchNorm::new().momentum(0.8));
-        if relu {
-            model = model.push(Activation::Relu);
-        }
+        let batch_norm = BatchNorm::new().momentum(0.8);
+        let model = if relu {
+            Sequential::new().push(batch_norm.with_relu())
+        } else {
+            Sequential::new().push(batch_norm)
+        };
         let f = |p: &ParamTensors<f64>| {
             let x = p.get("x")?;
             let variables = model.init(0, &x.detach())?;

@@ -428,3 +428,121 @@ fn a_circle_through_root_reexports_is_found() {
     assert_eq!(found.len(), 1);
     assert_eq!(describe(&found[0]), "a.rs -> b.rs -> a.rs");
 }
+
+/// The files of `src/` under `folder` (`"nn"` for `src/nn/…`).
+fn under(module: &ModulePath, folder: &str) -> bool {
+    module.first().is_some_and(|first| first == folder)
+}
+
+/// The edges that break the house's rules (design.md, invariant 13), each as `from -> to`:
+/// a layer (`nn/`) that names a kernel or the fusion switch, a kernel that reaches above the
+/// loops (anything but other kernels and the value types below them), an op that names the
+/// fusion switch of another op's file (fine: ops choose) is not one.
+fn broken_rules(edges: &BTreeMap<ModulePath, BTreeSet<ModulePath>>) -> Vec<String> {
+    let fusion: ModulePath = vec!["ops".into(), "fusion".into()];
+    let below_kernels = ["error", "float", "shape"];
+    let mut broken = Vec::new();
+    for (from, targets) in edges {
+        for to in targets {
+            let wrong = if under(from, "nn") {
+                under(to, "kernels") || *to == fusion
+            } else if under(from, "kernels") {
+                !under(to, "kernels") && !below_kernels.iter().any(|b| to == &vec![b.to_string()])
+            } else {
+                false
+            };
+            if wrong {
+                broken.push(format!(
+                    "{} -> {}",
+                    Crate::display(from),
+                    Crate::display(to)
+                ));
+            }
+        }
+    }
+    broken
+}
+
+/// The files whose code (comments aside) holds the keyword `unsafe`.
+fn with_unsafe<'a>(krate: &'a Crate, folder: &str) -> Vec<&'a ModulePath> {
+    krate
+        .files
+        .iter()
+        .filter(|(module, source)| {
+            under(module, folder)
+                && code_lines(source).any(|line| {
+                    line.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                        .any(|word| word == "unsafe")
+                })
+        })
+        .map(|(module, _)| module)
+        .collect()
+}
+
+#[test]
+fn layers_name_no_kernel_and_kernels_reach_no_higher_than_the_values_they_compute_on() {
+    let krate = Crate::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
+    let broken = broken_rules(&krate.edges());
+    assert!(
+        broken.is_empty(),
+        "imports against the rules:\n{}",
+        broken.join("\n")
+    );
+}
+
+#[test]
+fn ops_hold_no_unsafe_code() {
+    let krate = Crate::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
+    let found = with_unsafe(&krate, "ops");
+    assert!(found.is_empty(), "unsafe in ops: {found:?}");
+    // The check reads the files it should: the kernels do hold some.
+    assert!(!with_unsafe(&krate, "kernels").is_empty());
+}
+
+/// The rules' checks themselves, on a small crate that breaks each rule once.
+#[test]
+fn each_broken_rule_is_found() {
+    let files = [
+        (
+            vec![],
+            "mod nn;\nmod ops;\nmod kernels;\nmod tensor;\nmod float;\n",
+        ),
+        (vec!["float"], "pub trait Float {}\n"),
+        (vec!["tensor"], "pub struct Tensor;\n"),
+        (vec!["kernels"], "pub mod gemm;\n"),
+        (
+            vec!["kernels", "gemm"],
+            "use crate::float::Float;\nuse crate::tensor::Tensor;\n",
+        ),
+        (vec!["ops"], "pub mod fusion;\npub mod conv;\n"),
+        (vec!["ops", "fusion"], "pub enum Fusion { On }\n"),
+        (
+            vec!["ops", "conv"],
+            "use crate::ops::fusion::Fusion;\n// unsafe in a comment is not code\nfn f() { unsafe { g() } }\n",
+        ),
+        (vec!["nn"], "pub mod dense;\n"),
+        (
+            vec!["nn", "dense"],
+            "use crate::ops::fusion::Fusion;\nfn f() { crate::kernels::gemm::g() }\n",
+        ),
+    ];
+    let krate = Crate {
+        files: files
+            .into_iter()
+            .map(|(m, s)| (m.into_iter().map(String::from).collect(), s.to_string()))
+            .collect(),
+    };
+    assert_eq!(
+        broken_rules(&krate.edges()),
+        [
+            "kernels/gemm.rs -> tensor.rs",
+            "nn/dense.rs -> kernels/gemm.rs",
+            "nn/dense.rs -> ops/fusion.rs",
+        ]
+    );
+    let found: Vec<String> = with_unsafe(&krate, "ops")
+        .into_iter()
+        .map(Crate::display)
+        .collect();
+    assert_eq!(found, ["ops/conv.rs"]);
+}

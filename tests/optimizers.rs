@@ -56,7 +56,7 @@ fn nesterov_and_weight_decay_follow_pytorch() {
     assert!((p.get("w").unwrap()[[0]] - w).abs() < 1e-14);
 }
 
-/// Three steps of `optimizer` on a param of 300,007 elements (updated over the pool in
+/// Three steps of `optimizer` on a param of 300,007 elements (updated over the threads in
 /// shares cut anywhere) and one of 7 beside it, against `formula(t, w, state, g)` applied to
 /// each element on its own (`t` counts steps from 1, `state` starts at zeros): the same bits.
 fn assert_steps_follow_the_formula(

@@ -121,10 +121,21 @@ fn torch_cnn() -> Sequential<f64> {
 #[test]
 fn the_mapping_of_a_sequential_is_the_one_derived_from_pytorchs_file() {
     let derived = TorchMapping::derive_sequential(fixture("torch_cnn_bn.safetensors")).unwrap();
-    assert_eq!(torch_cnn().torch_mapping(), derived);
+    assert_eq!(TorchMapping::of_sequential(&torch_cnn()), derived);
+    // BatchNorm and ReLU as one layer stand for PyTorch's two modules.
+    let fused = Sequential::<f64>::new()
+        .push(Conv::new(3, [3, 3]))
+        .push(BatchNorm::pytorch(Some(0.1)).with_relu())
+        .push(Pool::max([2, 2]))
+        .push(Conv::new(4, [3, 3]))
+        .push(BatchNorm::pytorch(Some(0.1)).with_relu())
+        .push(Pool::max([2, 2]))
+        .push(Flatten::channels_first())
+        .push(Dense::new(3));
+    assert_eq!(TorchMapping::of_sequential(&fused), derived);
     let mlp = Mlp::new(&[7, 7], 3).with_batch_norm(BatchNorm::pytorch(Some(0.1)));
     let derived = TorchMapping::derive_sequential(fixture("torch_mlp_bn.safetensors")).unwrap();
-    assert_eq!(mlp.torch_mapping(), derived);
+    assert_eq!(TorchMapping::of_mlp(&mlp), derived);
 }
 
 /// Import PyTorch's CNN, export it, import the export: the same variables, bit for bit,
@@ -135,7 +146,7 @@ fn import_of_export_is_the_identity_bit_for_bit() {
     let expected: Variables<f64> = read(fixture("torch_cnn_bn_expected.safetensors")).unwrap();
     let x = Tensor::constant(expected.get("inputs/x").unwrap().clone());
     let model = torch_cnn();
-    let mapping = model.torch_mapping();
+    let mapping = TorchMapping::of_sequential(&model);
     let mut imported = model.init(0, &x).unwrap();
     import_pytorch_into(&mut imported, &state_dict, &mapping, LoadMode::Strict).unwrap();
     assert_eq!(

@@ -3,7 +3,7 @@
 //! 42) and one training step.
 
 use ndarray::ArrayD;
-use tapegrad::nn::{Activation, BatchNorm, Conv, Dense, GlobalAvgPool, Mlp, Pool, Sequential};
+use tapegrad::nn::{BatchNorm, Conv, Dense, GlobalAvgPool, Mlp, Pool, Sequential};
 use tapegrad::optim::{Optimizer, Sgd};
 use tapegrad::{
     ApplyOptions, Gradients, Module, ModuleExt, Mutable, ParamTensors, SplitMix64, Tape, Tensor,
@@ -80,15 +80,14 @@ pub const CNN_M: CnnConfig = CnnConfig {
 /// Section 10's CNN: Conv → BatchNorm → ReLU → 2×2 max pool, Conv → BatchNorm → ReLU,
 /// global average, Dense.
 pub fn cnn(config: CnnConfig) -> Sequential<f32> {
-    let bn = || BatchNorm::new().momentum(0.9);
+    // BatchNorm then ReLU as one layer: the ReLU inside BatchNorm's fused node.
+    let bn_relu = || BatchNorm::new().momentum(0.9).with_relu();
     Sequential::new()
         .push(Conv::new(config.channels[0], [3, 3]))
-        .push(bn())
-        .push(Activation::Relu)
+        .push(bn_relu())
         .push(Pool::max([2, 2]))
         .push(Conv::new(config.channels[1], [3, 3]))
-        .push(bn())
-        .push(Activation::Relu)
+        .push(bn_relu())
         .push(GlobalAvgPool)
         .push(Dense::new(config.classes))
 }

@@ -48,6 +48,7 @@ use crate::checkpoint::format::{self, Decoded};
 use crate::error::CheckpointProblem;
 use crate::error::{Error, Result};
 use crate::float::Float;
+use crate::nn::{Mlp, Sequential};
 use crate::variables::Variables;
 
 /// The kind of a PyTorch layer, which decides how its tensors are renamed and laid out.
@@ -210,7 +211,7 @@ impl TorchMapping {
     /// `"BatchNorm"` and `"Embed"` have tensors and are named `Dense_0`, `Conv_0`, … as a
     /// scope names them; every other kind (activations, pooling, flatten, dropout) only
     /// takes its place in the numbering.
-    pub(crate) fn from_kinds<'k>(kinds: impl IntoIterator<Item = &'k str>) -> Self {
+    fn from_kinds<'k>(kinds: impl IntoIterator<Item = &'k str>) -> Self {
         let mut mapping = TorchMapping::new();
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
         for (index, kind) in kinds.into_iter().enumerate() {
@@ -227,6 +228,36 @@ impl TorchMapping {
         }
         mapping
     }
+
+    /// How `model`'s variables map onto a PyTorch `nn.Sequential` of the same layers in the
+    /// same order (`Dense` ↔ `nn.Linear`, `Conv` ↔ `nn.Conv2d`, `BatchNorm` ↔
+    /// `nn.BatchNorm1d/2d`, `Embed` ↔ `nn.Embedding`; activations, pooling and flatten hold
+    /// their places): module `i` there is kind `i` of [`Sequential::kinds`], where a
+    /// [`BatchNormRelu`](crate::nn::BatchNormRelu) stands for its two modules.
+    #[must_use]
+    pub fn of_sequential<A: Float>(model: &Sequential<A>) -> Self {
+        Self::from_kinds(model.kinds())
+    }
+
+    /// How `model`'s variables map onto the equivalent PyTorch `nn.Sequential`: per hidden
+    /// width `nn.Linear`, `nn.BatchNorm1d` if any, the activation, `nn.Dropout` if any; then
+    /// the output `nn.Linear` (modules `0`, `1`, … in that order).
+    #[must_use]
+    pub fn of_mlp(model: &Mlp) -> Self {
+        let mut kinds = Vec::new();
+        for _ in &model.hidden {
+            kinds.push("Dense");
+            if model.batch_norm.is_some() {
+                kinds.push("BatchNorm");
+            }
+            kinds.push("Activation");
+            if model.dropout.is_some() {
+                kinds.push("Dropout");
+            }
+        }
+        kinds.push("Dense");
+        Self::from_kinds(kinds)
+    }
 }
 
 /// Writes `variables` as a PyTorch `state_dict` in safetensors, named and laid out as
@@ -241,7 +272,7 @@ impl TorchMapping {
 /// before a `Linear` (see the module documentation).
 ///
 /// ```
-/// use tapegrad::checkpoint::{LoadMode, export_pytorch, import_pytorch_into};
+/// use tapegrad::checkpoint::{LoadMode, TorchMapping, export_pytorch, import_pytorch_into};
 /// use tapegrad::nn::{BatchNorm, Mlp};
 /// use tapegrad::{ModuleExt, Tensor};
 /// let model = Mlp::new(&[4], 2).with_batch_norm(BatchNorm::pytorch(Some(0.1)));
@@ -249,7 +280,7 @@ impl TorchMapping {
 /// let trained = model.init(1, &x)?;
 /// let path = std::env::temp_dir().join(format!("tapegrad-export-{}.safetensors", std::process::id()));
 /// // nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
-/// let mapping = model.torch_mapping();
+/// let mapping = TorchMapping::of_mlp(&model);
 /// export_pytorch(&trained, &path, &mapping)?;
 /// let mut back = model.init(2, &x)?;
 /// import_pytorch_into(&mut back, &path, &mapping, LoadMode::Strict)?;

@@ -10,8 +10,8 @@
 
 use std::ops::Range;
 
-use crate::kernels::pool;
-use crate::runtime::KernelPath;
+use crate::kernels::path::KernelPath;
+use crate::kernels::threads;
 
 /// Elements per chunk: 256 KiB of `f32`, a few tens of microseconds a pass, far more than a
 /// hand-off to a worker costs (a few µs), and about an L2 cache.
@@ -45,7 +45,7 @@ fn shares<T>(items: Vec<T>, threads: usize) -> Vec<Vec<T>> {
         .collect()
 }
 
-/// `partial(path, rows)` for each chunk of `rows` rows of `len` elements, over the pool;
+/// `partial(path, rows)` for each chunk of `rows` rows of `len` elements, over the threads;
 /// the results in chunk order.
 pub(crate) fn map_chunks<T: Send>(
     rows: usize,
@@ -57,10 +57,10 @@ pub(crate) fn map_chunks<T: Send>(
         return vec![partial(path, 0..rows)];
     }
     let chunks = chunk_rows(rows, len);
-    let (threads, workers) = pool::current();
+    let (threads, workers) = threads::current();
     let mut results: Vec<Option<T>> = (0..chunks.len()).map(|_| None).collect();
     let items: Vec<_> = chunks.into_iter().zip(results.iter_mut()).collect();
-    pool::for_each_item(workers.as_deref(), shares(items, threads), |share| {
+    threads::for_each_item(workers.as_deref(), shares(items, threads), |share| {
         for (rows, slot) in share {
             *slot = Some(partial(path, rows));
         }
@@ -87,8 +87,8 @@ pub(crate) fn for_each_chunk<T: Send>(
         pass(path, items.pop().expect("one item"));
         return;
     }
-    let (threads, workers) = pool::current();
-    pool::for_each_item(workers.as_deref(), shares(items, threads), |share| {
+    let (threads, workers) = threads::current();
+    threads::for_each_item(workers.as_deref(), shares(items, threads), |share| {
         for item in share {
             pass(path, item);
         }
@@ -117,7 +117,7 @@ pub(crate) fn split_rows<'a, T>(
         .collect()
 }
 
-/// `pass(path, rows, part)` for each chunk of `data`, rows of `len` elements, over the pool:
+/// `pass(path, rows, part)` for each chunk of `data`, rows of `len` elements, over the threads:
 /// `part` is the chunk's own elements of `data` (`rows` the row numbers they hold).
 pub(crate) fn for_each_chunk_mut<T: Send>(
     data: &mut [T],
@@ -187,7 +187,7 @@ impl<A: Send + Sync> Elementwise for (&mut [A], &mut [A], &mut [A], &[A]) {
     }
 }
 
-/// `pass(path, part)` over all of `parts`, split over the pool into shares of equal element
+/// `pass(path, part)` over all of `parts`, split over the threads into shares of equal element
 /// counts (a part is cut where a share ends), at most one share per [`CHUNK`] elements: all
 /// on the caller for at most `CHUNK` elements. Elementwise work gives the same bits however
 /// it is cut, so the thread count changes nothing but the time.
@@ -198,7 +198,7 @@ pub(crate) fn for_each_elementwise<T: Elementwise>(
     let path = KernelPath::current();
     let total: usize = parts.iter().map(Elementwise::len).sum();
     let (threads, workers) = if total > CHUNK {
-        pool::current()
+        threads::current()
     } else {
         (1, None)
     };
@@ -207,7 +207,7 @@ pub(crate) fn for_each_elementwise<T: Elementwise>(
         parts.into_iter().for_each(|part| pass(path, part));
         return;
     }
-    pool::for_each_item(
+    threads::for_each_item(
         workers.as_deref(),
         even_shares(parts, total, count),
         |share| {

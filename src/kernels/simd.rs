@@ -3,14 +3,14 @@
 //!
 //! Rust compiles for the baseline unless told otherwise (`-C target-cpu`), and a library
 //! cannot tell its users how to build. The fused kernels' loops are plain Rust that the
-//! compiler vectorises (BatchNorm's in blocks of features, `kernels/fused/rows.rs`, so that
+//! compiler vectorises (BatchNorm's in blocks of features, `kernels/rows.rs`, so that
 //! it needs no run-time overlap checks); run inside [`vectorized`], they are compiled again
 //! with the wider instruction sets enabled, and the copy of the [kernel path](KernelPath) in
 //! force runs. The results are the same on every path: the loops vectorise across features,
 //! never reassociating a sum, and Rust never fuses a multiply and an add on its own.
 
 use crate::float::Float;
-use crate::runtime::KernelPath;
+use crate::kernels::path::KernelPath;
 
 /// Runs `f`, compiled for the [kernel path](KernelPath::current) in force: with AVX2 and FMA,
 /// or AVX-512, enabled for it (and whatever it inlines). Mark the loops `f` calls

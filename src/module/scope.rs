@@ -64,6 +64,14 @@ pub trait Module<A: Float> {
     /// The default name prefix of an instance: `"Dense"` names them `Dense_0`, `Dense_1`, …
     fn kind(&self) -> &'static str;
 
+    /// The kinds of the layers this module stands for, in order, as a framework that lists
+    /// them one by one would (PyTorch's `nn.Sequential`): itself alone by default;
+    /// [`BatchNormRelu`](crate::nn::BatchNormRelu), one layer here, is a BatchNorm and an
+    /// activation there. What [`Sequential::kinds`](crate::nn::Sequential::kinds) lists.
+    fn layer_kinds(&self) -> Vec<&'static str> {
+        vec![self.kind()]
+    }
+
     /// The computation, reading and writing variables through `scope`.
     ///
     /// # Errors

@@ -4,11 +4,11 @@ use ndarray::ArrayD;
 
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::fusion::Fusion;
-use crate::kernels::fused::{self, Epilogue};
 use crate::module::scope::{Module, Scope};
+use crate::module::variable::Variable;
 use crate::nn::init;
-use crate::replicas::ReduceOp;
+use crate::ops::normalize::{Normalization, Normalized, along_axis, batch_norm_train};
+use crate::replicas::ReplicaAxis;
 use crate::tensor::Tensor;
 
 /// Batch normalisation over every axis but the feature axis (the last by default: the
@@ -23,7 +23,8 @@ use crate::tensor::Tensor;
 /// **Training mode** normalises with the batch's mean and *biased* variance, and the
 /// gradient flows through both: the layer is defined as the composition of primitives in
 /// `forward` below, so the tape differentiates through the statistics like any other op
-/// (with [`Fusion::On`], one fused node with a closed-form VJP computes the same). It then
+/// (with [`Fusion::On`](crate::Fusion), one fused node with a closed-form VJP computes the
+/// same). It then
 /// writes `running = momentum · running + (1 - momentum) · batch` into `batch_stats`, with
 /// plain arrays: the running statistics are outputs of the forward pass, never
 /// differentiated.
@@ -192,8 +193,68 @@ impl<A: Float> Module<A> for BatchNorm {
     }
 
     fn forward(&self, scope: &mut Scope<'_, A>, x: &Tensor<A>) -> Result<Tensor<A>> {
-        self.normalize(scope, x, Epilogue::Nothing)
+        self.normalize(scope, x, false)
     }
+}
+
+/// BatchNorm followed by ReLU, as one layer with the variables of the BatchNorm it wraps
+/// (same kind, same names), so that the ReLU can run inside the normalisation's fused node
+/// in training mode: one pass over memory and one array fewer than a separate ReLU. What
+/// [`Mlp`](crate::nn::Mlp) runs when its activation is ReLU. PyTorch:
+/// `torch.ao.nn.intrinsic.BNReLU2d`.
+///
+/// ```
+/// use tapegrad::nn::BatchNorm;
+/// use tapegrad::{ApplyOptions, ModuleExt, Mutable, Tensor};
+/// let x = Tensor::from_vec(&[4, 2], vec![1.0f64, -2.0, 3.0, 0.5, -1.0, 2.0, 0.0, 1.0])?;
+/// let variables = BatchNorm::new().init(0, &x)?;
+/// let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
+/// let (fused, _) = BatchNorm::new().with_relu().apply(&variables, &x, &train)?;
+/// let (plain, _) = BatchNorm::new().apply(&variables, &x, &train)?;
+/// assert_eq!(fused.value(), plain.relu().value());
+/// # Ok::<(), tapegrad::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchNormRelu(pub BatchNorm);
+
+impl BatchNorm {
+    /// This layer followed by ReLU, as one layer (see [`BatchNormRelu`]).
+    #[must_use]
+    pub fn with_relu(self) -> BatchNormRelu {
+        BatchNormRelu(self)
+    }
+}
+
+impl<A: Float> Module<A> for BatchNormRelu {
+    type Input = Tensor<A>;
+    type Output = Tensor<A>;
+
+    fn kind(&self) -> &'static str {
+        "BatchNorm"
+    }
+
+    fn layer_kinds(&self) -> Vec<&'static str> {
+        vec!["BatchNorm", "Relu"]
+    }
+
+    fn forward(&self, scope: &mut Scope<'_, A>, x: &Tensor<A>) -> Result<Tensor<A>> {
+        self.0.normalize(scope, x, true)
+    }
+}
+
+/// A BatchNorm's variables in `batch_stats`: the running statistics, and PyTorch's counter
+/// under its convention.
+struct RunningStatistics<'s, A: Float> {
+    mean: Variable<'s, A>,
+    var: Variable<'s, A>,
+    batches_tracked: Option<Variable<'s, A>>,
+}
+
+/// The new values of the running statistics after one training step.
+struct Update<A> {
+    mean: ArrayD<A>,
+    var: ArrayD<A>,
+    batches_tracked: Option<ArrayD<A>>,
 }
 
 impl BatchNorm {
@@ -224,46 +285,84 @@ impl BatchNorm {
         Ok(())
     }
 
-    /// The feature axis of an input of rank `ndim`, if in range.
-    fn feature_axis(&self, ndim: usize) -> Option<usize> {
+    /// The feature axis of `x`: in range, and not the only axis.
+    fn feature_axis<A: Float>(&self, x: &Tensor<A>) -> Result<usize> {
+        let ndim = x.ndim();
         let axis = if self.axis < 0 {
-            ndim.checked_sub(self.axis.unsigned_abs())?
+            ndim.checked_sub(self.axis.unsigned_abs())
         } else {
-            self.axis as usize
+            Some(self.axis as usize)
         };
-        (axis < ndim).then_some(axis)
+        axis.filter(|&axis| axis < ndim && ndim >= 2)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "BatchNorm",
+                    x.shape(),
+                    format!(
+                        "expected (batch, ..., features) with feature axis {}",
+                        self.axis
+                    ),
+                )
+            })
     }
 
-    /// The layer, then `epilogue`: with fusion on and in training mode, the epilogue runs
-    /// inside the fused node; otherwise it is applied to the layer's output.
+    /// The layer, then ReLU if `relu`.
     fn normalize<A: Float>(
         &self,
         scope: &mut Scope<'_, A>,
         x: &Tensor<A>,
-        epilogue: Epilogue,
+        relu: bool,
     ) -> Result<Tensor<A>> {
-        let axis = self.feature_axis(x.ndim()).filter(|_| x.ndim() >= 2);
-        let Some(axis) = axis else {
-            return Err(Error::invalid(
-                "BatchNorm",
-                x.shape(),
-                format!(
-                    "expected (batch, ..., features) with feature axis {}",
-                    self.axis
-                ),
-            ));
-        };
+        let axis = self.feature_axis(x)?;
         self.check_settings()?;
         let features = x.shape()[axis];
-        let running_mean = scope.variable("batch_stats", "mean", &[features], init::zeros())?;
-        let running_var = scope.variable("batch_stats", "var", &[features], init::ones())?;
+        let running = self.running_statistics(scope, features)?;
+        let [scale, bias] = self.affine_params(scope, features)?;
+        if self.use_running_average.unwrap_or(!scope.is_training()) {
+            let y = self.evaluate(x, axis, &running, [&scale, &bias])?;
+            return Ok(if relu { y.relu() } else { y });
+        }
+        let replicas = self.replica_axis(scope)?;
+        let how = Normalization {
+            axis,
+            epsilon: self.epsilon,
+            replicas: replicas.as_ref(),
+            relu,
+        };
+        let batch = batch_norm_train(x, &scale, &bias, &how)?;
+        let output = batch.output.clone();
+        if !scope.is_initializing() {
+            let update = self.running_update(&running, batch);
+            write(&running, update)?;
+        }
+        Ok(output)
+    }
+
+    /// The running statistics, created by `init` (zeros and ones, and the counter at 0).
+    fn running_statistics<'s, A: Float>(
+        &self,
+        scope: &mut Scope<'s, A>,
+        features: usize,
+    ) -> Result<RunningStatistics<'s, A>> {
         let batches_tracked = match self.convention {
             StatsConvention::Flax => None,
             StatsConvention::PyTorch { .. } => {
                 Some(scope.variable("batch_stats", "num_batches_tracked", &[], init::zeros())?)
             }
         };
-        let eps = A::of(self.epsilon);
+        Ok(RunningStatistics {
+            mean: scope.variable("batch_stats", "mean", &[features], init::zeros())?,
+            var: scope.variable("batch_stats", "var", &[features], init::ones())?,
+            batches_tracked,
+        })
+    }
+
+    /// `scale` and `bias`: params, or constant ones and zeros when turned off.
+    fn affine_params<A: Float>(
+        &self,
+        scope: &mut Scope<'_, A>,
+        features: usize,
+    ) -> Result<[Tensor<A>; 2]> {
         let scale = match self.use_scale {
             true => scope.param("scale", &[features], init::ones())?,
             false => Tensor::constant(ArrayD::ones(vec![features])),
@@ -272,163 +371,104 @@ impl BatchNorm {
             true => scope.param("bias", &[features], init::zeros())?,
             false => Tensor::constant(ArrayD::zeros(vec![features])),
         };
-        // Per-feature vectors shaped to broadcast along the feature axis: (F) when it is the
-        // last axis, (1, F, 1, 1) for NCHW.
-        let mut per_feature = vec![1; x.ndim()];
-        per_feature[axis] = features;
-        let last = axis == x.ndim() - 1;
-        let along = |t: &Tensor<A>| {
-            if last {
-                Ok(t.clone()) // (F) broadcasts along the last axis as it is
-            } else {
-                t.reshape(&per_feature)
-            }
-        };
-        let then = |y: Tensor<A>| match epilogue {
-            Epilogue::Nothing => y,
-            Epilogue::Relu => y.relu(),
-        };
+        Ok([scale, bias])
+    }
 
-        if self.use_running_average.unwrap_or(!scope.is_training()) {
-            // Constants only in the statistics: no node is recorded for them. The label says
-            // what the constant holds (it is not the running variance itself).
-            let var = running_var.value();
-            let label = format!("1/√({} + ε)", var.label().unwrap_or("var"));
-            let inv_std = along(&var)?
-                .add_scalar(eps)
-                .sqrt()
-                .recip()
-                .with_label(label);
-            let normalized = x.sub(&along(&running_mean.value())?)?.mul(&inv_std)?;
-            return Ok(then(normalized.mul(&along(&scale)?)?.add(&along(&bias)?)?));
+    /// Evaluation: normalised with the running statistics, constants with no node on the
+    /// tape. The label says what the constant holds (it is not the running variance itself).
+    fn evaluate<A: Float>(
+        &self,
+        x: &Tensor<A>,
+        axis: usize,
+        running: &RunningStatistics<'_, A>,
+        [scale, bias]: [&Tensor<A>; 2],
+    ) -> Result<Tensor<A>> {
+        let along = along_axis(axis, x.ndim());
+        let var = running.var.value();
+        let label = format!("1/√({} + ε)", var.label().unwrap_or("var"));
+        let inv_std = along(&var)?
+            .add_scalar(A::of(self.epsilon))
+            .sqrt()
+            .recip()
+            .with_label(label);
+        let normalized = x.sub(&along(&running.mean.value())?)?.mul(&inv_std)?;
+        normalized.mul(&along(scale)?)?.add(&along(bias)?)
+    }
+
+    /// The replica axis the statistics are over, if the layer names one. Required in
+    /// `apply`; in `init` (which updates nothing) the replica's own batch stands in if none
+    /// is given.
+    fn replica_axis<A: Float>(&self, scope: &Scope<'_, A>) -> Result<Option<ReplicaAxis>> {
+        let Some(name) = &self.axis_name else {
+            return Ok(None);
+        };
+        match scope.replica_axis(name) {
+            Some(axis) => Ok(Some(axis.clone())),
+            None if scope.is_initializing() => Ok(None),
+            None => Err(Error::MissingReplicaAxis {
+                axis: name.clone(),
+                path: scope.path().to_string(),
+            }),
         }
-        // Cross-replica statistics need the replicas' communicator: required in apply, and
-        // in init (which updates nothing) the replica's own batch stands in if none is given.
-        let replicas = match &self.axis_name {
-            Some(name) => match scope.replica_axis(name) {
-                Some(axis) => Some(axis.clone()),
-                None if scope.is_initializing() => None,
-                None => {
-                    return Err(Error::MissingReplicaAxis {
-                        axis: name.clone(),
-                        path: scope.path().to_string(),
+    }
+
+    /// The running statistics after this batch, under the layer's convention: values, not
+    /// tensors, so the update is detached by type.
+    fn running_update<A: Float>(
+        &self,
+        running: &RunningStatistics<'_, A>,
+        batch: Normalized<A>,
+    ) -> Update<A> {
+        let (old_mean, old_var) = (running.mean.value(), running.var.value());
+        match self.convention {
+            StatsConvention::Flax => {
+                let m = A::of(self.momentum);
+                // running ← m · running + (1 − m) · batch, in one pass over the batch.
+                let blend = |old: &Tensor<A>, mut blended: ArrayD<A>| {
+                    blended.zip_mut_with(old.value(), |b, &o| *b = m * o + (A::one() - m) * *b);
+                    blended
+                };
+                Update {
+                    mean: blend(&old_mean, batch.mean),
+                    var: blend(&old_var, batch.var),
+                    batches_tracked: None,
+                }
+            }
+            StatsConvention::PyTorch { momentum } => {
+                let stored = running
+                    .batches_tracked
+                    .as_ref()
+                    .and_then(|t| t.value().value().first().copied());
+                let tracked = stored.unwrap_or_default() + A::one();
+                // PyTorch's `exponential_average_factor`, and its expression order
+                // (aten's batch_norm_cpu_update_stats): factor · batch + (1 − factor) · old.
+                let factor = momentum.map_or(A::one() / tracked, A::of);
+                let bessel = A::of(batch.count / (batch.count - 1.0));
+                let blend = |old: &Tensor<A>, mut blended: ArrayD<A>, correction: A| {
+                    blended.zip_mut_with(old.value(), |b, &o| {
+                        *b = factor * (*b * correction) + (A::one() - factor) * o;
                     });
+                    blended
+                };
+                Update {
+                    mean: blend(&old_mean, batch.mean, A::one()),
+                    var: blend(&old_var, batch.var, bessel),
+                    batches_tracked: Some(ArrayD::from_elem(vec![], tracked)),
                 }
-            },
-            None => None,
-        };
-        // Statistics of no value are 0 / 0, and of one value a variance of 0 (PyTorch refuses
-        // both: "Expected more than 1 value per channel when training").
-        let per_channel = x.len() / features.max(1);
-        // With replicas, the statistics are of every replica's values together.
-        let mut count = per_channel as f64;
-        if let Some(replica_axis) = &replicas {
-            let mut global = [count];
-            replica_axis
-                .communicator()
-                .all_reduce(&mut global, ReduceOp::Sum)?;
-            count = global[0];
-        }
-        if count < 2.0 {
-            return Err(Error::invalid(
-                "BatchNorm",
-                x.shape(),
-                format!(
-                    "expected more than 1 value per channel when training, got {count} \
-                     (batch statistics of fewer are undefined or zero)"
-                ),
-            ));
-        }
-        let (y, batch_mean, batch_var) = if Fusion::is_on() && last && replicas.is_none() {
-            let (y, batch) = fused::batch_norm_train(x, &scale, &bias, eps, epilogue)?;
-            (y, batch.mean.into_dyn(), batch.var.into_dyn())
-        } else {
-            // The definition. Statistics over every axis but the features, the variance
-            // biased (divided by N); the gradient flows through both. Over replicas, the
-            // per-channel sums are all-reduced (`psum`, whose VJP all-reduces the gradient's
-            // sums) and divided by the global count.
-            let axes: Vec<usize> = (0..x.ndim()).filter(|&a| a != axis).collect();
-            let mean_over_batch = |t: &Tensor<A>| match &replicas {
-                None => t.mean_axes(&axes, true),
-                Some(replica_axis) => Ok(t
-                    .sum_axes(&axes, true)?
-                    .psum(replica_axis)?
-                    .mul_scalar(A::of(1.0 / count))),
-            };
-            let mean = mean_over_batch(x)?;
-            let centred = x.sub(&mean)?;
-            let var = mean_over_batch(&centred.square())?;
-            let inv_std = var.add_scalar(eps).sqrt().recip();
-            let y = centred
-                .mul(&inv_std)?
-                .mul(&along(&scale)?)?
-                .add(&along(&bias)?)?;
-            let flat = |t: &Tensor<A>| t.value().clone().into_shape_with_order(vec![features]);
-            let (mean, var) = (flat(&mean), flat(&var));
-            (then(y), mean.expect("(F) values"), var.expect("(F) values"))
-        };
-        if !scope.is_initializing() {
-            // Values, not tensors: the update is detached by type.
-            let (mean, var, tracked) = match self.convention {
-                StatsConvention::Flax => {
-                    let m = A::of(self.momentum);
-                    // running ← m · running + (1 − m) · batch, in one pass over the batch.
-                    let blend = |old: &Tensor<A>, mut blended: ArrayD<A>| {
-                        blended.zip_mut_with(old.value(), |b, &o| *b = m * o + (A::one() - m) * *b);
-                        blended
-                    };
-                    let mean = blend(&running_mean.value(), batch_mean);
-                    (mean, blend(&running_var.value(), batch_var), None)
-                }
-                StatsConvention::PyTorch { momentum } => {
-                    let stored = batches_tracked
-                        .as_ref()
-                        .and_then(|t| t.value().value().first().copied());
-                    let tracked = stored.unwrap_or_default() + A::one();
-                    // PyTorch's `exponential_average_factor`, and its expression order
-                    // (aten's batch_norm_cpu_update_stats): factor · batch + (1 − factor) · old.
-                    let factor = momentum.map_or(A::one() / tracked, A::of);
-                    let bessel = A::of(count / (count - 1.0));
-                    let blend = |old: &Tensor<A>, mut blended: ArrayD<A>, correction: A| {
-                        blended.zip_mut_with(old.value(), |b, &o| {
-                            *b = factor * (*b * correction) + (A::one() - factor) * o;
-                        });
-                        blended
-                    };
-                    let mean = blend(&running_mean.value(), batch_mean, A::one());
-                    let var = blend(&running_var.value(), batch_var, bessel);
-                    (mean, var, Some(ArrayD::from_elem(vec![], tracked)))
-                }
-            };
-            // All checked before any is written: a NaN in the input, or an overflow of f32,
-            // must not become the running statistics.
-            running_mean.check_finite("BatchNorm", &mean)?;
-            running_var.check_finite("BatchNorm", &var)?;
-            running_mean.set(mean)?;
-            running_var.set(var)?;
-            if let (Some(variable), Some(count)) = (&batches_tracked, tracked) {
-                variable.set(count)?;
             }
         }
-        Ok(y)
     }
 }
 
-/// BatchNorm followed by ReLU: what [`Mlp`](crate::nn::Mlp) runs when its activation is
-/// ReLU, with the variables of a BatchNorm (same kind, same names). With fusion on, in
-/// training mode, the ReLU runs inside BatchNorm's fused node: one pass over memory and one
-/// array fewer than a separate ReLU.
-pub(crate) struct BatchNormRelu<'a>(pub(crate) &'a BatchNorm);
-
-impl<A: Float> Module<A> for BatchNormRelu<'_> {
-    type Input = Tensor<A>;
-    type Output = Tensor<A>;
-
-    fn kind(&self) -> &'static str {
-        "BatchNorm"
+/// Writes the update, all of it checked first: a NaN in the input, or an overflow of f32,
+/// must not become the running statistics.
+fn write<A: Float>(running: &RunningStatistics<'_, A>, update: Update<A>) -> Result<()> {
+    running.mean.check_finite("BatchNorm", &update.mean)?;
+    running.var.check_finite("BatchNorm", &update.var)?;
+    running.mean.set(update.mean)?;
+    running.var.set(update.var)?;
+    if let (Some(variable), Some(count)) = (&running.batches_tracked, update.batches_tracked) {
+        variable.set(count)?;
     }
-
-    fn forward(&self, scope: &mut Scope<'_, A>, x: &Tensor<A>) -> Result<Tensor<A>> {
-        self.0.normalize(scope, x, Epilogue::Relu)
-    }
+    Ok(())
 }

@@ -2,7 +2,6 @@
 
 use crate::error::Result;
 use crate::float::Float;
-use crate::fusion::Fusion;
 use crate::module::scope::{Module, Scope};
 use crate::nn::init;
 use crate::ops::{ConvOptions, Padding};
@@ -107,9 +106,6 @@ impl<A: Float> Module<A> for Conv {
             return x.conv2d(&kernel, &self.options);
         }
         let bias = scope.param("bias", &[self.features], init::zeros())?;
-        if Fusion::is_on() {
-            return x.conv2d_with_bias(&kernel, &bias, &self.options); // the same, in one node
-        }
-        x.conv2d(&kernel, &self.options)?.add(&bias) // broadcast over batch, height, width
+        x.conv2d_with_bias(&kernel, &bias, &self.options)
     }
 }

@@ -2,8 +2,6 @@
 
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::fusion::Fusion;
-use crate::kernels::fused;
 use crate::module::scope::{Module, Scope};
 use crate::nn::init;
 use crate::tensor::Tensor;
@@ -61,11 +59,7 @@ impl<A: Float> Module<A> for Dense {
         let x = x.reshape(&[rows, inputs])?;
         let y = if self.use_bias {
             let bias = scope.param("bias", &[self.features], init::zeros())?;
-            if Fusion::is_on() {
-                fused::linear(&x, &kernel, &bias)? // the same, in one node
-            } else {
-                x.matmul(&kernel)?.add(&bias)?
-            }
+            x.linear(&kernel, &bias)?
         } else {
             x.matmul(&kernel)?
         };

@@ -1,11 +1,10 @@
 //! `Mlp`: the multi-layer perceptron builder.
 
-use crate::checkpoint::TorchMapping;
 use crate::error::Result;
 use crate::float::Float;
 use crate::module::scope::{Module, Scope};
 use crate::nn::activation::Activation;
-use crate::nn::batch_norm::{BatchNorm, BatchNormRelu};
+use crate::nn::batch_norm::BatchNorm;
 use crate::nn::dense::Dense;
 use crate::nn::dropout::Dropout;
 use crate::tensor::Tensor;
@@ -71,28 +70,6 @@ impl Mlp {
             ..self
         }
     }
-
-    /// How this MLP's variables map onto the equivalent PyTorch `nn.Sequential`: per hidden
-    /// width `nn.Linear`, `nn.BatchNorm1d` if any, the activation, `nn.Dropout` if any; then
-    /// the output `nn.Linear` (modules `0`, `1`, … in that order). For
-    /// [`export_pytorch`](crate::checkpoint::export_pytorch) and
-    /// [`import_pytorch_into`](crate::checkpoint::import_pytorch_into).
-    #[must_use]
-    pub fn torch_mapping(&self) -> TorchMapping {
-        let mut kinds = Vec::new();
-        for _ in &self.hidden {
-            kinds.push("Dense");
-            if self.batch_norm.is_some() {
-                kinds.push("BatchNorm");
-            }
-            kinds.push("Activation");
-            if self.dropout.is_some() {
-                kinds.push("Dropout");
-            }
-        }
-        kinds.push("Dense");
-        TorchMapping::from_kinds(kinds)
-    }
 }
 
 impl<A: Float> Module<A> for Mlp {
@@ -110,7 +87,7 @@ impl<A: Float> Module<A> for Mlp {
             match &self.batch_norm {
                 // The ReLU may run inside BatchNorm's fused node: same variables.
                 Some(bn) if self.activation == Activation::Relu => {
-                    x = scope.call(&BatchNormRelu(bn), &x)?;
+                    x = scope.call(&bn.clone().with_relu(), &x)?;
                 }
                 Some(bn) => {
                     x = scope.call(bn, &x)?;

@@ -1,13 +1,8 @@
 //! `Sequential`: layers applied one after another.
 
-use std::any::Any;
-
-use crate::checkpoint::TorchMapping;
 use crate::error::Result;
 use crate::float::Float;
 use crate::module::scope::{Module, Scope};
-use crate::nn::activation::Activation;
-use crate::nn::batch_norm::{BatchNorm, BatchNormRelu};
 use crate::tensor::Tensor;
 
 /// A boxed tensor-to-tensor module, what a [`Sequential`] holds.
@@ -28,18 +23,16 @@ pub type Layer<A> = Box<dyn Module<A, Input = Tensor<A>, Output = Tensor<A>>>;
 /// let vars = model.init(0, &Tensor::from_vec(&[3, 5], vec![0.5; 15])?)?;
 /// assert!(vars.get("batch_stats/BatchNorm_0/mean").is_some());
 /// assert!(vars.get("params/Dense_1/kernel").is_some());
+/// assert_eq!(model.kinds().collect::<Vec<_>>(), ["Dense", "BatchNorm", "Relu", "Dense"]);
 /// # Ok::<(), tapegrad::Error>(())
 /// ```
+///
+/// Each layer runs as it is: a `BatchNorm` followed by `Activation::Relu` is two layers and
+/// two ops; [`BatchNorm::with_relu`](crate::nn::BatchNorm::with_relu) is one layer, with the
+/// same variables, that runs the ReLU inside the normalisation's fused node (faster in
+/// training; the same values).
 pub struct Sequential<A: Float> {
-    layers: Vec<Entry<A>>,
-}
-
-/// A layer, with the two kinds `Sequential` recognises: a `BatchNorm` followed by a ReLU runs
-/// as one `BatchNormRelu` (the ReLU inside BatchNorm's fused node, as in [`Mlp`](crate::nn::Mlp)).
-enum Entry<A: Float> {
-    BatchNorm(BatchNorm),
-    Relu,
-    Other(Layer<A>),
+    layers: Vec<Layer<A>>,
 }
 
 impl<A: Float> Default for Sequential<A> {
@@ -61,15 +54,7 @@ impl<A: Float> Sequential<A> {
         mut self,
         layer: impl Module<A, Input = Tensor<A>, Output = Tensor<A>> + 'static,
     ) -> Self {
-        let any: &dyn Any = &layer;
-        let entry = if let Some(bn) = any.downcast_ref::<BatchNorm>() {
-            Entry::BatchNorm(bn.clone())
-        } else if any.downcast_ref::<Activation>() == Some(&Activation::Relu) {
-            Entry::Relu
-        } else {
-            Entry::Other(Box::new(layer))
-        };
-        self.layers.push(entry);
+        self.layers.push(Box::new(layer));
         self
     }
 
@@ -85,19 +70,12 @@ impl<A: Float> Sequential<A> {
         self.layers.is_empty()
     }
 
-    /// How these layers' variables map onto a PyTorch `nn.Sequential` of the same layers in
-    /// the same order (`Dense` ↔ `nn.Linear`, `Conv` ↔ `nn.Conv2d`, `BatchNorm` ↔
-    /// `nn.BatchNorm1d/2d`, `Embed` ↔ `nn.Embedding`; activations, pooling and flatten hold
-    /// their places): module `i` here is module `i` there. For
-    /// [`export_pytorch`](crate::checkpoint::export_pytorch) and
-    /// [`import_pytorch_into`](crate::checkpoint::import_pytorch_into).
-    #[must_use]
-    pub fn torch_mapping(&self) -> TorchMapping {
-        TorchMapping::from_kinds(self.layers.iter().map(|layer| match layer {
-            Entry::BatchNorm(_) => "BatchNorm",
-            Entry::Relu => "Activation",
-            Entry::Other(layer) => layer.kind(),
-        }))
+    /// The kinds of the layers, in order ([`Module::layer_kinds`] of each: a
+    /// [`BatchNormRelu`](crate::nn::BatchNormRelu) is `"BatchNorm"`, `"Relu"`): what
+    /// [`TorchMapping::of_sequential`](crate::checkpoint::TorchMapping::of_sequential) maps
+    /// onto a PyTorch `nn.Sequential`, module `i` there being kind `i` here.
+    pub fn kinds(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.layers.iter().flat_map(|layer| layer.layer_kinds())
     }
 }
 
@@ -111,17 +89,8 @@ impl<A: Float> Module<A> for Sequential<A> {
 
     fn forward(&self, scope: &mut Scope<'_, A>, x: &Tensor<A>) -> Result<Tensor<A>> {
         let mut x = x.clone();
-        let mut layers = self.layers.iter().peekable();
-        while let Some(layer) = layers.next() {
-            x = match layer {
-                Entry::BatchNorm(bn) if matches!(layers.peek(), Some(Entry::Relu)) => {
-                    layers.next(); // the ReLU runs inside BatchNorm's node: same variables
-                    scope.call(&BatchNormRelu(bn), &x)?
-                }
-                Entry::BatchNorm(bn) => scope.call(bn, &x)?,
-                Entry::Relu => scope.call(&Activation::Relu, &x)?,
-                Entry::Other(layer) => scope.call(layer.as_ref(), &x)?,
-            };
+        for layer in &self.layers {
+            x = scope.call(layer.as_ref(), &x)?;
         }
         Ok(x)
     }

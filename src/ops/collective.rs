@@ -1,4 +1,5 @@
-//! `psum`: the sum over replicas, as an op on the tape (JAX's `lax.psum`).
+//! `psum`: the sum over replicas, as an op on the tape (JAX's `lax.psum`); and the global
+//! count of a batch split over replicas.
 
 use ndarray::ArrayD;
 
@@ -43,4 +44,16 @@ impl<A: Float> Tensor<A> {
             all_reduce_sum(&*communicator, &g).expect("replicas agreed in the forward pass")
         }))
     }
+}
+
+/// `local` summed over every replica of `axis`: how many values a statistic over the global
+/// batch is over, when this replica holds `local` of them.
+///
+/// # Errors
+///
+/// The communicator's, if the replicas disagree or one is gone.
+pub(crate) fn global_count(axis: &ReplicaAxis, local: f64) -> Result<f64> {
+    let mut global = [local];
+    axis.communicator().all_reduce(&mut global, ReduceOp::Sum)?;
+    Ok(global[0])
 }

@@ -1,13 +1,14 @@
-//! Matrix multiplication.
+//! Matrix multiplication, and the affine map `x · kernel + bias` (fused when [`Fusion`] is on).
 
 use ndarray::{ArrayD, ArrayView2, Ix2};
 
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::kernels::gemm;
+use crate::kernels::gemm::{self, matrix};
+use crate::kernels::sums::column_sums;
+use crate::ops::fusion::Fusion;
 use crate::shape::element_count;
-use crate::tensor::Tensor;
-use crate::tensor::record;
+use crate::tensor::{Tensor, record};
 
 fn as_matrix<'a, A: Float>(a: &'a ArrayD<A>, op: &'static str) -> Result<ArrayView2<'a, A>> {
     a.view()
@@ -51,5 +52,63 @@ impl<A: Float> Tensor<A> {
             let (da, db) = gemm::backward(g, a.clone(), b.clone(), (needs[0], needs[1]));
             vec![da.map(|d| d.into_dyn()), db.map(|d| d.into_dyn())]
         })
+    }
+
+    /// The affine map `x · kernel + bias` of a `(n, in)` input, a `(in, out)` kernel and an
+    /// `(out)` bias: defined as `x.matmul(kernel)?.add(bias)`, and with [`Fusion::On`] one
+    /// `linear` node, the bias written before the product accumulates onto it, and VJP
+    /// `dx = g kernelᵀ`, `dkernel = xᵀ g`, `dbias = Σ_rows g`. Flax: `nn.Dense`'s
+    /// computation; PyTorch: `F.linear(x, kernel.T, bias)`.
+    ///
+    /// ```
+    /// use tapegrad::Tensor;
+    /// let x = Tensor::from_vec(&[2, 3], vec![1.0f64; 6])?;
+    /// let kernel = Tensor::from_vec(&[3, 1], vec![0.5; 3])?;
+    /// let bias = Tensor::from_vec(&[1], vec![-1.0])?;
+    /// assert_eq!(x.linear(&kernel, &bias)?.value().iter().copied().collect::<Vec<_>>(), [0.5, 0.5]);
+    /// # Ok::<(), tapegrad::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::IncompatibleShapes`] unless `x` is `(n, in)`, `kernel` `(in, out)` and `bias`
+    /// `(out)`; [`Error::DifferentTapes`]; nothing is recorded.
+    pub fn linear(&self, kernel: &Tensor<A>, bias: &Tensor<A>) -> Result<Tensor<A>> {
+        let (x, w) = (self.value(), kernel.value());
+        if x.ndim() != 2
+            || w.ndim() != 2
+            || x.shape()[1] != w.shape()[0]
+            || bias.shape() != [w.shape()[1]]
+        {
+            return Err(Error::incompatible(
+                "linear",
+                self.shape(),
+                kernel.shape(),
+                format!(
+                    "expected x (n, in), kernel (in, out), bias (out); the bias is {:?}",
+                    bias.shape()
+                ),
+            ));
+        }
+        if !Fusion::is_on() {
+            return self.matmul(kernel)?.add(bias); // the definition
+        }
+        element_count::<A>("linear", &[x.shape()[0], w.shape()[1]])?;
+        let value = gemm::forward(
+            self.shared_value(),
+            kernel.shared_value(),
+            Some(bias.shared_value()),
+        );
+        let (x, w) = (self.shared_value(), kernel.shared_value());
+        record(
+            "linear",
+            &[self, kernel, bias],
+            value.into_dyn(),
+            move |g, needs| {
+                let db = needs[2].then(|| column_sums(matrix(&g)).into_dyn());
+                let (dx, dw) = gemm::backward(g, x.clone(), w.clone(), (needs[0], needs[1]));
+                vec![dx.map(|d| d.into_dyn()), dw.map(|d| d.into_dyn()), db]
+            },
+        )
     }
 }

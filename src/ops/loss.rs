@@ -2,10 +2,10 @@
 
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::fusion::Fusion;
-use crate::kernels::fused;
+use crate::kernels::{cross_entropy, gemm::matrix};
+use crate::ops::fusion::Fusion;
 use crate::ops::shape_ops::one_hot;
-use crate::tensor::Tensor;
+use crate::tensor::{Tensor, record};
 
 /// Mean softmax cross-entropy of `logits (batch, classes)` against integer `labels`:
 /// `(1/B) Σ_b [logsumexp(logits[b]) - logits[b, labels[b]]]`, defined as
@@ -54,14 +54,24 @@ pub fn softmax_cross_entropy<A: Float>(logits: &Tensor<A>, labels: &[usize]) -> 
             len: classes,
         });
     }
+    let inv_batch = A::of(1.0 / batch.max(1) as f64);
     if Fusion::is_on() {
-        return fused::softmax_cross_entropy(logits, labels); // the same, in one node
+        // The same, in one node: the softmax is kept from the forward pass for the VJP
+        // `(softmax(z) − onehot(y)) / B`.
+        let (total, probabilities) = cross_entropy::forward(matrix(logits.value()), labels);
+        let loss = ndarray::ArrayD::from_elem(vec![], total * inv_batch);
+        let labels = labels.to_vec();
+        return record(OP, &[logits], loss, move |g, _| {
+            let scale = g.iter().next().copied().unwrap_or_else(A::zero) * inv_batch;
+            let dz = cross_entropy::backward(&probabilities, &labels, scale);
+            vec![Some(dz.into_dyn())]
+        });
     }
     let picked = logits
         .log_softmax(1)?
         .mul(&one_hot(labels, classes)?)?
         .sum_all();
-    Ok(picked.mul_scalar(A::of(-1.0 / batch.max(1) as f64)))
+    Ok(picked.mul_scalar(-inv_batch))
 }
 
 /// Mean squared error `mean((prediction - target)^2)`, broadcasting.

@@ -3,21 +3,24 @@
 //! losses and [`one_hot`], which are free functions.
 
 mod binary;
-mod collective;
+pub(crate) mod collective;
 mod composite;
 mod conv;
 mod custom;
+pub(crate) mod fusion;
 mod linalg;
 mod loss;
+pub(crate) mod normalize;
 mod operators;
 mod pool;
 mod reduce;
 pub(crate) mod shape_ops;
 mod unary;
-mod window;
+pub(crate) mod window;
 
 pub use conv::ConvOptions;
 pub use custom::custom_op;
+pub use fusion::Fusion;
 pub use loss::{mse, softmax_cross_entropy};
 pub use shape_ops::one_hot;
 pub use window::Padding;

@@ -2,6 +2,7 @@
 //! stride, dilation and padding moves along one spatial axis, with Flax's (XLA's) `SAME`.
 
 use crate::error::{Error, Result};
+pub(crate) use crate::kernels::window::WindowAxis;
 
 /// How the input is padded before a window slides over it (per spatial axis).
 ///
@@ -19,51 +20,6 @@ pub enum Padding {
     Valid,
     /// `[(before, after) for height, (before, after) for width]`.
     Explicit([(usize, usize); 2]),
-}
-
-/// One spatial axis of a sliding window: output position `o` reads input positions
-/// `o · stride − pad_before + k · dilation` for `k < window`, where in range.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct WindowAxis {
-    pub(crate) input: usize,
-    pub(crate) window: usize,
-    pub(crate) stride: usize,
-    pub(crate) dilation: usize,
-    pub(crate) pad_before: usize,
-    pub(crate) output: usize,
-}
-
-impl WindowAxis {
-    /// The input position read by output `o` at window offset `k`, if inside the input.
-    #[inline]
-    pub(crate) fn source(&self, o: usize, k: usize) -> Option<usize> {
-        (o * self.stride + k * self.dilation)
-            .checked_sub(self.pad_before)
-            .filter(|&i| i < self.input)
-    }
-
-    /// Whether every input position is read by exactly one (output, offset) pair, as with
-    /// windows side by side (stride = window, no dilation) whose run `[−pad_before, output ·
-    /// stride − pad_before)` reaches the input's end: what this checks. (Rarer tilings, as
-    /// one output, or dilated windows interleaved, answer `false`: the answer is safe, not
-    /// exact.)
-    pub(crate) fn tiles(&self) -> bool {
-        self.stride == self.window
-            && self.dilation == 1
-            && self.output * self.stride >= self.input + self.pad_before
-    }
-
-    /// The window offsets `k` at which output `o` reads inside the input: one range, since
-    /// the position read grows with `k` (empty for a window entirely in padding).
-    #[inline]
-    pub(crate) fn inside(&self, o: usize) -> std::ops::Range<usize> {
-        let origin = o * self.stride; // the position read at k = 0, plus `pad_before`
-        // The least k with origin + k·d ≥ pad_before, and the least with ≥ pad_before + input.
-        let first_at = |bound: usize| bound.saturating_sub(origin).div_ceil(self.dilation);
-        let first = first_at(self.pad_before).min(self.window);
-        let end = first_at(self.pad_before + self.input).min(self.window);
-        first..end.max(first)
-    }
 }
 
 /// The geometry of both spatial axes, or an error naming `op` and the input's `shape` for a
@@ -139,6 +95,7 @@ pub(crate) fn require_nhwc(op: &'static str, shape: &[usize]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::pooling::tiles;
 
     fn axis(input: usize, k: usize, s: usize, padding: Padding) -> WindowAxis {
         window_axes("t", &[1, input, input, 1], [k, k], [s, s], [1, 1], padding).unwrap()[0]
@@ -190,9 +147,9 @@ mod tests {
                     }
                     let once = reads.iter().all(|&r| r == 1);
                     if s == k && d == 1 {
-                        assert_eq!(a.tiles(), once, "{a:?}: reads {reads:?}");
+                        assert_eq!(tiles(&a), once, "{a:?}: reads {reads:?}");
                     } else {
-                        assert!(!a.tiles() || once, "{a:?}: reads {reads:?}");
+                        assert!(!tiles(&a) || once, "{a:?}: reads {reads:?}");
                     }
                 }
             }

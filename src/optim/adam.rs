@@ -158,7 +158,7 @@ impl<A: Float> Optimizer<A> for Adam<A> {
         };
         let first = state_for_each_gradient(&mut self.first, grads);
         let second = state_for_each_gradient(&mut self.second, grads);
-        // As in SGD: params in standard layout in one elementwise pass over the pool, any
+        // As in SGD: params in standard layout in one elementwise pass over the threads, any
         // other on the caller through `Zip`. Params and grads have the same paths in the
         // same order (checked above).
         let mut parts = Vec::new();

@@ -136,7 +136,7 @@ impl<A: Float> Optimizer<A> for Sgd<A> {
         );
         // Params and grads have the same paths in the same order (checked above). Params in
         // standard layout (all of them, unless a caller built one from a view) are updated
-        // in one elementwise pass over the pool; any other on the caller, through `Zip`.
+        // in one elementwise pass over the threads; any other on the caller, through `Zip`.
         if self.momentum == 0.0 {
             let mut parts = Vec::new();
             for ((_, p), (_, g)) in params.iter_mut().zip(grads.iter()) {

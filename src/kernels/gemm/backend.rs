@@ -19,7 +19,7 @@ use std::any::TypeId;
 use ndarray::ArrayView2;
 
 use crate::float::Float;
-use crate::runtime::KernelPath;
+use crate::kernels::path::KernelPath;
 
 /// Whether the product overwrites `out` or adds to it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -18,12 +18,12 @@ use ndarray::{Array2, ArrayD, ArrayView1, ArrayView2, ArrayViewMut2, Ix2, s};
 use rayon::ThreadPool;
 
 use crate::float::Float;
-use crate::kernels::pool;
-use crate::runtime::KernelPath;
+use crate::kernels::path::KernelPath;
+use crate::kernels::threads;
 use backend::Write;
 
 /// The least work worth a thread: about 15 µs of one core at the machine's GEMM rate, against a
-/// few µs to wake a pool worker (the benchmarks of `docs/performance.md`).
+/// few µs to wake a worker thread (the benchmarks of `docs/performance.md`).
 const MIN_SHARE: usize = 1 << 19;
 
 /// A 2-D value as a matrix view; callers have checked the dimensionality.
@@ -34,12 +34,12 @@ pub(crate) fn matrix<A: Float>(a: &ArrayD<A>) -> ArrayView2<'_, A> {
 }
 
 /// Where a product runs: the kernel path, read once on the calling thread (so a
-/// [`KernelPath::run`] cap holds on the pool too), and the threads it may use.
+/// [`KernelPath::run`] cap holds on the worker threads too), and the threads it may use.
 #[derive(Clone, Copy)]
 struct Plan<'p> {
     path: KernelPath,
     threads: usize,
-    pool: Option<&'p ThreadPool>,
+    workers: Option<&'p ThreadPool>,
 }
 
 impl Plan<'_> {
@@ -76,7 +76,7 @@ impl Plan<'_> {
         let start = |share: usize| share * m / shares;
         let output = Output::new(&mut out, n);
         let path = self.path;
-        pool::for_each(self.pool, shares, |share| {
+        threads::for_each(self.workers, shares, |share| {
             let rows = start(share)..start(share + 1);
             // SAFETY: shares have disjoint rows; with a bias every element was written
             // above, and without, `Overwrite` reads none.
@@ -103,7 +103,7 @@ struct Output<A> {
 }
 
 // SAFETY: threads write disjoint rows (`Output::rows` is only called with disjoint ranges),
-// and the buffer outlives them (`pool::for_each` returns after every share).
+// and the buffer outlives them (`threads::for_each` returns after every share).
 unsafe impl<A: Send> Send for Output<A> {}
 unsafe impl<A: Send> Sync for Output<A> {}
 
@@ -128,11 +128,11 @@ impl<A> Output<A> {
 
 /// Runs `f` with the plan in force on this thread.
 fn with_plan<R>(f: impl FnOnce(Plan<'_>) -> R) -> R {
-    let (threads, pool) = pool::current();
+    let (threads, workers) = threads::current();
     f(Plan {
         path: KernelPath::current(),
         threads,
-        pool: pool.as_deref(),
+        workers: workers.as_deref(),
     })
 }
 
@@ -167,7 +167,7 @@ fn out_of<T, A>(out: &mut ArrayViewMut2<'_, T>) -> backend::Out<A> {
 }
 
 /// `out = a · b` on the calling thread, into a view that may be uninitialised (every element
-/// is written, none read): for callers that split their work over the pool themselves
+/// is written, none read): for callers that split their work over the threads themselves
 /// ([`in_shares`]), on the kernel path they were given. Afterwards every element of `out`
 /// is initialised.
 pub(crate) fn product_into<A: Float>(
@@ -229,7 +229,7 @@ pub(crate) fn in_shares<T: Send>(
         let ranges: Vec<_> = (0..count)
             .map(|i| i * units / count..(i + 1) * units / count)
             .collect();
-        pool::for_each_item(plan.pool, items(&ranges), |item| share(plan.path, item));
+        threads::for_each_item(plan.workers, items(&ranges), |item| share(plan.path, item));
     });
 }
 
@@ -293,7 +293,7 @@ pub(crate) fn backward<A: Float>(
                     threads: plan.threads - half.threads,
                     ..plan
                 };
-                let (db, da) = pool::join(plan.pool, || db(half), || da(rest));
+                let (db, da) = threads::join(plan.workers, || db(half), || da(rest));
                 (Some(da), Some(db))
             }
             (true, true) => (Some(da(plan)), Some(db(plan))),
@@ -390,7 +390,7 @@ mod tests {
         let plan = Plan {
             path: KernelPath::Portable,
             threads: 4,
-            pool: None,
+            workers: None,
         };
         assert_eq!(plan.shares(512, MIN_SHARE - 1), 1);
         assert_eq!(plan.shares(512, 2 * MIN_SHARE), 2);

@@ -1,10 +1,19 @@
-//! The switch between a layer's definition and its fused implementation.
+//! The switch between an op's definition and its fused implementation.
 //!
-//! Every layer and loss in tapegrad is defined as a composition of primitive ops (what
-//! `src/nn/` shows, and what the tape records with fusion off). Some also have a fused
-//! implementation in `src/kernels/`: the same function in one node with a
-//! hand-derived VJP, which the training-step benchmark showed to be faster. [`Fusion`] says
-//! which one runs. It changes nothing but speed: values, gradients, running statistics and
+//! Every layer and loss in tapegrad is defined as a composition of primitive ops (what the
+//! tape records with fusion off). A few compositions are also ops of their own, fused: the
+//! same function in one node with a hand-derived VJP and loops in `src/kernels/`, which the
+//! training-step benchmark showed to be faster. Each such op consults [`Fusion`], in one
+//! place, to choose between its fused node and its definition:
+//!
+//! | op | definition | fused node |
+//! |---|---|---|
+//! | [`Tensor::linear`](crate::Tensor::linear) | `matmul`, `add` | `linear` |
+//! | [`Tensor::conv2d_with_bias`](crate::Tensor::conv2d_with_bias) | `conv2d`, `add` | `conv2d_bias` |
+//! | [`softmax_cross_entropy`](crate::softmax_cross_entropy) | `log_softmax`, `mul`, `sum_all`, `mul_scalar` | `softmax_cross_entropy` |
+//! | BatchNorm's training normalisation (and a ReLU after it) | statistics, `sub`, `mul`, `add` (and `relu`) | `batch_norm` (`batch_norm_relu`) |
+//!
+//! [`Fusion`] says which one runs. It changes nothing but speed: values, gradients, running statistics and
 //! variable names are the same either way (f64, to 1e-12; `tests/fusion.rs` checks each
 //! fused implementation against its definition).
 //!

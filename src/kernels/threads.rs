@@ -8,7 +8,7 @@
 //! of one output: no copies to stitch halves together).
 //!
 //! rayon's workers spin briefly, then sleep; the caller spins for theirs before it blocks
-//! ([`SPIN`]). `cargo bench --bench ops -- pool` measures the hand-off, and
+//! ([`SPIN`]). `cargo bench --bench ops -- handoff` measures the hand-off, and
 //! `docs/performance.md` compares the pool with the spinning helper thread it replaced.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -166,7 +166,7 @@ type Job<'a> = Box<dyn FnOnce() + Send + 'a>;
 /// The `jobs` on the workers while `own()` runs on the caller; then the caller spins until the
 /// workers are done (or [`SPIN`] has passed) before the scope blocks. Blocking at once would
 /// put the caller to sleep, and waking it costs a futex round trip (about 20 µs on the
-/// benchmark VM: `cargo bench --bench ops -- pool`).
+/// benchmark VM: `cargo bench --bench ops -- handoff`).
 fn run_shares<'a, R: Send>(
     pool: &ThreadPool,
     jobs: Vec<Job<'a>>,

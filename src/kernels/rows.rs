@@ -8,7 +8,7 @@
 //! over slices that might overlap is vectorised behind run-time overlap checks of every pair,
 //! made again for every row, and LLVM kept the last 8 of a 64-feature row for a scalar loop;
 //! callgrind counted 25 K instructions a step in `dx` of the S workload's two BatchNorms, of
-//! which 6 K vector instructions (docs/performance.md, tenth session). A block read whole
+//! which 6 K vector instructions (docs/performance.md). A block read whole
 //! before it is written needs no such check. Every element's arithmetic is the same as in
 //! the plain loop: features are never mixed, so the results are the same bits.
 
