@@ -6,13 +6,13 @@
 //!   merge of the new statistics);
 //! * `backward_peak`: the high-water mark of a tape driven by hand, from the forward pass to
 //!   the end of `backward`;
-//! * `kept_by_gradients`: what is still allocated once everything but the [`Gradients`] of
+//! * `kept_by_gradients`: what is still allocated once everything but the [`LeafGradients`] of
 //!   that backward pass has been dropped (the gradients themselves, plus whatever they keep
 //!   alive of the tape);
 //! * `gradients_alone`: the size of the gradient arrays, for comparison with the above;
 //! * `peak_rss_mib`: the process's VmHWM, as the peer scripts report it.
 //!
-//! [`Gradients`]: tapegrad::Gradients
+//! [`LeafGradients`]: tapegrad::LeafGradients
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};

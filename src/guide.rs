@@ -15,7 +15,7 @@
 //! 6. [BatchNorm with running statistics](ch06_batchnorm): modes, the training tape, conventions.
 //! 7. [Three Flax examples, ported](ch07_porting_flax_examples): and their pitfalls.
 //! 8. [Convolutional networks, ported from PyTorch](ch08_convolutional_networks): channel statistics and the NCHW/NHWC pitfalls.
-//! 9. [Data parallelism and BatchNorm](ch09_data_parallel): per-replica and cross-replica statistics, replicas in process (MPI still to come).
+//! 9. [Data parallelism and BatchNorm](ch09_data_parallel): per-replica and cross-replica statistics, replicas in process and over MPI.
 //! 10. [Checking gradients](ch10_checking_gradients): central differences, cotangents, buffers held fixed.
 //! 11. [Property testing a model](ch11_property_testing): with the crate's strategies.
 //! 12. [Exercises](ch12_exercises): on the engine and on collections, whose solutions are tests.

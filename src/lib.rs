@@ -54,13 +54,13 @@
 
 mod allocator;
 mod autodiff;
+mod backward;
 pub mod checkpoint;
 mod collection;
 mod dot;
 mod error;
 mod float;
 pub mod gradcheck;
-mod gradients;
 mod grads;
 pub mod guide;
 mod into_array;
@@ -85,10 +85,10 @@ mod variables;
 pub struct ReadmeDoctests;
 
 pub use autodiff::{ParamTensors, grad, value_and_grad, value_and_grad_with_aux};
+pub use backward::LeafGradients;
 pub use collection::{Collection, Iter, Params};
 pub use error::{Error, Result, Shape};
 pub use float::Float;
-pub use gradients::Gradients;
 pub use grads::Grads;
 pub use into_array::IntoArray;
 pub use module::{ApplyOptions, Initializer, Module, ModuleExt, Scope, Variable};

@@ -253,7 +253,7 @@ fn a_custom_vjp_of_the_wrong_shape_is_an_error_naming_the_op() {
 }
 
 /// Backward releases what each op saved once its VJP has run: the activations a forward
-/// pass shared with the tape are no longer held by it, and `Gradients` holds no tape.
+/// pass shared with the tape are no longer held by it, and `LeafGradients` holds no tape.
 #[test]
 fn backward_releases_what_each_op_saved() {
     let tape = Tape::<f64>::new();

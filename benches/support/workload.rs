@@ -6,8 +6,8 @@ use ndarray::ArrayD;
 use tapegrad::nn::{BatchNorm, Conv, Dense, GlobalAvgPool, Mlp, Pool, Sequential};
 use tapegrad::optim::{Optimizer, Sgd};
 use tapegrad::{
-    ApplyOptions, Gradients, Module, ModuleExt, Mutable, ParamTensors, SplitMix64, Tape, Tensor,
-    Variables, softmax_cross_entropy, value_and_grad_with_aux,
+    ApplyOptions, LeafGradients, Module, ModuleExt, Mutable, ParamTensors, SplitMix64, Tape,
+    Tensor, Variables, softmax_cross_entropy, value_and_grad_with_aux,
 };
 
 /// A size of the workload: batch, inputs, hidden width, classes.
@@ -187,7 +187,7 @@ impl<M: Module<f32, Input = Tensor<f32>, Output = Tensor<f32>>> Workload<M> {
     /// [`Workload::tracked_loss`] and its backward pass; everything else is dropped before
     /// the gradients are returned.
     #[allow(dead_code)]
-    pub fn backward_by_hand(&self) -> Gradients<f32> {
+    pub fn backward_by_hand(&self) -> LeafGradients<f32> {
         let (loss, params) = self.tracked_loss();
         let gradients = loss.backward().unwrap();
         drop((loss, params));

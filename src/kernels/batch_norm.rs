@@ -24,7 +24,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use ndarray::ArrayD;
+use ndarray::{Array1, ArrayD};
 
 use super::rows;
 use crate::float::Float;
@@ -109,7 +109,7 @@ pub(crate) fn backward<A: Float>(
     } else {
         None
     };
-    let vector = |v: Vec<A>| ArrayD::from_shape_vec(vec![features], v).expect("(F)");
+    let vector = |v: Vec<A>| Array1::from(v).into_dyn();
     [
         dx,
         needs[1].then(|| vector(sum_g_xhat)),

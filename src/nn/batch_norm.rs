@@ -344,6 +344,8 @@ impl BatchNorm {
         scope: &mut Scope<'s, A>,
         features: usize,
     ) -> Result<RunningStatistics<'s, A>> {
+        let mean = scope.variable("batch_stats", "mean", &[features], init::zeros())?;
+        let var = scope.variable("batch_stats", "var", &[features], init::ones())?;
         let batches_tracked = match self.convention {
             StatsConvention::Flax => None,
             StatsConvention::PyTorch { .. } => {
@@ -351,8 +353,8 @@ impl BatchNorm {
             }
         };
         Ok(RunningStatistics {
-            mean: scope.variable("batch_stats", "mean", &[features], init::zeros())?,
-            var: scope.variable("batch_stats", "var", &[features], init::ones())?,
+            mean,
+            var,
             batches_tracked,
         })
     }

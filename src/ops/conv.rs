@@ -116,7 +116,8 @@ impl<A: Float> Tensor<A> {
     /// a window larger than the padded input; [`Error::IncompatibleShapes`] if the kernel is not
     /// `(kh, kw, in / groups, out)` for this input; [`Error::DifferentTapes`]. Nothing is recorded.
     pub fn conv2d(&self, kernel: &Tensor<A>, options: &ConvOptions) -> Result<Tensor<A>> {
-        convolve(self, kernel, None, options)
+        let geo = geometry(self.shape(), kernel.shape(), options)?;
+        convolve(self, kernel, None, geo)
     }
 
     /// `conv2d(kernel, options) + bias`, the bias `(out)` broadcast over every output
@@ -158,19 +159,19 @@ impl<A: Float> Tensor<A> {
         if !Fusion::is_on() {
             return self.conv2d(kernel, options)?.add(bias); // the definition
         }
-        convolve(self, kernel, Some(bias), options)
+        convolve(self, kernel, Some(bias), geo)
     }
 }
 
-/// The convolution's node: the kernel as one `(kh·kw·C_g (+ 1), O)` matrix, the bias its
-/// last row, and the product and its VJP by [`conv::forward`] and [`conv::backward`].
+/// The convolution's node, for a geometry checked by [`geometry`]: the kernel as one
+/// `(kh·kw·C_g (+ 1), O)` matrix, the bias its last row, and the product and its VJP by
+/// [`conv::forward`] and [`conv::backward`].
 fn convolve<A: Float>(
     x: &Tensor<A>,
     kernel: &Tensor<A>,
     bias: Option<&Tensor<A>>,
-    options: &ConvOptions,
+    geo: Geometry,
 ) -> Result<Tensor<A>> {
-    let geo = geometry(x.shape(), kernel.shape(), options)?;
     let outputs = geo.group_outputs * geo.groups;
     // Small, so copied once per call.
     let k = kernel

@@ -7,7 +7,7 @@
 //! node (`batch_norm_relu` with the ReLU) computes the same with a closed-form VJP, its
 //! loops in `src/kernels/batch_norm.rs`.
 
-use ndarray::ArrayD;
+use ndarray::{Array1, ArrayD};
 
 use crate::error::{Error, Result};
 use crate::float::Float;
@@ -115,7 +115,7 @@ fn fused<A: Float>(
     let output = record(op, &[x, scale, bias], output, move |g, needs| {
         batch_norm::backward(&saved, g, [needs[0], needs[1], needs[2]]).into()
     })?;
-    let vector = |v: Vec<A>| ArrayD::from_shape_vec(vec![features], v).expect("(F)");
+    let vector = |v: Vec<A>| Array1::from(v).into_dyn();
     Ok(Normalized {
         output,
         mean: vector(statistics.mean),

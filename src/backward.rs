@@ -1,4 +1,4 @@
-//! Reverse mode from a tensor, and [`Gradients`], what it returns.
+//! Reverse mode from a tensor, and [`LeafGradients`], what it returns.
 
 use ndarray::ArrayD;
 
@@ -8,19 +8,20 @@ use crate::into_array::IntoArray;
 use crate::tape::{GradientSlots, Saved};
 use crate::tensor::Tensor;
 
-/// The result of a backward pass: the gradient of the output with respect to each leaf it
-/// reached. Intermediate gradients are released during the pass, as in PyTorch, and so is
+/// The result of a backward pass from a tensor: the gradient of the output with respect to
+/// each leaf it reached, looked up by the leaf tensor. (What [`value_and_grad`](crate::value_and_grad)
+/// returns instead is [`Grads`](crate::Grads), keyed by param path.) Intermediate gradients are released during the pass, as in PyTorch, and so is
 /// what each op saved for it (unless the pass was [`Tensor::backward_retaining`]).
 ///
-/// `Gradients` keeps no handle on the tape: only the leaves' gradients stay alive with it,
+/// `LeafGradients` keeps no handle on the tape: only the leaves' gradients stay alive with it,
 /// not the activations the forward pass recorded.
-pub struct Gradients<A: Float> {
+pub struct LeafGradients<A: Float> {
     /// The id of the tape the pass walked, to tell its leaves from other tapes'.
     tape: Option<u64>,
     grads: GradientSlots<A>,
 }
 
-impl<A: Float> Gradients<A> {
+impl<A: Float> LeafGradients<A> {
     /// The gradient with respect to leaf `x`, or `None` if `x` is a constant, belongs to
     /// another tape, is not a leaf, or was not reached (the output does not depend on it).
     #[must_use]
@@ -45,7 +46,7 @@ impl<A: Float> Gradients<A> {
                 .cloned()
                 .unwrap_or_else(|| ArrayD::zeros(x.shape()))),
             _ => Err(Error::DifferentTapes {
-                op: "Gradients::wrt",
+                op: "LeafGradients::wrt",
             }),
         }
     }
@@ -70,7 +71,7 @@ impl<A: Float> Tensor<A> {
     ///
     /// [`Error::NotScalar`] if the tensor has more than one element, [`Error::BackwardTwice`] if
     /// the tape's saved values were already released by an earlier backward pass.
-    pub fn backward(&self) -> Result<Gradients<A>> {
+    pub fn backward(&self) -> Result<LeafGradients<A>> {
         if self.len() != 1 {
             return Err(Error::NotScalar {
                 op: "backward",
@@ -87,7 +88,7 @@ impl<A: Float> Tensor<A> {
     ///
     /// [`Error::IncompatibleShapes`] if `cotangent` does not have this tensor's shape,
     /// [`Error::BackwardTwice`] as for [`Tensor::backward`].
-    pub fn backward_with(&self, cotangent: impl IntoArray<A>) -> Result<Gradients<A>> {
+    pub fn backward_with(&self, cotangent: impl IntoArray<A>) -> Result<LeafGradients<A>> {
         self.reverse("backward_with", &cotangent.into_array(), Saved::Release)
     }
 
@@ -112,7 +113,7 @@ impl<A: Float> Tensor<A> {
     /// # Errors
     ///
     /// As [`Tensor::backward_with`].
-    pub fn backward_retaining(&self, cotangent: impl IntoArray<A>) -> Result<Gradients<A>> {
+    pub fn backward_retaining(&self, cotangent: impl IntoArray<A>) -> Result<LeafGradients<A>> {
         self.reverse("backward_retaining", &cotangent.into_array(), Saved::Retain)
     }
 
@@ -121,7 +122,7 @@ impl<A: Float> Tensor<A> {
         op: &'static str,
         cotangent: &ArrayD<A>,
         saved: Saved,
-    ) -> Result<Gradients<A>> {
+    ) -> Result<LeafGradients<A>> {
         if cotangent.shape() != self.shape() {
             return Err(Error::incompatible(
                 op,
@@ -132,22 +133,22 @@ impl<A: Float> Tensor<A> {
         }
         let Some((tape, root)) = self.node() else {
             // A constant depends on no leaf: there are no gradients.
-            return Ok(Gradients {
+            return Ok(LeafGradients {
                 tape: None,
                 grads: Vec::new(),
             });
         };
         let grads = tape.backward_from(root, cotangent.clone(), saved)?;
-        Ok(Gradients {
+        Ok(LeafGradients {
             tape: Some(tape.id()),
             grads,
         })
     }
 }
 
-impl<A: Float> std::fmt::Debug for Gradients<A> {
+impl<A: Float> std::fmt::Debug for LeafGradients<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let reached = self.grads.iter().filter(|g| g.is_some()).count();
-        write!(f, "Gradients({reached} leaves reached)")
+        write!(f, "LeafGradients({reached} leaves reached)")
     }
 }
