@@ -96,4 +96,4 @@ pub use ops::{ConvOptions, Fusion, Padding, custom_op, mse, one_hot, softmax_cro
 pub use rng::{IntoSeed, SplitMix64};
 pub use tape::{Operand, Tape, TapeEntry};
 pub use tensor::Tensor;
-pub use variables::{Mutable, PARAMS, Updates, Variables};
+pub use variables::{Mutable, Updates, Variables};

@@ -12,7 +12,7 @@ use crate::float::Float;
 use crate::into_array::IntoArray;
 
 /// The name of the one collection that is differentiated and optimized.
-pub const PARAMS: &str = "params";
+pub(crate) const PARAMS: &str = "params";
 
 /// All of a model's variables, by collection: the [`Params`], and any number of other
 /// collections (`batch_stats`, `state`, …) that are read as constants and written only by a

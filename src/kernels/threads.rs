@@ -8,8 +8,8 @@
 //! of one output: no copies to stitch halves together).
 //!
 //! rayon's workers spin briefly, then sleep; the caller spins for theirs before it blocks
-//! ([`SPIN`]). `cargo bench --bench ops -- handoff` measures the hand-off, and
-//! `docs/performance.md` compares the pool with the spinning helper thread it replaced.
+//! ([`SPIN`]). `cargo bench --bench ops -- handoff` measures the hand-off
+//! (`docs/performance.md` has the figures).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

@@ -192,7 +192,7 @@ mod tests {
     /// Features with a large offset and a small spread (`|μ| / σ` about 10^4): the rows of
     /// `dx` still sum to zero within a few roundings of its own size, so that a bias before
     /// the normalisation gets no gradient. (With `x̂` in place of `x̂ − Σx̂/N`, one of them
-    /// was 9·10^-9: the rounding of `μ` times `1/σ²`.)
+    /// is 9·10^-9: the rounding of `μ` times `1/σ²`.)
     #[test]
     fn the_fused_input_gradient_sums_to_zero_over_the_batch_despite_an_offset() {
         let (rows, features) = (6, 3);

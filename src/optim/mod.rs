@@ -128,7 +128,7 @@ pub(crate) fn state_for_each_gradient<'a, A: Float>(
 /// Calls `f(path, kept, gradient)` for each gradient in path order, with `kept` the entry of
 /// `state` at that path, if any. Both are sorted by path, so one merge-like walk finds them
 /// all: a path is compared with a few neighbours, not searched for from the root of the map
-/// (at the S workload's step, that was 140 string comparisons a step, now about 20).
+/// (about 20 string comparisons a step at the S workload, against 140 for a search per path).
 fn walk_in_path_order<'s, 'g, V, A: Float + 'g>(
     state: impl Iterator<Item = (&'s String, V)>,
     grads: impl Iterator<Item = (&'g str, &'g ArrayD<A>)>,
