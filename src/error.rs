@@ -36,7 +36,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// Errors never leave stored state half-changed: an op that fails records nothing, and an
 /// `apply`, an optimizer step or a merge that fails leaves the caller's variables as they were.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// Two operands' shapes do not fit the op: not broadcastable (NumPy rules), inner
@@ -217,7 +217,7 @@ pub enum Error {
     ///
     /// Fix: load into variables made by `init` of the model that was saved; for a file with
     /// extra tensors use `LoadMode::Lenient`.
-    #[error("checkpoint {path}: {}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    #[error("checkpoint {path}: {}", list_of(problems))]
     Checkpoint {
         /// The file.
         path: String,
@@ -310,6 +310,95 @@ pub enum Error {
         /// Keys present but not expected.
         unexpected: Vec<String>,
     },
+}
+
+/// One problem as it is, several one to a line: a refused model can have dozens.
+fn list_of(problems: &[CheckpointProblem]) -> String {
+    match problems {
+        [one] => one.to_string(),
+        many => many.iter().map(|p| format!("\n  - {p}")).collect(),
+    }
+}
+
+impl Error {
+    /// What usually fixes this error, in plain words: the "Fix" of its variant's
+    /// documentation; `None` where the message itself says what is wrong and what was
+    /// expected.
+    ///
+    /// ```
+    /// use tapegrad::Error;
+    /// let error = Error::ImmutableCollection { collection: "batch_stats".into(), path: "BatchNorm_0/mean".into() };
+    /// assert!(error.fix().unwrap().contains("Mutable::only"));
+    /// ```
+    #[must_use]
+    pub fn fix(&self) -> Option<&'static str> {
+        Some(match self {
+            Error::IncompatibleShapes { .. } => {
+                "check the shapes printed; a missing reshape or transpose is the usual cause."
+            }
+            Error::InvalidArgument { .. } => return None,
+            Error::IndexOutOfRange { .. } => {
+                "ids must be < len; check the vocabulary size or the number of classes."
+            }
+            Error::NotScalar { .. } => {
+                "reduce to a scalar loss first (mean_all, sum_all), or pass an explicit cotangent with Tensor::backward_with."
+            }
+            Error::DifferentTapes { .. } => {
+                "do all the work of one differentiation inside one value_and_grad closure; a tensor kept from an earlier step must be detached (it is a constant now)."
+            }
+            Error::ImmutableCollection { .. } => {
+                "pass the collection in mutable (e.g. Mutable::only([\"batch_stats\"])), or run the layer in evaluation mode, where it does not write."
+            }
+            Error::MissingVariable { .. } => {
+                "create the variables with the same model's init; a renamed layer or a changed architecture changes the paths. For a parameter missing inside value_and_grad, check that frozen params were added back with ParamTensors::with_frozen."
+            }
+            Error::ReservedCollection { .. } => {
+                "a trainable array is a param; a non-trainable one (a fixed embedding, a counter) belongs in another collection such as \"state\"."
+            }
+            Error::VariableShape { .. } => {
+                "the variables come from a model of other sizes; re-run init or fix the sizes."
+            }
+            Error::MissingRng { .. } => {
+                "pass it, e.g. ApplyOptions::train().rng(\"dropout\", seed), or run in evaluation mode."
+            }
+            Error::MissingReplicaAxis { .. } => {
+                "pass the replicas' communicator, e.g. ApplyOptions::train().replica_axis(ReplicaAxis::new(\"batch\", communicator))."
+            }
+            Error::ReplicasDisagree { .. } => {
+                "build every replica from the same model, variables and optimizer state, and give each the same number of rows."
+            }
+            Error::Checkpoint { .. } => {
+                "load into variables made by init of the model that was saved; for a file with extra tensors use LoadMode::Lenient."
+            }
+            Error::NonFinite { .. } => {
+                "find where the value first went wrong (a NaN or an extreme value in the input, a learning rate too large for the data, an overflow of f32); name says where it was caught. To let an optimizer apply non-finite gradients anyway (rarely what you want), turn its check off with allow_non_finite(true)."
+            }
+            Error::InvalidSetting { .. } => return None,
+            Error::InvalidName { .. } => {
+                "name collections with a plain word, \"batch_stats\", \"state\", \"cache\"."
+            }
+            Error::BackwardTwice { .. } => {
+                "walk the tape once per forward pass; to walk it several times (one cotangent per output, as a Jacobian does), use Tensor::backward_retaining for all but the last."
+            }
+            Error::KeyMismatch { .. } => {
+                "compute the gradients from the same params you update; the lists name every key."
+            }
+        })
+    }
+}
+
+/// `{:?}` prints the message and, on a line of its own, its fix ([`Error::fix`]): what a
+/// `fn main() -> Result<(), tapegrad::Error>` shows for an error it returns, so a user sees
+/// the words rather than the variant's fields, as error-reporting crates print theirs. The
+/// fields stay public for code that matches on them.
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")?;
+        if let Some(fix) = self.fix() {
+            write!(f, "\nhelp: {fix}")?;
+        }
+        Ok(())
+    }
 }
 
 /// The `std::io::Error` behind a checkpoint error, shared so that [`Error`] stays `Clone`.
@@ -443,5 +532,110 @@ impl Error {
             rhs: rhs.into(),
             detail: detail.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    /// `s` as plain text: rustdoc links `[text](target)` as their text, backticks dropped,
+    /// white space folded.
+    fn plain(s: &str) -> String {
+        let mut out = String::new();
+        let mut rest = s;
+        while let Some(open) = rest.find('[') {
+            let after = &rest[open + 1..];
+            match (after.find("]("), after.find(']')) {
+                (Some(close), Some(first)) if close == first => {
+                    out.push_str(&rest[..open]);
+                    out.push_str(&after[..close]);
+                    let target = &after[close + 2..];
+                    rest = &target[target.find(')').map_or(target.len(), |end| end + 1)..];
+                }
+                _ => {
+                    out.push_str(&rest[..=open]);
+                    rest = after;
+                }
+            }
+        }
+        out.push_str(rest);
+        let out = out.replace('`', "");
+        out.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
+    /// Each variant's `fix()` is the "Fix" its documentation gives, in plain text: read from
+    /// this file, so that the two cannot drift apart.
+    #[test]
+    fn each_fix_is_the_one_its_variant_documents() {
+        let source = include_str!("error.rs");
+        let enum_body = source
+            .split("pub enum Error {")
+            .nth(1)
+            .and_then(|rest| rest.split("\n}\n").next())
+            .unwrap();
+        let mut documented = Vec::new();
+        let mut fix: Option<String> = None;
+        for line in enum_body.lines().map(str::trim) {
+            if let Some(text) = line.strip_prefix("/// Fix:") {
+                fix = Some(text.to_string());
+            } else if let (Some(text), Some(f)) = (line.strip_prefix("///"), fix.as_mut()) {
+                f.push(' ');
+                f.push_str(text);
+            } else if let Some(name) = line.strip_suffix(" {").filter(|n| !n.contains(' ')) {
+                documented.push((name.to_string(), fix.take().map(|f| plain(&f))));
+            }
+        }
+        assert!(documented.len() >= 18, "{documented:?}");
+        let arms = source.split("pub fn fix(&self)").nth(1).unwrap();
+        let arms = arms.split("\n        })").next().unwrap();
+        for (name, fix) in documented {
+            let start = arms
+                .find(&format!("Error::{name} "))
+                .unwrap_or_else(|| panic!("no arm for {name}"));
+            let arm = &arms[start..];
+            let arm = &arm[..arm[1..].find("Error::").map_or(arm.len(), |end| end + 1)];
+            match (arm.find('"'), arm.rfind('"'), fix) {
+                (Some(open), Some(close), Some(fix)) if open < close => {
+                    let text = arm[open + 1..close].replace("\\\"", "\"");
+                    assert_eq!(text, fix.trim(), "{name}");
+                }
+                (None, _, _) => assert!(arm.contains("return None"), "{name}: {arm}"),
+                _ => panic!("{name} has a fix its documentation does not give: {arm}"),
+            }
+        }
+    }
+
+    #[test]
+    fn debug_prints_the_message_and_its_fix() {
+        let error = Error::ImmutableCollection {
+            collection: "batch_stats".into(),
+            path: "BatchNorm_0/mean".into(),
+        };
+        let shown = format!("{error:?}");
+        assert!(shown.starts_with(&error.to_string()), "{shown}");
+        assert!(
+            shown.contains("\nhelp: pass the collection in mutable"),
+            "{shown}"
+        );
+        let invalid = Error::invalid("reshape", &[2, 3], "7 elements");
+        assert_eq!(format!("{invalid:?}"), invalid.to_string());
+    }
+
+    #[test]
+    fn a_checkpoints_problems_are_listed_one_to_a_line() {
+        let problems = |names: &[&str]| Error::Checkpoint {
+            path: "run.safetensors".into(),
+            problems: names
+                .iter()
+                .map(|n| super::CheckpointProblem::Corrupt((*n).into()))
+                .collect(),
+            io: None,
+        };
+        let one = problems(&["a"]).to_string();
+        assert_eq!(one.lines().count(), 1, "{one}");
+        let two = problems(&["a", "b"]).to_string();
+        assert_eq!(two.lines().count(), 3, "{two}");
+        assert!(two.lines().skip(1).all(|l| l.starts_with("  - ")), "{two}");
     }
 }
