@@ -43,6 +43,21 @@ pub struct Grads<A: Float> {
     entries: BTreeMap<String, ArrayD<A>>,
 }
 
+/// A clipping bound: finite and at least 0.
+fn clip_setting<A: Float>(op: &'static str, setting: &'static str, value: A) -> Result<()> {
+    let value = value.as_f64();
+    if value.is_finite() && value >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::InvalidSetting {
+            op,
+            setting,
+            value,
+            expected: "finite and at least 0",
+        })
+    }
+}
+
 impl<A: Float> Grads<A> {
     pub(crate) fn from_map(entries: BTreeMap<String, ArrayD<A>>) -> Self {
         Grads { entries }
@@ -117,20 +132,29 @@ impl<A: Float> Grads<A> {
     /// Scaled down, all together, so that their [`Grads::global_norm`] is at most
     /// `max_norm`: `g · max_norm / max(norm, max_norm)`. optax: `clip_by_global_norm`;
     /// PyTorch's `clip_grad_norm_` computes the same with `norm + 1e-6` in the denominator.
-    #[must_use]
-    pub fn clip_by_global_norm(&self, max_norm: A) -> Grads<A> {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidSetting`] unless `max_norm` is finite and at least 0 (a negative one
+    /// would reverse the gradient).
+    pub fn clip_by_global_norm(&self, max_norm: A) -> Result<Grads<A>> {
+        clip_setting("clip_by_global_norm", "max_norm", max_norm)?;
         let norm = self.global_norm();
         if norm <= max_norm {
-            return self.clone();
+            return Ok(self.clone());
         }
-        self.scale(max_norm / norm)
+        Ok(self.scale(max_norm / norm))
     }
 
     /// Every element clamped to `[-limit, limit]`. optax: `optax.clip(limit)`; PyTorch:
     /// `clip_grad_value_`. (NaN stays NaN, for the optimizer's check to find.)
-    #[must_use]
-    pub fn clip_by_value(&self, limit: A) -> Grads<A> {
-        self.map_values(|g| {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidSetting`] unless `limit` is finite and at least 0.
+    pub fn clip_by_value(&self, limit: A) -> Result<Grads<A>> {
+        clip_setting("clip_by_value", "limit", limit)?;
+        Ok(self.map_values(|g| {
             g.mapv(|x| {
                 if x > limit {
                     limit
@@ -140,7 +164,7 @@ impl<A: Float> Grads<A> {
                     x
                 }
             })
-        })
+        }))
     }
 
     fn map_values(&self, f: impl Fn(&ArrayD<A>) -> ArrayD<A>) -> Grads<A> {

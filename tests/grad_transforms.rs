@@ -68,13 +68,13 @@ proptest! {
         let params: Params<f64> = [("a".to_string(), a.clone()), ("b".to_string(), b.clone())].into_iter().collect();
         let grads = Grads::zeros_like(&params).map(|path, _| params.get(path).unwrap().clone())?;
         let norm = grads.global_norm();
-        let clipped = grads.clip_by_global_norm(max_norm);
+        let clipped = grads.clip_by_global_norm(max_norm)?;
         assert_abs_diff_eq!(clipped.global_norm(), norm.min(max_norm), epsilon = 1e-12);
         let ratio = clipped.get("a").unwrap()[[0]] / a[[0]];
         for (x, y) in clipped.get("b").unwrap().iter().zip(&b) {
             prop_assert!((x - ratio * y).abs() < 1e-12);
         }
-        let capped = grads.clip_by_value(limit);
+        let capped = grads.clip_by_value(limit)?;
         prop_assert!(capped.iter().all(|(_, g)| g.iter().all(|x| x.abs() <= limit)));
         prop_assert_eq!(capped.paths().collect::<Vec<_>>(), vec!["a", "b"]);
     }
@@ -163,4 +163,28 @@ fn schedules_follow_their_formulas() {
     };
     assert_eq!(cosine.at(15), 0.0);
     assert_eq!(cosine.at(20), 0.0);
+}
+
+#[test]
+fn a_clipping_bound_that_means_nothing_is_refused_naming_it() {
+    let params: Params<f64> = [("a".to_string(), arr1(&[3.0, -4.0]).into_dyn())]
+        .into_iter()
+        .collect();
+    let grads = Grads::zeros_like(&params)
+        .map(|path, _| params.get(path).unwrap().clone())
+        .unwrap();
+    for bad in [-1.0, f64::NAN, f64::INFINITY] {
+        let err = grads.clip_by_global_norm(bad).unwrap_err().to_string();
+        assert!(
+            err.contains("clip_by_global_norm") && err.contains("max_norm"),
+            "{err}"
+        );
+        let err = grads.clip_by_value(bad).unwrap_err().to_string();
+        assert!(
+            err.contains("clip_by_value") && err.contains("limit"),
+            "{err}"
+        );
+    }
+    // A bound of 0 is a setting that means something: every gradient becomes 0.
+    assert_eq!(grads.clip_by_global_norm(0.0).unwrap().global_norm(), 0.0);
 }

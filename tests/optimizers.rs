@@ -137,8 +137,7 @@ fn adam_on_params_split_over_threads_equals_the_formula_at_every_element() {
             };
             *m = b1 * *m + (1.0 - b1) * g;
             *v = b2 * *v + (1.0 - b2) * g * g;
-            let (m_hat, v_hat) = (*m / (1.0 - b1.powi(t)), *v / (1.0 - b2.powi(t)));
-            *w -= lr * m_hat / (v_hat.sqrt() + eps);
+            *w -= adam_step(lr, [b1, b2], eps, t, *m, *v);
         };
         let what = format!("Adam, weight decay {wd}, decoupled {decoupled}");
         assert_steps_follow_the_formula(&mut adam, formula, &what);
@@ -213,6 +212,14 @@ fn state_left_by_a_frozen_param_is_kept_and_never_used_for_another() {
     }
 }
 
+/// Adam's step at step `t` (from 1) with moments `m` and `v`, arranged as PyTorch arranges it:
+/// `lr / (1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε)` (`torch.optim.Adam`, single-tensor path).
+fn adam_step(lr: f64, [b1, b2]: [f64; 2], eps: f64, t: i32, m: f64, v: f64) -> f64 {
+    let step_size = lr / (1.0 - b1.powi(t));
+    let denominator = v.sqrt() / (1.0 - b2.powi(t)).sqrt() + eps;
+    step_size * (m / denominator)
+}
+
 #[test]
 fn two_adam_steps_equal_the_formula() {
     let (lr, b1, b2, eps) = (0.01, 0.9, 0.999, 1e-8);
@@ -226,9 +233,7 @@ fn two_adam_steps_equal_the_formula() {
             let g = 3.0 * w[i] * w[i];
             m[i] = b1 * m[i] + (1.0 - b1) * g;
             v[i] = b2 * v[i] + (1.0 - b2) * g * g;
-            let m_hat = m[i] / (1.0 - b1.powi(t));
-            let v_hat = v[i] / (1.0 - b2.powi(t));
-            w[i] -= lr * m_hat / (v_hat.sqrt() + eps);
+            w[i] -= adam_step(lr, [b1, b2], eps, t, m[i], v[i]);
         }
     }
     for i in 0..2 {
@@ -413,4 +418,99 @@ fn a_frozen_table_in_state_is_untouched_by_adamw_across_many_steps() {
         vars.merge(updates).unwrap();
     }
     assert_eq!(vars.collection("state").cloned(), table);
+}
+
+/// A large finite gradient in `f32`: `v / (1 − β₂)` would overflow (1e37 / 1e-3), yet the
+/// step is finite and about the learning rate, as in PyTorch.
+#[test]
+fn adam_moves_a_param_by_the_learning_rate_for_a_huge_finite_f32_gradient() {
+    let mut p: Params<f32> = [("w".to_string(), arr1(&[1.0f32]).into_dyn())]
+        .into_iter()
+        .collect();
+    let g = Grads::zeros_like(&p)
+        .map(|_, _| arr1(&[1e20f32]).into_dyn())
+        .unwrap();
+    Adam::new(0.01).update(&mut p, &g).unwrap();
+    let w = p.get("w").unwrap()[[0]];
+    assert!((w - (1.0 - 0.01)).abs() < 1e-6, "{w}");
+}
+
+/// Step counts are 64-bit wherever they are used: an Adam resumed at step 2^32 − 1 takes a
+/// finite step (the bias corrections at 1), and a step schedule at step 2^31 decays to 0
+/// rather than wrapping to a negative power.
+#[test]
+fn step_counts_past_32_bits_give_finite_rates_and_steps() {
+    let mut p = params(&[0.5, -1.0]);
+    let mut adam = Adam::new(0.01);
+    let mut state = adam.state();
+    state.steps = u32::MAX as usize;
+    adam.load_state(state).unwrap();
+    let g = grads_of_cube(&p);
+    adam.update(&mut p, &g).unwrap();
+    assert!(p.get("w").unwrap().iter().all(|w| w.is_finite()));
+    let step = LearningRate::Step {
+        initial: 0.1,
+        gamma: 0.5,
+        every: 1,
+    };
+    assert_eq!(step.at(1 << 31), 0.0);
+    assert!(step.at(usize::MAX).is_finite());
+}
+
+/// Schedules whose settings mean nothing are refused by the optimizer that is given one,
+/// before anything moves; a rate that grows past f64's range is refused at the step it does.
+#[test]
+fn schedules_that_mean_nothing_are_refused_and_nothing_moves() {
+    let refused = [
+        (
+            LearningRate::Step {
+                initial: 0.1,
+                gamma: 0.5,
+                every: 0,
+            },
+            "steps between decays",
+        ),
+        (
+            LearningRate::Cosine {
+                initial: 0.1,
+                final_value: 0.0,
+                steps: 0,
+            },
+            "decay steps",
+        ),
+        (
+            LearningRate::WarmupCosine {
+                peak: 0.1,
+                warmup: 10,
+                steps: 10,
+                final_value: 0.0,
+            },
+            "warm-up steps",
+        ),
+    ];
+    for (schedule, setting) in refused {
+        let mut p = params(&[0.5, -1.0]);
+        let before = p.clone();
+        let err = Sgd::new(schedule)
+            .update(&mut p, &grads_of_cube(&before))
+            .unwrap_err();
+        assert!(err.to_string().contains(setting), "{err}");
+        assert_eq!(p, before);
+    }
+    let growing = LearningRate::Exponential {
+        initial: 1.0,
+        gamma: 1e300,
+    };
+    let mut sgd = Sgd::new(growing);
+    let mut p = params(&[0.5, -1.0]);
+    let tiny = Grads::zeros_like(&p)
+        .map(|_, g| g.mapv(|_| 1e-300))
+        .unwrap();
+    for _ in 0..2 {
+        sgd.update(&mut p, &tiny).unwrap(); // steps 0 and 1: rates 1 and 1e300
+    }
+    let before = p.clone();
+    let err = sgd.update(&mut p, &tiny).unwrap_err();
+    assert!(err.to_string().contains("learning rate at step 2"), "{err}");
+    assert_eq!(p, before);
 }

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::grads::Grads;
 use crate::kernels::{chunks, simd};
+use crate::optim::schedule::power;
 use crate::optim::{
     LearningRate, Optimizer, OptimizerState, check_gradients, check_state_shapes,
     setting_at_least_zero, setting_below_one, state_for_each_gradient,
@@ -138,17 +139,16 @@ impl<A: Float> Optimizer<A> for Adam<A> {
         check_gradients("Adam::update", params, grads, self.allow_non_finite)?;
         check_state_shapes("Adam::update", &self.first, grads)?;
         check_state_shapes("Adam::update", &self.second, grads)?;
-        let t = self.steps as i32 + 1;
-        let lr = self.learning_rate.at(self.steps);
+        let lr = self.learning_rate.finite_at("Adam::update", self.steps)?;
+        let t = self.steps.saturating_add(1);
         let (b1, b2) = (A::of(self.beta1), A::of(self.beta2));
-        let correction1 = A::of(1.0 - self.beta1.powi(t));
-        let correction2 = A::of(1.0 - self.beta2.powi(t));
+        let correction1 = 1.0 - power(self.beta1, t);
+        let correction2 = 1.0 - power(self.beta2, t);
         let moments = Moments {
             b1,
             b2,
-            correction1,
-            correction2,
-            lr: A::of(lr),
+            step_size: A::of(lr / correction1),
+            correction2_sqrt: A::of(correction2.sqrt()),
             eps: A::of(self.eps),
         };
         let decay = match (self.weight_decay != 0.0, self.decoupled) {
@@ -208,13 +208,15 @@ impl<A: Float> Optimizer<A> for Adam<A> {
     }
 }
 
-/// The constants of one Adam step.
+/// The constants of one Adam step: `lr / (1 − β₁ᵗ)` and `√(1 − β₂ᵗ)`, as PyTorch computes
+/// them, so that the step is `step_size · m / (√v / √(1 − β₂ᵗ) + ε)`: no intermediate exceeds
+/// the gradient's square times `1 − β₂`, and a large finite gradient (1e20 in `f32`, whose
+/// `v / (1 − β₂)` would overflow) moves a param by about the learning rate, as in PyTorch.
 struct Moments<A> {
     b1: A,
     b2: A,
-    correction1: A,
-    correction2: A,
-    lr: A,
+    step_size: A,
+    correction2_sqrt: A,
     eps: A,
 }
 
@@ -224,9 +226,8 @@ impl<A: Float> Moments<A> {
     fn step(&self, p: &mut A, m: &mut A, v: &mut A, g: A) {
         *m = self.b1 * *m + (A::one() - self.b1) * g;
         *v = self.b2 * *v + (A::one() - self.b2) * g * g;
-        let m_hat = *m / self.correction1;
-        let v_hat = *v / self.correction2;
-        *p -= self.lr * m_hat / (v_hat.sqrt() + self.eps);
+        let denominator = v.sqrt() / self.correction2_sqrt + self.eps;
+        *p -= self.step_size * (*m / denominator);
     }
 }
 

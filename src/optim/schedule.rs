@@ -91,14 +91,14 @@ impl LearningRate {
                 initial,
                 gamma,
                 every,
-            } => initial * gamma.powi((step / every.max(1)) as i32),
+            } => initial * power(gamma, step / every.max(1)),
             LearningRate::MultiStep {
                 initial,
                 gamma,
                 ref milestones,
             } => {
                 let passed = milestones.iter().filter(|&&m| m <= step).count();
-                initial * gamma.powi(passed as i32)
+                initial * power(gamma, passed)
             }
             LearningRate::Exponential { initial, gamma } => initial * gamma.powf(step as f64),
             LearningRate::Cosine {
@@ -122,14 +122,37 @@ impl LearningRate {
         }
     }
 
+    /// The rate at `step`, or an error naming `op`, the step and the rate if it is not
+    /// finite (an exponential schedule that grew past `f64`'s range): checked before an
+    /// optimizer moves anything.
+    pub(crate) fn finite_at(&self, op: &'static str, step: usize) -> Result<f64> {
+        let rate = self.at(step);
+        if rate.is_finite() {
+            Ok(rate)
+        } else {
+            Err(Error::NonFinite {
+                op,
+                name: format!("the learning rate at step {step} ({rate})"),
+            })
+        }
+    }
+
     /// Checks the schedule's settings: every rate and factor finite and at least 0, as
     /// PyTorch's `ValueError`s ask of a learning rate. `op` names the optimizer.
     pub(crate) fn check(&self, op: &'static str) -> Result<()> {
         let rate = |setting, value: f64| setting_at_least_zero(op, setting, value);
         match *self {
             LearningRate::Constant(value) => rate("learning rate", value),
-            LearningRate::Step { initial, gamma, .. }
-            | LearningRate::MultiStep { initial, gamma, .. }
+            LearningRate::Step {
+                initial,
+                gamma,
+                every,
+            } => {
+                rate("learning rate", initial)?;
+                rate("gamma", gamma)?;
+                at_least_one(op, "steps between decays", every)
+            }
+            LearningRate::MultiStep { initial, gamma, .. }
             | LearningRate::Exponential { initial, gamma } => {
                 rate("learning rate", initial)?;
                 rate("gamma", gamma)
@@ -137,10 +160,11 @@ impl LearningRate {
             LearningRate::Cosine {
                 initial,
                 final_value,
-                ..
+                steps,
             } => {
                 rate("learning rate", initial)?;
-                rate("final learning rate", final_value)
+                rate("final learning rate", final_value)?;
+                at_least_one(op, "decay steps", steps)
             }
             LearningRate::WarmupCosine {
                 peak,
@@ -150,17 +174,41 @@ impl LearningRate {
             } => {
                 rate("peak learning rate", peak)?;
                 rate("final learning rate", final_value)?;
-                if warmup > steps {
+                // A warm-up as long as the schedule would never decay (optax refuses it too).
+                if warmup >= steps {
                     return Err(Error::InvalidSetting {
                         op,
                         setting: "warm-up steps",
                         value: warmup as f64,
-                        expected: "at most the schedule's steps",
+                        expected: "fewer than the schedule's steps",
                     });
                 }
                 Ok(())
             }
         }
+    }
+}
+
+/// A count of steps that must be at least 1.
+fn at_least_one(op: &'static str, setting: &'static str, value: usize) -> Result<()> {
+    if value >= 1 {
+        Ok(())
+    } else {
+        Err(Error::InvalidSetting {
+            op,
+            setting,
+            value: 0.0,
+            expected: "at least 1",
+        })
+    }
+}
+
+/// `base` to the power `n`, for any count `n`: `powi` where `n` fits its `i32` (the same bits
+/// as before for every step a run reaches), `powf` beyond, never a count wrapped negative.
+pub(crate) fn power(base: f64, n: usize) -> f64 {
+    match i32::try_from(n) {
+        Ok(n) => base.powi(n),
+        Err(_) => base.powf(n as f64),
     }
 }
 

@@ -128,7 +128,7 @@ impl<A: Float> Optimizer<A> for Sgd<A> {
         self.check_settings()?;
         check_gradients("Sgd::update", params, grads, self.allow_non_finite)?;
         check_state_shapes("Sgd::update", &self.velocities, grads)?;
-        let lr = A::of(self.learning_rate.at(self.steps));
+        let lr = A::of(self.learning_rate.finite_at("Sgd::update", self.steps)?);
         let (mu, decay, nesterov) = (
             A::of(self.momentum),
             A::of(self.weight_decay),
