@@ -42,6 +42,16 @@
 //! able to report a bad one and carry on (a notebook kernel, a server) rather than abort.
 //! `?` keeps the cost of that choice to one character per fallible call. The errors name the
 //! op and the shapes (see [`Error`]). Panics are left for broken internal invariants.
+//!
+//! ## Empty inputs
+//!
+//! One rule for every op, as in JAX: an op whose output has no elements (a batch of zero
+//! images, a softmax over an empty axis, pooling over zero channels) returns that empty output,
+//! shaped as the op defines it, and its VJP an empty gradient. An op that needs a value of an
+//! empty set is an error naming it: a maximum over an empty axis, BatchNorm's batch
+//! statistics in training (PyTorch returns an empty output there; an error says more about
+//! the data pipeline that made an empty batch, and the running statistics are left as they
+//! were). A window larger than its padded input is a shape error, as in PyTorch.
 
 #![warn(missing_docs)]
 // Every fallible public function says how it fails, and a value computed for nothing is a

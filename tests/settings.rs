@@ -138,6 +138,7 @@ fn batch_norm_settings_out_of_range_are_refused_before_anything_is_read() {
         (BatchNorm::new().momentum(f64::NAN), "momentum", f64::NAN),
         (BatchNorm::new().momentum(1.5), "momentum", 1.5),
         (BatchNorm::new().epsilon(-1.0), "epsilon", -1.0),
+        (BatchNorm::new().epsilon(0.0), "epsilon", 0.0),
     ] {
         for options in [&train, &ApplyOptions::eval()] {
             names(

@@ -64,7 +64,7 @@ pub struct BatchNorm {
     /// [`StatsConvention::Flax`]; unused under [`StatsConvention::PyTorch`], which carries
     /// PyTorch's own momentum.
     pub momentum: f64,
-    /// Added to the variance before the square root (default 1e-5).
+    /// Added to the variance before the square root (default 1e-5; it must be above 0).
     pub epsilon: f64,
     /// Force evaluation (`Some(true)`) or training (`Some(false)`) behaviour; `None` follows
     /// the mode given to `apply`.
@@ -258,8 +258,8 @@ struct Update<A> {
 }
 
 impl BatchNorm {
-    /// Momentum in `[0, 1]` and epsilon at least 0, both finite; checked before the layer
-    /// reads or writes anything.
+    /// Momentum in `[0, 1]` and epsilon above 0, both finite; checked before the layer reads
+    /// or writes anything.
     fn check_settings(&self) -> Result<()> {
         let invalid = |setting, value, expected| {
             Err(Error::InvalidSetting {
@@ -272,8 +272,9 @@ impl BatchNorm {
         if !(self.momentum.is_finite() && (0.0..=1.0).contains(&self.momentum)) {
             return invalid("momentum", self.momentum, "finite and in [0, 1]");
         }
-        if !(self.epsilon.is_finite() && self.epsilon >= 0.0) {
-            return invalid("epsilon", self.epsilon, "finite and at least 0");
+        // As PyTorch ("eps must be positive"): with 0, a constant feature divides 0 by 0.
+        if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
+            return invalid("epsilon", self.epsilon, "finite and above 0");
         }
         if let StatsConvention::PyTorch {
             momentum: Some(momentum),

@@ -10,13 +10,19 @@ impl<A: Float> Tensor<A> {
     ///
     /// The maximum is taken of the detached value and enters as a constant: mathematically
     /// the result does not depend on the shift, so no gradient needs to flow through it (and
-    /// none flows through ties of the maximum).
+    /// none flows through ties of the maximum). Over an empty axis it is `log 0 = −∞`, as in
+    /// JAX, and [`softmax`](Self::softmax) over an empty axis is empty.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if `axis` is out of range; nothing
     /// is recorded.
     pub fn logsumexp(&self, axis: usize, keep_dims: bool) -> Result<Tensor<A>> {
+        if self.shape().get(axis) == Some(&0) {
+            // The sum of nothing, with no maximum to shift by.
+            let sum = self.exp().sum_axes(&[axis], keep_dims)?;
+            return Ok(sum.log());
+        }
         // Taken from the detached value: nothing about the shift is recorded on the tape.
         let max = self.detach().max_axes(&[axis], true)?;
         let lse = self

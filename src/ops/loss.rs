@@ -74,13 +74,31 @@ pub fn softmax_cross_entropy<A: Float>(logits: &Tensor<A>, labels: &[usize]) -> 
     Ok(picked.mul_scalar(-inv_batch))
 }
 
-/// Mean squared error `mean((prediction - target)^2)`, broadcasting.
-/// PyTorch: `F.mse_loss(prediction, target)`.
+/// Mean squared error `mean((prediction - target)^2)` of two tensors of one shape.
+/// PyTorch: `F.mse_loss(prediction, target)` (which warns and broadcasts where the shapes
+/// differ; a `[2, 2]` prediction against a `[2, 1]` target is almost always a bug, such as a
+/// bias of the wrong length, so here it is an error).
+///
+/// ```
+/// use tapegrad::{mse, Tensor};
+/// let prediction = Tensor::from_vec(&[2, 2], vec![1.0f64, 2.0, 3.0, 4.0])?;
+/// assert!(mse(&prediction, &Tensor::from_vec(&[2, 1], vec![0.0, 0.0])?).is_err());
+/// assert_eq!(mse(&prediction, &prediction)?.item()?, 0.0);
+/// # Ok::<(), tapegrad::Error>(())
+/// ```
 ///
 /// # Errors
 ///
-/// [`Error::IncompatibleShapes`] if the shapes do not broadcast, [`Error::DifferentTapes`] if the
-/// operands are tracked on different tapes; nothing is recorded.
+/// [`Error::IncompatibleShapes`] naming both shapes if they differ, [`Error::DifferentTapes`]
+/// if the operands are tracked on different tapes; nothing is recorded.
 pub fn mse<A: Float>(prediction: &Tensor<A>, target: &Tensor<A>) -> Result<Tensor<A>> {
+    if prediction.shape() != target.shape() {
+        return Err(Error::incompatible(
+            "mse",
+            prediction.shape(),
+            target.shape(),
+            "the prediction and the target must have one shape",
+        ));
+    }
     Ok(prediction.sub(target)?.square().mean_all())
 }
