@@ -218,3 +218,43 @@ fn export_refuses_variables_the_mapping_would_lose() {
         "nothing is written when the export would lose variables"
     );
 }
+
+/// Variables made for a Flax BatchNorm (no `num_batches_tracked`) run under PyTorch's
+/// convention wherever no value depends on the counter: in evaluation, and in training with a
+/// fixed momentum (the counter is then not written). The cumulative average needs it, and its
+/// error says how to add it.
+#[test]
+fn the_pytorch_counter_is_needed_only_by_the_cumulative_average() {
+    let x = Tensor::from_vec(&[4, 1], vec![1.0f64, 2.0, 3.0, 6.0]).unwrap();
+    let flax_made = BatchNorm::new().init(0, &x).unwrap();
+    assert!(flax_made.get("batch_stats/num_batches_tracked").is_none());
+    let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
+    let fixed = BatchNorm::pytorch(Some(0.1));
+    fixed.apply(&flax_made, &x, &ApplyOptions::eval()).unwrap();
+    let (_, updates) = fixed.apply(&flax_made, &x, &train).unwrap();
+    let mut trained = flax_made.clone();
+    trained.merge(updates).unwrap();
+    assert!((trained.get("batch_stats/mean").unwrap()[[0]] - 0.3).abs() < 1e-15);
+    assert!(trained.get("batch_stats/num_batches_tracked").is_none());
+    let cumulative = BatchNorm::pytorch(None);
+    cumulative
+        .apply(&flax_made, &x, &ApplyOptions::eval())
+        .unwrap();
+    let err = cumulative
+        .apply(&flax_made, &x, &train)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("batch_stats/num_batches_tracked") && err.contains("insert it"),
+        "{err}"
+    );
+    // With the counter (as init of the PyTorch layer makes it), it counts on.
+    let torch_made = cumulative.init(0, &x).unwrap();
+    let (_, updates) = cumulative.apply(&torch_made, &x, &train).unwrap();
+    let mut trained = torch_made.clone();
+    trained.merge(updates).unwrap();
+    assert_eq!(
+        trained.get("batch_stats/num_batches_tracked").unwrap()[[]],
+        1.0
+    );
+}

@@ -248,6 +248,14 @@ impl<'a, A: Float> Scope<'a, A> {
         })
     }
 
+    /// Whether `collection` holds `name` at this scope's path: in `apply`, whether the given
+    /// variables have it; in `init`, whether it was created already. For variables a module
+    /// uses only when present. Flax: `self.has_variable(collection, name)`.
+    #[must_use]
+    pub fn has_variable(&self, collection: &str, name: &str) -> bool {
+        self.ctx.read(collection, &join(&self.path, name)).is_some()
+    }
+
     /// A sub-scope named `name`, for a sub-module called by hand. Two children of the same
     /// name share their variables.
     #[must_use]

@@ -317,9 +317,10 @@ impl BatchNorm {
         let axis = self.feature_axis(x)?;
         self.check_settings()?;
         let features = x.shape()[axis];
-        let running = self.running_statistics(scope, features)?;
+        let training = !self.use_running_average.unwrap_or(!scope.is_training());
+        let running = self.running_statistics(scope, features, training)?;
         let [scale, bias] = self.affine_params(scope, features)?;
-        if self.use_running_average.unwrap_or(!scope.is_training()) {
+        if !training {
             let y = self.evaluate(x, axis, &running, [&scale, &bias])?;
             return Ok(if relu { y.relu() } else { y });
         }
@@ -344,13 +345,14 @@ impl BatchNorm {
         &self,
         scope: &mut Scope<'s, A>,
         features: usize,
+        training: bool,
     ) -> Result<RunningStatistics<'s, A>> {
         let mean = scope.variable("batch_stats", "mean", &[features], init::zeros())?;
         let var = scope.variable("batch_stats", "var", &[features], init::ones())?;
         let batches_tracked = match self.convention {
             StatsConvention::Flax => None,
-            StatsConvention::PyTorch { .. } => {
-                Some(scope.variable("batch_stats", "num_batches_tracked", &[], init::zeros())?)
+            StatsConvention::PyTorch { momentum } => {
+                Self::batches_tracked(scope, training, momentum)?
             }
         };
         Ok(RunningStatistics {
@@ -358,6 +360,42 @@ impl BatchNorm {
             var,
             batches_tracked,
         })
+    }
+
+    /// PyTorch's step counter: created by `init`; in training, counted on where the
+    /// variables have it, and required by the cumulative average (`momentum: None`), whose
+    /// weight it is; never read in evaluation, where nothing depends on it. (Variables made
+    /// for a Flax BatchNorm have none.)
+    fn batches_tracked<'s, A: Float>(
+        scope: &mut Scope<'s, A>,
+        training: bool,
+        momentum: Option<f64>,
+    ) -> Result<Option<Variable<'s, A>>> {
+        const COUNTER: &str = "num_batches_tracked";
+        let present = scope.has_variable("batch_stats", COUNTER);
+        let required = training && momentum.is_none();
+        if required && !present && !scope.is_initializing() {
+            return Err(Error::invalid(
+                "BatchNorm",
+                &[],
+                format!(
+                    "PyTorch's cumulative average (momentum None) weighs each batch by \
+                     batch_stats/{path}{COUNTER}, which these variables lack (variables made for \
+                     a Flax BatchNorm have none): insert it (a 0-d array of the batches seen so \
+                     far, 0 to start), or use a fixed momentum",
+                    path = match scope.path() {
+                        "" => String::new(),
+                        path => format!("{path}/"),
+                    },
+                ),
+            ));
+        }
+        if scope.is_initializing() || (training && present) {
+            return scope
+                .variable("batch_stats", COUNTER, &[], init::zeros())
+                .map(Some);
+        }
+        Ok(None)
     }
 
     /// `scale` and `bias`: params, or constant ones and zeros when turned off.
