@@ -123,13 +123,54 @@ fn count_in_child(value: &str) -> usize {
         .unwrap()
 }
 
-/// Run by `count_in_child` only (ignored otherwise): prints the count in force.
+/// Run by `count_in_child` only (ignored otherwise): prints the count in force, and the
+/// runtime's summary (which reads every setting).
 #[test]
 #[ignore = "run by the test below, in a child process"]
 fn report_thread_count_for_the_parent() {
     if std::env::var_os("TAPEGRAD_REPORT_THREADS").is_some() {
         println!("threads={}", runtime::num_threads());
+        println!("{}", runtime::summary());
     }
+}
+
+/// Bad values of the three environment variables are each warned about once, naming the
+/// variable and the value, and the run goes on with the default; a thread count above
+/// `max_threads` is one of them, and `set_num_threads` refuses it.
+#[test]
+fn bad_settings_in_the_environment_are_warned_about_once_each() {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "report_thread_count_for_the_parent",
+            "--nocapture",
+            "--include-ignored",
+            "--test-threads=1",
+        ])
+        .env("TAPEGRAD_NUM_THREADS", "1000000")
+        .env("TAPEGRAD_KERNELS", "bogus")
+        .env("TAPEGRAD_FUSION", "of")
+        .env("TAPEGRAD_REPORT_THREADS", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for warning in [
+        "TAPEGRAD_NUM_THREADS=\"1000000\"",
+        "TAPEGRAD_KERNELS=\"bogus\"",
+        "TAPEGRAD_FUSION=\"of\"",
+    ] {
+        assert_eq!(stderr.matches(warning).count(), 1, "{warning} in {stderr}");
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(stdout.contains(&format!("threads={cores}")), "{stdout}");
+    assert!(stdout.contains("fusion on"), "{stdout}");
+    let too_many = runtime::max_threads() + 1;
+    let err = runtime::set_num_threads(too_many).unwrap_err().to_string();
+    assert!(
+        err.contains("set_num_threads") && err.contains(&too_many.to_string()),
+        "{err}"
+    );
 }
 
 #[test]

@@ -252,6 +252,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(args: Args) -> Result<(), Box<dyn Error>> {
     let started = Instant::now();
+    println!("{}", tapegrad::runtime::summary());
     let data = Data::load(&args.data)?;
 
     // A fixed, seeded 80/20 split.

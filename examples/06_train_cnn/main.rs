@@ -115,6 +115,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(args: Args) -> Result<(), Box<dyn Error>> {
     let started = Instant::now();
+    println!("{}", tapegrad::runtime::summary());
     let data = Digits::load(&args.data)?;
     // A fixed, seeded 80/20 split.
     let mut idx: Vec<usize> = (0..data.labels.len()).collect();

@@ -88,6 +88,7 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
             println!("{line}");
         }
     };
+    say(format!("{} (each rank)", tapegrad::runtime::summary()));
     let data = Data::load(&args.data)?;
     let mut idx: Vec<usize> = (0..data.y.len()).collect();
     idx.shuffle(&mut SplitMix64::new(args.seed));
@@ -181,8 +182,13 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
             .map(|(name, shape)| (name.as_str(), shape.as_slice())),
         optimizer.steps(),
     )?;
+    let on = match ranks {
+        1 => "on the one rank".to_string(),
+        2 => "on both ranks".to_string(),
+        _ => format!("on all {ranks} ranks"),
+    };
     say(format!(
-        "params, batch_stats and step counts bit-identical on all {ranks} ranks after {steps} steps"
+        "params, batch_stats and step counts bit-identical {on} after {steps} steps"
     ));
     say(format!(
         "{:.0} µs per step (wall clock, rank 0, including the reductions)",

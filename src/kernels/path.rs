@@ -49,14 +49,32 @@ impl KernelPath {
     pub fn current() -> KernelPath {
         static PROCESS: OnceLock<KernelPath> = OnceLock::new();
         let process = *PROCESS.get_or_init(|| {
-            let cap = std::env::var("TAPEGRAD_KERNELS")
-                .ok()
-                .and_then(|name| KernelPath::from_name(&name).ok());
-            cap.map_or(KernelPath::detected(), |cap| {
-                cap.min(KernelPath::detected())
-            })
+            let Ok(name) = std::env::var("TAPEGRAD_KERNELS") else {
+                return KernelPath::detected();
+            };
+            match KernelPath::from_name(&name) {
+                Ok(cap) => cap.min(KernelPath::detected()),
+                Err(_) => {
+                    eprintln!(
+                        "tapegrad: TAPEGRAD_KERNELS={name:?} is not a kernel path (portable, \
+                         avx2 or avx512); using {} (what this CPU runs)",
+                        KernelPath::detected().name()
+                    );
+                    KernelPath::detected()
+                }
+            }
         });
         CAP.with(|cap| cap.get().map_or(process, |cap| cap.min(process)))
+    }
+
+    /// The path's name: `portable`, `avx2` or `avx512` (what `TAPEGRAD_KERNELS` takes).
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelPath::Portable => "portable",
+            KernelPath::Avx2 => "avx2",
+            KernelPath::Avx512 => "avx512",
+        }
     }
 
     /// The path named `portable`, `avx2` or `avx512` (what `TAPEGRAD_KERNELS` takes).

@@ -33,14 +33,47 @@ fn lock() -> MutexGuard<'static, Option<Pool>> {
     POOL.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The count tapegrad starts with: `TAPEGRAD_NUM_THREADS` if it is a positive integer, the
-/// cores this process may use otherwise.
+/// The cores this process may use (`taskset` and cgroup limits honoured).
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Threads per core beyond which a count is refused: more only adds hand-offs (and a count
+/// of 65,535 took seconds to start a pool for every large product).
+const MAX_THREADS_PER_CORE: usize = 4;
+
+/// The most threads [`set_num_threads`] and `TAPEGRAD_NUM_THREADS` accept: four per core
+/// this process may use.
+///
+/// ```
+/// use tapegrad::runtime;
+/// assert!(runtime::max_threads() >= 4);
+/// assert!(runtime::set_num_threads(runtime::max_threads() + 1).is_err());
+/// ```
+#[must_use]
+pub fn max_threads() -> usize {
+    MAX_THREADS_PER_CORE * cores()
+}
+
+/// The count tapegrad starts with: `TAPEGRAD_NUM_THREADS` if it is a count from 1 to
+/// [`max_threads`], the cores this process may use otherwise (with a warning, once, when the
+/// variable is set to anything else).
 fn initial_threads() -> usize {
-    std::env::var("TAPEGRAD_NUM_THREADS")
-        .ok()
-        .and_then(|value| value.trim().parse::<usize>().ok())
-        .filter(|&threads| threads > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    let Ok(value) = std::env::var("TAPEGRAD_NUM_THREADS") else {
+        return cores();
+    };
+    match value.trim().parse::<usize>() {
+        Ok(threads) if (1..=max_threads()).contains(&threads) => threads,
+        _ => {
+            eprintln!(
+                "tapegrad: TAPEGRAD_NUM_THREADS={value:?} is not a thread count from 1 to {}; \
+                 using {} (the cores this process may use)",
+                max_threads(),
+                cores()
+            );
+            cores()
+        }
+    }
 }
 
 /// The number of threads tapegrad's kernels use (see [`crate::runtime`]).
@@ -69,14 +102,14 @@ pub fn num_threads() -> usize {
 /// ```
 ///
 /// # Errors
-/// [`Error::InvalidSetting`] for 0; nothing changes.
+/// [`Error::InvalidSetting`] for 0 or more than [`max_threads`]; nothing changes.
 pub fn set_num_threads(threads: usize) -> Result<()> {
-    if threads == 0 {
+    if !(1..=max_threads()).contains(&threads) {
         return Err(Error::InvalidSetting {
             op: "set_num_threads",
             setting: "thread count",
-            value: 0.0,
-            expected: "at least 1",
+            value: threads as f64,
+            expected: "from 1 to runtime::max_threads() (four per core this process may use)",
         });
     }
     let mut pool = lock();

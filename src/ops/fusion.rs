@@ -24,6 +24,7 @@
 //! test suite, with the definitions alone).
 
 use std::cell::Cell;
+use std::sync::OnceLock;
 
 /// Whether layers run their fused implementations ([`Fusion::On`], the default) or their
 /// definitions, composed of primitives ([`Fusion::Off`]).
@@ -94,11 +95,25 @@ impl Fusion {
         f()
     }
 
+    /// `TAPEGRAD_FUSION`, read once for the process: `off` or `on` (any case); anything else
+    /// is warned about and leaves fusion on.
     fn from_environment() -> Fusion {
-        match std::env::var("TAPEGRAD_FUSION") {
-            Ok(value) if value.eq_ignore_ascii_case("off") => Fusion::Off,
-            _ => Fusion::On,
-        }
+        static FROM_ENVIRONMENT: OnceLock<Fusion> = OnceLock::new();
+        *FROM_ENVIRONMENT.get_or_init(|| {
+            let Ok(value) = std::env::var("TAPEGRAD_FUSION") else {
+                return Fusion::On;
+            };
+            match value.trim().to_ascii_lowercase().as_str() {
+                "off" => Fusion::Off,
+                "on" => Fusion::On,
+                _ => {
+                    eprintln!(
+                        "tapegrad: TAPEGRAD_FUSION={value:?} is neither on nor off; fusion stays on"
+                    );
+                    Fusion::On
+                }
+            }
+        })
     }
 }
 
