@@ -477,6 +477,8 @@ pub enum CheckpointProblem {
     },
     /// A tensor name that is not `collection/path`.
     Name(String),
+    /// A tensor holds NaN or an infinity (refused unless the load allows it).
+    NonFinite(String),
 }
 
 impl fmt::Display for CheckpointProblem {
@@ -499,6 +501,10 @@ impl fmt::Display for CheckpointProblem {
                 write!(f, "\"{name}\" is {file} in the file, {model} in the model")
             }
             CheckpointProblem::Name(n) => write!(f, "\"{n}\" is not a collection/path name"),
+            CheckpointProblem::NonFinite(n) => write!(
+                f,
+                "\"{n}\" holds NaN or an infinity (LoadMode::allowing_non_finite loads it anyway)"
+            ),
         }
     }
 }

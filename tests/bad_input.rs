@@ -278,3 +278,81 @@ fn a_gradient_of_the_wrong_shape_names_the_optimizer_and_the_param() {
     assert!(!err.contains("module"), "{err}");
     assert_eq!(p, params);
 }
+
+/// A checkpoint whose bytes hold NaN is refused where it is read, naming the file and the
+/// variable, and nothing is loaded; a load that allows non-finite values takes it as stored.
+#[test]
+fn a_checkpoint_holding_nan_is_refused_at_load_unless_allowed() {
+    let folder = tempfile::tempdir().unwrap();
+    let path = folder.path().join("diverged.safetensors");
+    let mut diverged = filled(1.0);
+    diverged
+        .insert("params", "w", arr1(&[1.0, f64::NAN, 3.0]).into_dyn())
+        .unwrap();
+    save(&diverged, &path).unwrap();
+    let mut variables = filled(0.0);
+    variables
+        .insert("params", "w", arr1(&[0.0, 0.0, 0.0]).into_dyn())
+        .unwrap();
+    let before = variables.clone();
+    let err = load_into(&mut variables, &path, LoadMode::Strict)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("diverged.safetensors") && err.contains("params/w") && err.contains("NaN"),
+        "{err}"
+    );
+    assert_eq!(variables, before, "nothing was loaded");
+    load_into(
+        &mut variables,
+        &path,
+        LoadMode::Strict.allowing_non_finite(),
+    )
+    .unwrap();
+    assert!(variables.get("params/w").unwrap()[[1]].is_nan());
+}
+
+/// A leftover whose writing process is gone is removed by the next save however recent it
+/// is; one whose writer still runs (this process) is kept, as it may be a save in progress.
+#[test]
+fn leftovers_of_processes_that_are_gone_are_removed_at_once() {
+    let folder = tempfile::tempdir().unwrap();
+    let path = folder.path().join("model.safetensors");
+    let mut finished = std::process::Command::new("true").spawn().unwrap();
+    let gone = finished.id();
+    finished.wait().unwrap();
+    let killed = folder
+        .path()
+        .join(format!(".model.safetensors.{gone}.x1.tapegrad-tmp"));
+    let running = folder.path().join(format!(
+        ".model.safetensors.{}.x2.tapegrad-tmp",
+        std::process::id()
+    ));
+    for p in [&killed, &running] {
+        std::fs::write(p, b"half a checkpoint").unwrap();
+    }
+    save(&filled(1.0), &path).unwrap();
+    assert!(!killed.exists(), "its writer is gone");
+    assert!(running.exists(), "its writer may still be saving");
+}
+
+/// A saved checkpoint has the permissions a file the user creates gets (0666 less the
+/// umask), not the 0600 of a temporary file.
+#[cfg(unix)]
+#[test]
+fn a_checkpoint_gets_the_permissions_of_any_new_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let Some(umask) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .and_then(|m| u32::from_str_radix(m.trim(), 8).ok())
+    else {
+        return; // a kernel that does not say (before Linux 4.7)
+    };
+    let folder = tempfile::tempdir().unwrap();
+    let path = folder.path().join("model.safetensors");
+    save(&filled(1.0), &path).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o666 & !umask, "mode {mode:o}, umask {umask:o}");
+}

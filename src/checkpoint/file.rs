@@ -30,6 +30,40 @@ pub enum LoadMode {
     Lenient,
 }
 
+impl LoadMode {
+    /// This mode, with values that are not finite (NaN, ±∞) accepted as they are stored:
+    /// for a checkpoint whose non-finite values are meant (a mask of −∞, say). By default a
+    /// load refuses them, naming each, so that a corrupt or diverged file is caught when it
+    /// is read rather than at the first step.
+    #[must_use]
+    pub fn allowing_non_finite(self) -> LoadOptions {
+        LoadOptions {
+            mode: self,
+            allow_non_finite: true,
+        }
+    }
+}
+
+/// How a load treats what the model does not expect: tensors it lacks ([`LoadMode`]) and
+/// values that are not finite (refused unless allowed). A [`LoadMode`] alone is the options
+/// with non-finite values refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// What to do with tensors the model does not have.
+    pub mode: LoadMode,
+    /// Whether NaN and infinite values load (`false`: each is a problem naming its tensor).
+    pub allow_non_finite: bool,
+}
+
+impl From<LoadMode> for LoadOptions {
+    fn from(mode: LoadMode) -> Self {
+        LoadOptions {
+            mode,
+            allow_non_finite: false,
+        }
+    }
+}
+
 pub(crate) fn failure(path: &Path, problems: Vec<CheckpointProblem>) -> Error {
     Error::Checkpoint {
         path: path.display().to_string(),
@@ -68,7 +102,7 @@ pub(crate) fn variable_tensors(tensors: BTreeMap<String, Decoded>) -> BTreeMap<S
 pub(crate) fn check_variables<A: Float>(
     variables: &Variables<A>,
     incoming: &BTreeMap<String, Decoded>,
-    mode: LoadMode,
+    options: LoadOptions,
     exact_dtype: bool,
     problems: &mut Vec<CheckpointProblem>,
 ) -> Vec<(String, ArrayD<A>)> {
@@ -83,11 +117,14 @@ pub(crate) fn check_variables<A: Float>(
             continue;
         };
         if let Some(array) = check_tensor(name, tensor, shape, exact_dtype, problems) {
+            if !options.allow_non_finite && !array.iter().all(|v: &A| v.is_finite()) {
+                problems.push(CheckpointProblem::NonFinite(name.clone()));
+            }
             accepted.push((name.clone(), array));
         }
     }
     for name in incoming.keys() {
-        if !expected.contains_key(name) && mode == LoadMode::Strict {
+        if !expected.contains_key(name) && options.mode == LoadMode::Strict {
             problems.push(CheckpointProblem::Unexpected(name.clone()));
         }
     }
@@ -147,12 +184,12 @@ pub(crate) fn commit<A: Float>(variables: &mut Variables<A>, accepted: Vec<(Stri
 pub(crate) fn apply_checked<A: Float>(
     variables: &mut Variables<A>,
     incoming: BTreeMap<String, Decoded>,
-    mode: LoadMode,
+    options: LoadOptions,
     exact_dtype: bool,
     path: &Path,
     mut problems: Vec<CheckpointProblem>,
 ) -> Result<()> {
-    let accepted = check_variables(variables, &incoming, mode, exact_dtype, &mut problems);
+    let accepted = check_variables(variables, &incoming, options, exact_dtype, &mut problems);
     if !problems.is_empty() {
         return Err(failure(path, problems));
     }
@@ -212,17 +249,18 @@ pub(crate) fn check_version(metadata: &BTreeMap<String, String>) -> Vec<Checkpoi
 /// Loads a checkpoint into `variables`, which say what the model expects (create them with
 /// the model's `init`). Every tensor must match a variable's name, shape and element type;
 /// in [`LoadMode::Strict`] the file may hold nothing else (optimizer state, in a training
-/// checkpoint, is not a variable and is skipped). All problems are reported together in
-/// [`Error::Checkpoint`], and on any problem `variables` is left untouched.
+/// checkpoint, is not a variable and is skipped), and no value may be NaN or infinite unless
+/// the options allow it ([`LoadMode::allowing_non_finite`]). All problems are reported
+/// together in [`Error::Checkpoint`], and on any problem `variables` is left untouched.
 ///
 /// # Errors
 ///
 /// [`Error::Checkpoint`] listing every problem found (missing, unexpected, wrong shape or dtype,
-/// unreadable or corrupt file); `variables` are not changed.
+/// non-finite values, unreadable or corrupt file); `variables` are not changed.
 pub fn load_into<A: Float>(
     variables: &mut Variables<A>,
     path: impl AsRef<Path>,
-    mode: LoadMode,
+    options: impl Into<LoadOptions>,
 ) -> Result<()> {
     let path = path.as_ref();
     let file = read_tensors(path)?;
@@ -230,7 +268,7 @@ pub fn load_into<A: Float>(
     apply_checked(
         variables,
         variable_tensors(file.tensors),
-        mode,
+        options.into(),
         true,
         path,
         problems,

@@ -44,6 +44,6 @@ mod training;
 mod write;
 
 pub use crate::error::{CheckpointProblem, IoSource};
-pub use file::{FORMAT_VERSION, LoadMode, load_into, read, save};
+pub use file::{FORMAT_VERSION, LoadMode, LoadOptions, load_into, read, save};
 pub use pytorch::{TorchLayer, TorchMapping, export_pytorch, import_pytorch_into};
 pub use training::{load_training_into, save_training};

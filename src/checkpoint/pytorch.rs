@@ -42,7 +42,7 @@ use std::path::Path;
 
 use safetensors::tensor::Dtype;
 
-use crate::checkpoint::file::LoadMode;
+use crate::checkpoint::file::{LoadMode, LoadOptions};
 use crate::checkpoint::file::{apply_checked, failure, read_tensors, write};
 use crate::checkpoint::format::{self, Decoded};
 use crate::error::CheckpointProblem;
@@ -357,8 +357,10 @@ pub fn import_pytorch_into<A: Float>(
     variables: &mut Variables<A>,
     path: impl AsRef<Path>,
     mapping: &TorchMapping,
-    mode: LoadMode,
+    options: impl Into<LoadOptions>,
 ) -> Result<()> {
+    let options = options.into();
+    let mode = options.mode;
     let path = path.as_ref();
     let tensors = read_tensors(path)?.tensors;
     let mut converted: BTreeMap<String, Decoded> = BTreeMap::new();
@@ -399,5 +401,5 @@ pub fn import_pytorch_into<A: Float>(
             }
         }
     }
-    apply_checked(variables, converted, mode, false, path, problems)
+    apply_checked(variables, converted, options, false, path, problems)
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::checkpoint::file::{
-    LoadMode, OPTIMIZER_PREFIX, base_metadata, check_tensor, check_variables, check_version,
+    LoadOptions, OPTIMIZER_PREFIX, base_metadata, check_tensor, check_variables, check_version,
     commit, failure, read_tensors, variable_tensors, variable_tensors_of, write,
 };
 use crate::checkpoint::format::{self, Decoded};
@@ -86,14 +86,14 @@ pub fn load_training_into<A: Float>(
     variables: &mut Variables<A>,
     optimizer: &mut dyn Optimizer<A>,
     path: impl AsRef<Path>,
-    mode: LoadMode,
+    options: impl Into<LoadOptions>,
 ) -> Result<()> {
     let path = path.as_ref();
     let file = read_tensors(path)?;
     let mut problems = check_version(&file.metadata);
     let state = check_optimizer_state(variables, &file.tensors, &file.metadata, &mut problems);
     let incoming = variable_tensors(file.tensors);
-    let accepted = check_variables(variables, &incoming, mode, true, &mut problems);
+    let accepted = check_variables(variables, &incoming, options.into(), true, &mut problems);
     let Some(state) = state.filter(|_| problems.is_empty()) else {
         return Err(failure(path, problems));
     };

@@ -7,9 +7,13 @@
 //! temporary file, so neither can rename the other's half-written bytes into place.
 //!
 //! On every error the temporary file is removed (dropping a `NamedTempFile` deletes it). A
-//! process killed between the write and the rename cannot remove its own: the next save to
-//! the same target removes leftovers older than [`STALE`], which no save still running can
-//! own.
+//! process killed between the write and the rename cannot remove its own: its name,
+//! `.{target}.{pid}.{random}.tapegrad-tmp`, says which process wrote it, and the next save to
+//! the same target removes those whose process is gone, and any older than [`STALE`] (which
+//! no save still running can own, whatever reused its process id).
+//!
+//! The file gets the permissions any file the user creates gets (`0666` less the umask, as
+//! `File::create` gives), not the `0600` of a temporary file.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -33,8 +37,15 @@ pub(crate) fn write_atomically(bytes: &[u8], target: &Path) -> std::io::Result<(
         _ => Path::new("."),
     };
     let prefix = format!("{PREFIX}{}.", name.to_string_lossy());
-    let mut temporary = tempfile::Builder::new()
-        .prefix(&prefix)
+    let mut builder = tempfile::Builder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // The mode `open` is given, which the umask then trims, as for any new file.
+        builder.permissions(fs::Permissions::from_mode(0o666));
+    }
+    let mut temporary = builder
+        .prefix(&format!("{prefix}{}.", std::process::id()))
         .suffix(SUFFIX)
         .tempfile_in(folder)?;
     temporary.write_all(bytes)?;
@@ -48,7 +59,8 @@ pub(crate) fn write_atomically(bytes: &[u8], target: &Path) -> std::io::Result<(
     Ok(())
 }
 
-/// Removes temporary files of this target older than [`STALE`]: what killed saves left.
+/// Removes temporary files of this target whose writing process is gone, or older than
+/// [`STALE`]: what killed saves left.
 fn remove_stale_temporaries(folder: &Path, prefix: &str) {
     let Ok(entries) = fs::read_dir(folder) else {
         return;
@@ -57,7 +69,15 @@ fn remove_stale_temporaries(folder: &Path, prefix: &str) {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if !(name.starts_with(prefix) && name.ends_with(SUFFIX)) {
+        let Some(rest) = name.strip_prefix(prefix).filter(|_| name.ends_with(SUFFIX)) else {
+            continue;
+        };
+        let writer = rest
+            .split('.')
+            .next()
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if writer.is_some_and(|pid| !process_exists(pid)) {
+            let _ = fs::remove_file(entry.path());
             continue;
         }
         let old = entry
@@ -69,6 +89,26 @@ fn remove_stale_temporaries(folder: &Path, prefix: &str) {
         if old {
             let _ = fs::remove_file(entry.path());
         }
+    }
+}
+
+/// Whether a process of this id is running (it may be another user's): `kill(pid, 0)`
+/// delivers nothing and says whether it could. Elsewhere than Unix: assumed running, so that
+/// only age removes a leftover.
+fn process_exists(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return true;
+        };
+        // SAFETY: signal 0 is no signal: only the existence and permission checks run.
+        let found = unsafe { libc::kill(pid, 0) } == 0;
+        found || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
     }
 }
 
