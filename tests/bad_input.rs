@@ -356,3 +356,38 @@ fn a_checkpoint_gets_the_permissions_of_any_new_file() {
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o666 & !umask, "mode {mode:o}, umask {umask:o}");
 }
+
+/// Window arithmetic that would wrap is refused naming the op: a kernel of 2^31 × 2^31 taps
+/// and no output channel, a padding of `usize::MAX` (what `-1i64 as usize` gives), an
+/// average-pooling window whose tap count wraps to 0.
+#[test]
+fn window_arithmetic_that_would_wrap_is_refused_naming_the_op() {
+    let x = Tensor::constant(ArrayD::<f64>::zeros(vec![1, 4, 4, 1]));
+    let huge_kernel = Tensor::constant(ArrayD::<f64>::zeros(vec![1 << 31, 1 << 31, 1, 0]));
+    // No output channel: an empty output, computed without building any patch.
+    let y = x
+        .conv2d(&huge_kernel, &tapegrad::ConvOptions::default())
+        .unwrap();
+    assert_eq!(y.shape(), &[1, 4, 4, 0]);
+    let wrapping = tapegrad::Padding::Explicit([(usize::MAX, 1), (0, 0)]);
+    let kernel = Tensor::constant(ArrayD::<f64>::ones(vec![2, 2, 1, 1]));
+    let options = tapegrad::ConvOptions {
+        padding: wrapping,
+        ..Default::default()
+    };
+    let err = x.conv2d(&kernel, &options).unwrap_err().to_string();
+    assert!(err.contains("conv2d") && err.contains("overflows"), "{err}");
+    let err = x
+        .max_pool([2, 2], [1, 1], wrapping)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("max_pool") && err.contains("overflows"),
+        "{err}"
+    );
+    let err = x
+        .avg_pool([1 << 32, 1 << 32], [1, 1], tapegrad::Padding::Same)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("avg_pool"), "{err}");
+}

@@ -59,7 +59,8 @@ fn geometry(x: &[usize], k: &[usize], options: &ConvOptions) -> Result<Geometry>
     };
     let groups = options.groups;
     let channels = x[3];
-    if groups == 0 || group_channels * groups != channels || outputs % groups != 0 {
+    if groups == 0 || group_channels.checked_mul(groups) != Some(channels) || outputs % groups != 0
+    {
         return Err(Error::incompatible(
             OP,
             x,
@@ -173,6 +174,10 @@ fn convolve<A: Float>(
     geo: Geometry,
 ) -> Result<Tensor<A>> {
     let outputs = geo.group_outputs * geo.groups;
+    let out_shape = [geo.batch, geo.rows.output, geo.cols.output, outputs];
+    if geo.positions() == 0 || outputs == 0 {
+        return empty_convolution(x, kernel, bias, &out_shape);
+    }
     // Small, so copied once per call.
     let k = kernel
         .value()
@@ -193,7 +198,6 @@ fn convolve<A: Float>(
     };
     let input = standard_layout_shared(x.shared_value());
     let (y, saved) = conv::forward(geo, input, k, bias.is_some());
-    let out_shape = [geo.batch, geo.rows.output, geo.cols.output, outputs];
     let value = y
         .into_shape_with_order(IxDyn(&out_shape))
         .expect("one row per output position");
@@ -221,5 +225,27 @@ fn convolve<A: Float>(
             grads.push(gradients.bias.map(|d| d.into_dyn()));
         }
         grads
+    })
+}
+
+/// A convolution with no output: no positions, or no output channels. Its output is empty
+/// and no input reaches it, so every gradient is zeros; nothing of the patch matrix is built
+/// (a kernel of no output channels may have any number of taps).
+fn empty_convolution<A: Float>(
+    x: &Tensor<A>,
+    kernel: &Tensor<A>,
+    bias: Option<&Tensor<A>>,
+    out_shape: &[usize],
+) -> Result<Tensor<A>> {
+    let mut inputs = vec![x, kernel];
+    inputs.extend(bias);
+    let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
+    let op = if bias.is_some() { "conv2d_bias" } else { OP };
+    record(op, &inputs, ArrayD::zeros(out_shape), move |_, needs| {
+        shapes
+            .iter()
+            .zip(needs)
+            .map(|(shape, &need)| need.then(|| ArrayD::zeros(shape.clone())))
+            .collect()
     })
 }

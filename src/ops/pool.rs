@@ -3,11 +3,11 @@
 
 use ndarray::{ArrayD, IxDyn};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::pooling;
 use crate::ops::window::{Padding, require_nhwc, window_axes};
-use crate::shape::{standard_layout, standard_layout_shared};
+use crate::shape::{element_count, standard_layout, standard_layout_shared};
 use crate::tensor::{Tensor, record_one};
 
 impl<A: Float> Tensor<A> {
@@ -41,6 +41,7 @@ impl<A: Float> Tensor<A> {
     ) -> Result<Tensor<A>> {
         require_nhwc("max_pool", self.shape())?;
         let axes = window_axes("max_pool", self.shape(), window, strides, [1, 1], padding)?;
+        element_count::<A>("max_pool", &pooling::output_shape(self.shape(), axes))?;
         let shape = self.shape().to_vec();
         let x = standard_layout_shared(self.shared_value());
         let xs = x.as_slice().expect("standard layout");
@@ -79,10 +80,18 @@ impl<A: Float> Tensor<A> {
     ) -> Result<Tensor<A>> {
         require_nhwc("avg_pool", self.shape())?;
         let axes = window_axes("avg_pool", self.shape(), window, strides, [1, 1], padding)?;
+        element_count::<A>("avg_pool", &pooling::output_shape(self.shape(), axes))?;
+        let Some(taps) = window[0].checked_mul(window[1]) else {
+            return Err(Error::invalid(
+                "avg_pool",
+                self.shape(),
+                format!("a window of {window:?} has more taps than a count holds"),
+            ));
+        };
         let shape = self.shape().to_vec();
         let x = standard_layout_shared(self.shared_value());
         let xs = x.as_slice().expect("standard layout");
-        let scale = A::of(1.0 / (window[0] * window[1]) as f64);
+        let scale = A::of(1.0 / taps as f64);
         let values = pooling::avg_pool_forward(xs, &shape, axes, scale);
         let out_shape = pooling::output_shape(&shape, axes);
         let value = ArrayD::from_shape_vec(IxDyn(&out_shape), values).expect("the output's shape");

@@ -23,7 +23,8 @@ pub enum Padding {
 }
 
 /// The geometry of both spatial axes, or an error naming `op` and the input's `shape` for a
-/// zero window, stride or dilation, or a window that does not fit.
+/// zero window, stride or dilation, a window that does not fit, or sizes whose arithmetic
+/// overflows (every sum and product here is checked: `-1i64 as usize` is a padding too).
 pub(crate) fn window_axes(
     op: &'static str,
     shape: &[usize],
@@ -48,7 +49,10 @@ pub(crate) fn window_axes(
         let (pad_before, output) = match padding {
             Padding::Same => {
                 let output = input.div_ceil(s);
-                let needed = (output.max(1) - 1) * s + reach;
+                let needed = (output.max(1) - 1)
+                    .checked_mul(s)
+                    .and_then(|n| n.checked_add(reach))
+                    .ok_or_else(|| invalid("the padded input's size overflows".into()))?;
                 (needed.saturating_sub(input) / 2, output)
             }
             Padding::Valid | Padding::Explicit(_) => {
@@ -56,7 +60,14 @@ pub(crate) fn window_axes(
                     Padding::Explicit(pads) => pads[a],
                     _ => (0, 0),
                 };
-                let padded = input + before + after;
+                let padded = input
+                    .checked_add(before)
+                    .and_then(|n| n.checked_add(after))
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "padding {padding:?} overflows the padded input's size"
+                        ))
+                    })?;
                 if reach > padded {
                     return Err(invalid(format!(
                         "a window of {reach} (size {k}, dilation {d}) does not fit in {padded} \
