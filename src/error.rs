@@ -479,6 +479,9 @@ pub enum CheckpointProblem {
     Name(String),
     /// A tensor holds NaN or an infinity (refused unless the load allows it).
     NonFinite(String),
+    /// A PyTorch mapping that is not one-to-one, or whose kind does not fit the variables it
+    /// names: what is wrong, naming both sides.
+    Mapping(String),
 }
 
 impl fmt::Display for CheckpointProblem {
@@ -501,6 +504,7 @@ impl fmt::Display for CheckpointProblem {
                 write!(f, "\"{name}\" is {file} in the file, {model} in the model")
             }
             CheckpointProblem::Name(n) => write!(f, "\"{n}\" is not a collection/path name"),
+            CheckpointProblem::Mapping(detail) => write!(f, "mapping: {detail}"),
             CheckpointProblem::NonFinite(n) => write!(
                 f,
                 "\"{n}\" holds NaN or an infinity (LoadMode::allowing_non_finite loads it anyway)"

@@ -8,7 +8,9 @@
 use std::path::{Path, PathBuf};
 
 use ndarray::ArrayD;
-use tapegrad::checkpoint::{LoadMode, TorchMapping, export_pytorch, import_pytorch_into, read};
+use tapegrad::checkpoint::{
+    LoadMode, TorchLayer, TorchMapping, export_pytorch, import_pytorch_into, read,
+};
 use tapegrad::nn::{Activation, BatchNorm, Conv, Dense, Flatten, Mlp, Pool, Sequential};
 use tapegrad::{ApplyOptions, Collection, Error, ModuleExt, Mutable};
 use tapegrad::{Tensor, Variables};
@@ -257,4 +259,52 @@ fn the_pytorch_counter_is_needed_only_by_the_cumulative_average() {
         trained.get("batch_stats/num_batches_tracked").unwrap()[[]],
         1.0
     );
+}
+
+/// A mapping is one-to-one and fits the variables it names, or export and import refuse it
+/// naming both sides: two tapegrad layers onto one PyTorch module (an export wrote half of
+/// them), two PyTorch modules onto one layer (an import kept whichever came last), a `Dense`
+/// under a `Conv2d` entry (written untransposed).
+#[test]
+fn a_mapping_that_loses_or_mislays_data_is_refused_naming_both_sides() {
+    let model = Mlp::new(&[3], 2);
+    let x = Tensor::from_vec(&[2, 4], vec![0.5f64; 8]).unwrap();
+    let variables = model.init(0, &x).unwrap();
+    let folder = tempfile::tempdir().unwrap();
+    let good = folder.path().join("good.safetensors");
+    export_pytorch(&variables, &good, &TorchMapping::of_mlp(&model)).unwrap();
+    let cases = [
+        (
+            TorchMapping::new()
+                .layer("0", "Dense_0", TorchLayer::Linear)
+                .layer("0", "Dense_1", TorchLayer::Linear),
+            "\"Dense_0\" and \"Dense_1\" both map to PyTorch's \"0\"",
+        ),
+        (
+            TorchMapping::new()
+                .layer("0", "Dense_0", TorchLayer::Linear)
+                .layer("2", "Dense_0", TorchLayer::Linear),
+            "PyTorch's \"0\" and \"2\" both map to \"Dense_0\"",
+        ),
+        (
+            TorchMapping::new()
+                .layer("0", "Dense_0", TorchLayer::Conv2d)
+                .layer("2", "Dense_1", TorchLayer::Linear),
+            "\"0\" is a Conv2d, but \"params/Dense_0/kernel\" has 2 dimensions",
+        ),
+    ];
+    for (mapping, expected) in cases {
+        let out = folder.path().join("out.safetensors");
+        let err = export_pytorch(&variables, &out, &mapping)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "export: {err}");
+        assert!(!out.exists(), "nothing was written");
+        let mut target = variables.clone();
+        let err = import_pytorch_into(&mut target, &good, &mapping, LoadMode::Lenient)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "import: {err}");
+        assert_eq!(target, variables, "nothing was loaded");
+    }
 }

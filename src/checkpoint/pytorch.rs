@@ -260,6 +260,46 @@ impl TorchMapping {
     }
 }
 
+/// What is wrong with `mapping` for `variables`: a PyTorch module or a tapegrad path that
+/// appears twice (an export would write half of them, an import keep whichever came last),
+/// and a kind that does not fit the variables at its path (a `Dense` under a `Conv2d` entry
+/// would be written untransposed).
+fn mapping_problems<A: Float>(
+    mapping: &TorchMapping,
+    variables: &Variables<A>,
+) -> Vec<CheckpointProblem> {
+    let mut problems = Vec::new();
+    let mut seen_torch: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut seen_ours: BTreeMap<&str, &str> = BTreeMap::new();
+    for (torch, ours, layer) in &mapping.layers {
+        if let Some(other) = seen_torch.insert(torch, ours) {
+            problems.push(CheckpointProblem::Mapping(format!(
+                "\"{other}\" and \"{ours}\" both map to PyTorch's \"{torch}\""
+            )));
+        }
+        if let Some(other) = seen_ours.insert(ours, torch) {
+            problems.push(CheckpointProblem::Mapping(format!(
+                "PyTorch's \"{other}\" and \"{torch}\" both map to \"{ours}\""
+            )));
+        }
+        let (name, rank) = match layer {
+            TorchLayer::Linear => (format!("params/{ours}/kernel"), Some(2)),
+            TorchLayer::Conv2d => (format!("params/{ours}/kernel"), Some(4)),
+            TorchLayer::BatchNorm => (format!("batch_stats/{ours}/mean"), Some(1)),
+            TorchLayer::Embedding => (format!("params/{ours}/embedding"), Some(2)),
+        };
+        let found = variables.get(&name).map(|a| a.ndim());
+        if found.is_some() && found != rank {
+            problems.push(CheckpointProblem::Mapping(format!(
+                "PyTorch's \"{torch}\" is a {layer:?}, but \"{name}\" has {} dimensions, not {}",
+                found.unwrap_or(0),
+                rank.unwrap_or(0)
+            )));
+        }
+    }
+    problems
+}
+
 /// Writes `variables` as a PyTorch `state_dict` in safetensors, named and laid out as
 /// `mapping` says: the inverse of [`import_pytorch_into`]. Each BatchNorm also gets its
 /// `num_batches_tracked` (an `int64`, as PyTorch keeps it): the stored count of a
@@ -291,8 +331,9 @@ impl TorchMapping {
 ///
 /// # Errors
 ///
-/// [`Error::Checkpoint`] listing every variable the mapping does not export (it would be lost)
-/// and every tensor a mapped layer needs but `variables` lack; or, if the file cannot be
+/// [`Error::Checkpoint`] listing every variable the mapping does not export (it would be lost),
+/// every tensor a mapped layer needs but `variables` lack, and every entry of a mapping that
+/// is not one-to-one or whose kind does not fit its variables; or, if the file cannot be
 /// written, the i/o error as its source. Nothing is written then.
 pub fn export_pytorch<A: Float>(
     variables: &Variables<A>,
@@ -302,7 +343,7 @@ pub fn export_pytorch<A: Float>(
     let path = path.as_ref();
     let mut tensors: BTreeMap<String, Decoded> = BTreeMap::new();
     let mut exported: BTreeSet<String> = BTreeSet::new();
-    let mut problems = Vec::new();
+    let mut problems = mapping_problems(mapping, variables);
     for (prefix, ours, layer) in &mapping.layers {
         for &(torch_field, collection, our_field) in fields(*layer) {
             let name = format!("{collection}/{ours}/{our_field}");
@@ -352,7 +393,8 @@ pub fn export_pytorch<A: Float>(
 /// # Errors
 ///
 /// [`Error::Checkpoint`] listing every tensor that does not map, is missing, or has the wrong shape
-/// or dtype; `variables` are not changed.
+/// or dtype, and every entry of a mapping that is not one-to-one or whose kind does not fit
+/// its variables; `variables` are not changed.
 pub fn import_pytorch_into<A: Float>(
     variables: &mut Variables<A>,
     path: impl AsRef<Path>,
@@ -364,7 +406,7 @@ pub fn import_pytorch_into<A: Float>(
     let path = path.as_ref();
     let tensors = read_tensors(path)?.tensors;
     let mut converted: BTreeMap<String, Decoded> = BTreeMap::new();
-    let mut problems = Vec::new();
+    let mut problems = mapping_problems(mapping, variables);
     for (name, tensor) in tensors {
         let found = name.rsplit_once('.').and_then(|(prefix, field)| {
             let (_, ours, layer) = mapping.layers.iter().find(|(p, _, _)| p == prefix)?;
