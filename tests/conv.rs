@@ -407,7 +407,7 @@ proptest! {
             .push(Conv::new(channels + 1, [3, 3]).strides([stride, stride]))
             .push(BatchNorm::new().momentum(0.8))
             .push(Activation::Tanh)
-            .push(Pool::average([2, 2]).with_padding(Padding::Same))
+            .push(Pool::average([2, 2]).padding(Padding::Same))
             .push(Conv::new(2, [1, 1]))
             .push(BatchNorm::new())
             .push(GlobalAvgPool)

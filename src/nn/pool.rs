@@ -7,8 +7,21 @@ use crate::module::scope::{Module, Scope};
 use crate::ops::Padding;
 use crate::tensor::Tensor;
 
-/// Max or average pooling over NHWC inputs. Flax: `nn.max_pool` / `nn.avg_pool`; PyTorch:
-/// `nn.MaxPool2d` / `nn.AvgPool2d`.
+/// Max or average pooling over NHWC inputs. PyTorch: `nn.MaxPool2d` / `nn.AvgPool2d`, whose
+/// conventions it follows: the stride is the window unless set, and there is no padding.
+/// Flax's functions `nn.max_pool` / `nn.avg_pool` default to a stride of 1 instead: for
+/// theirs, set `.strides([1, 1])`. Settings are named as [`Conv`](crate::nn::Conv)'s are.
+///
+/// ```
+/// use tapegrad::nn::Pool;
+/// use tapegrad::{ModuleExt, Padding, Tensor};
+/// let x = Tensor::from_vec(&[1, 4, 4, 1], (0..16).map(f64::from).collect())?;
+/// let (y, _) = Pool::max([2, 2]).apply(&Default::default(), &x, &Default::default())?;
+/// assert_eq!(y.shape(), &[1, 2, 2, 1]); // windows side by side: stride 2
+/// let flax = Pool::max([2, 2]).strides([1, 1]).padding(Padding::Same);
+/// assert_eq!(flax.apply(&Default::default(), &x, &Default::default())?.0.shape(), &[1, 4, 4, 1]);
+/// # Ok::<(), tapegrad::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pool {
     /// Max or average.
@@ -54,13 +67,13 @@ impl Pool {
 
     /// The same pooling with other strides.
     #[must_use]
-    pub fn with_strides(self, strides: [usize; 2]) -> Self {
+    pub fn strides(self, strides: [usize; 2]) -> Self {
         Pool { strides, ..self }
     }
 
     /// The same pooling with other padding.
     #[must_use]
-    pub fn with_padding(self, padding: Padding) -> Self {
+    pub fn padding(self, padding: Padding) -> Self {
         Pool { padding, ..self }
     }
 }

@@ -12,8 +12,11 @@ use crate::tensor::{Tensor, record_one};
 
 impl<A: Float> Tensor<A> {
     /// Max pooling of an NHWC input with a `window`, `strides` and `padding` (padding never
-    /// wins: it counts as −∞, as in Flax). Flax: `nn.max_pool(x, window, strides, padding)`;
-    /// PyTorch: `F.max_pool2d` on NCHW.
+    /// wins: it counts as −∞, as in Flax). Flax: `nn.max_pool(x, window, strides, padding)`,
+    /// whose three settings these are, in its order (a convolution's four are a
+    /// [`ConvOptions`](crate::ConvOptions), as the fields of Flax's `nn.Conv`); PyTorch:
+    /// `F.max_pool2d` on NCHW. The layer, with PyTorch's defaults, is
+    /// [`Pool`](crate::nn::Pool).
     ///
     /// Ties: the first maximal element of the window in row-major order gets the whole
     /// gradient (PyTorch's choice; JAX's `reduce_window` picks one too). A NaN in a window
