@@ -241,3 +241,50 @@ fn a_replica_whose_loss_fails_fails_them_all_before_the_backward_pass() {
         results[1]
     );
 }
+
+/// A replica that is gone before a reduction (it returned an error, or panicked) fails that
+/// reduction on every other replica, naming it, instead of leaving them waiting for ever.
+#[test]
+fn a_replica_that_is_gone_fails_the_reductions_of_the_others() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    for panics in [false, true] {
+        let mut group = InProcess::group(3);
+        let leaver = group.pop().unwrap();
+        let (sender, receiver) = mpsc::channel();
+        let stayers: Vec<_> = group
+            .into_iter()
+            .map(|replica| {
+                let sender = sender.clone();
+                std::thread::spawn(move || {
+                    let mut values = [1.0, 2.0];
+                    let first = replica.all_reduce(&mut values, tapegrad::replicas::ReduceOp::Sum);
+                    let second = replica.all_reduce(&mut values, tapegrad::replicas::ReduceOp::Sum);
+                    sender.send((first, second)).unwrap();
+                })
+            })
+            .collect();
+        let leaving = std::thread::spawn(move || {
+            let mut values = [1.0, 2.0];
+            leaver
+                .all_reduce(&mut values, tapegrad::replicas::ReduceOp::Sum)
+                .unwrap();
+            assert_eq!(values, [3.0, 6.0], "the first reduction is a whole one");
+            if panics {
+                panic!("replica 2 panics before the second reduction");
+            }
+            drop(leaver); // returns, with an error of its own say
+        });
+        for _ in 0..2 {
+            let (first, second) = receiver
+                .recv_timeout(Duration::from_secs(10))
+                .expect("a replica waited for ever");
+            assert!(first.is_ok());
+            // Replica 2, and perhaps a stayer that has finished by then.
+            let err = second.unwrap_err().to_string();
+            assert!(err.contains("2] of 3 is gone"), "{err}");
+        }
+        assert_eq!(leaving.join().is_err(), panics);
+        stayers.into_iter().for_each(|t| t.join().unwrap());
+    }
+}

@@ -63,8 +63,17 @@ fn main() -> std::process::ExitCode {
     // Keep freed arrays' memory for the next step instead of faulting it in again
     // (`runtime::retain_freed_memory`: a program's choice, so the program makes it).
     tapegrad::runtime::retain_freed_memory();
-    match run(Args::parse()) {
+    let args = Args::parse();
+    let Some(mpi) = Mpi::init() else {
+        eprintln!("error: MPI was already initialised");
+        return std::process::ExitCode::FAILURE;
+    };
+    let mpi = Rc::new(mpi);
+    match run(args, Rc::clone(&mpi) as Rc<dyn Communicator>) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // The other ranks may be waiting in a collective this rank will never join: end
+        // them all, rather than leave them waiting.
+        Err(error) if mpi.size() > 1 => mpi.abort(&format!("error: {error}"), 1),
         Err(error) => {
             eprintln!("error: {error}");
             std::process::ExitCode::FAILURE
@@ -72,9 +81,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(args: Args) -> Result<(), Box<dyn Error>> {
-    let communicator: Rc<dyn Communicator> =
-        Rc::new(Mpi::init().ok_or("MPI was already initialised")?);
+fn run(args: Args, communicator: Rc<dyn Communicator>) -> Result<(), Box<dyn Error>> {
     let (rank, ranks) = (communicator.rank(), communicator.size());
     if !args.batch_size.is_multiple_of(ranks) || args.batch_size < ranks {
         return Err(format!(

@@ -17,9 +17,12 @@ pub enum ReduceOp {
 }
 
 /// What replicas need from each other: an all-reduce. Every replica calls the same
-/// collectives in the same order with the same lengths (a replica that fails still calls
-/// them, so that none waits forever); a length that differs is
-/// [`Error::ReplicasDisagree`](crate::Error::ReplicasDisagree) on every replica.
+/// collectives in the same order with the same lengths; a length that differs is
+/// [`Error::ReplicasDisagree`](crate::Error::ReplicasDisagree) on every replica. A replica
+/// that fails, and will not join the collectives its peers are in, must say so by going:
+/// an [`InProcess`](crate::replicas::InProcess) replica whose handles are dropped (its thread
+/// returned or panicked) fails every reduction of the others it did not join; an
+/// [`Mpi`](crate::replicas) rank that panics, or calls `Mpi::abort`, ends the whole job.
 pub trait Communicator {
     /// This replica's index, `0..size()`.
     fn rank(&self) -> usize;

@@ -14,6 +14,11 @@ use crate::replicas::communicator::{Communicator, ReduceOp};
 ///
 /// Each all-reduce first all-reduces the length (as minimum and maximum), so ranks that pass
 /// different lengths all get [`Error::ReplicasDisagree`], and none is left waiting.
+///
+/// A rank that fails must not leave the others waiting in a collective it will never join:
+/// [`Mpi::abort`] ends every rank of the job (MPI's `MPI_Abort`, which `mpirun` reports),
+/// and a rank that panics while it holds its `Mpi` aborts the job as it unwinds. A rank that
+/// returns normally finalises MPI, which waits for the others.
 pub struct Mpi {
     world: SimpleCommunicator,
     // Finalizes MPI when dropped: kept for as long as the communicator lives.
@@ -30,6 +35,24 @@ impl Mpi {
             world: universe.world(),
             _universe: universe,
         })
+    }
+}
+
+impl Mpi {
+    /// Ends every rank of the job with exit code `code`, after printing `reason` on this
+    /// rank's standard error: for a rank that failed and will not join its peers' next
+    /// collective (they would wait for it for ever).
+    pub fn abort(&self, reason: &str, code: i32) -> ! {
+        eprintln!("rank {}: {reason}; aborting every rank", self.rank());
+        self.world.abort(code)
+    }
+}
+
+impl Drop for Mpi {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.abort("panicked", 101);
+        }
     }
 }
 
