@@ -46,4 +46,4 @@ mod write;
 pub use crate::error::{CheckpointProblem, IoSource};
 pub use file::{FORMAT_VERSION, LoadMode, LoadOptions, load_into, read, save};
 pub use pytorch::{TorchLayer, TorchMapping, export_pytorch, import_pytorch_into};
-pub use training::{load_training_into, save_training};
+pub use training::{load_training_into, run_settings, save_training, save_training_with_run};

@@ -58,6 +58,39 @@ pub fn save_training<A: Float>(
     optimizer: &dyn Optimizer<A>,
     path: impl AsRef<Path>,
 ) -> Result<()> {
+    save_training_with_run(variables, optimizer, &BTreeMap::new(), path)
+}
+
+/// [`save_training`], with the run's own settings (its command-line flags, say) stored in
+/// the file's metadata as `run.<key>` = value, for [`run_settings`] to read back: so that a
+/// resume can refuse a checkpoint written with other settings (another seed would split
+/// the data otherwise, another batch size count steps otherwise) instead of carrying on
+/// silently.
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use tapegrad::checkpoint::{run_settings, save_training_with_run};
+/// use tapegrad::optim::Sgd;
+/// use tapegrad::{ModuleExt, Tensor};
+/// let model = tapegrad::nn::Dense::new(2);
+/// let variables = model.init(0, &Tensor::from_vec(&[1, 3], vec![1.0f32; 3])?)?;
+/// let path = std::env::temp_dir().join(format!("tapegrad-run-{}.safetensors", std::process::id()));
+/// let settings = BTreeMap::from([("seed".to_string(), "3".to_string())]);
+/// save_training_with_run(&variables, &Sgd::new(0.1), &settings, &path)?;
+/// assert_eq!(run_settings(&path)?, settings);
+/// # std::fs::remove_file(&path).ok();
+/// # Ok::<(), tapegrad::Error>(())
+/// ```
+///
+/// # Errors
+///
+/// As [`save_training`].
+pub fn save_training_with_run<A: Float>(
+    variables: &Variables<A>,
+    optimizer: &dyn Optimizer<A>,
+    run: &BTreeMap<String, String>,
+    path: impl AsRef<Path>,
+) -> Result<()> {
     let state = optimizer.state();
     let mut tensors = variable_tensors_of(variables);
     for (slot, arrays) in &state.slots {
@@ -69,7 +102,30 @@ pub fn save_training<A: Float>(
     let mut metadata = base_metadata();
     metadata.insert("optimizer_kind".into(), state.kind.clone());
     metadata.insert("optimizer_steps".into(), state.steps.to_string());
+    for (key, value) in run {
+        metadata.insert(format!("{RUN_PREFIX}{key}"), value.clone());
+    }
     write(&format::serialize(&tensors, &metadata), path.as_ref())
+}
+
+/// The prefix of a run's settings in a checkpoint's metadata, which keeps them apart from
+/// tapegrad's own keys.
+const RUN_PREFIX: &str = "run.";
+
+/// The run's settings a checkpoint was saved with by [`save_training_with_run`] (empty for
+/// any other checkpoint).
+///
+/// # Errors
+///
+/// [`Error::Checkpoint`](crate::Error::Checkpoint) if the file cannot be read or is not a
+/// safetensors file.
+pub fn run_settings(path: impl AsRef<Path>) -> Result<BTreeMap<String, String>> {
+    let file = read_tensors(path.as_ref())?;
+    Ok(file
+        .metadata
+        .into_iter()
+        .filter_map(|(key, value)| Some((key.strip_prefix(RUN_PREFIX)?.to_string(), value)))
+        .collect())
 }
 
 /// Loads a training checkpoint into `variables` and `optimizer`, all or nothing: the
