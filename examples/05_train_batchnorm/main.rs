@@ -13,12 +13,14 @@
 //!
 //! Run: `cargo run --release --example 05_train_batchnorm -- --help`
 
+use std::collections::BTreeMap;
 use std::error::Error;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
 
+mod checks;
 mod data;
 mod plot;
 
@@ -57,8 +59,8 @@ struct Args {
     /// Width of both hidden layers.
     #[arg(long, default_value_t = 64)]
     hidden: usize,
-    /// Folder for the plot.
-    #[arg(long, default_value = "out")]
+    /// Folder for the plot (by default `out/` in the project, wherever it is run from).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/out"))]
     out: PathBuf,
     /// Save the BatchNorm model's training checkpoint (every collection and the optimizer's
     /// state) to this safetensors file after every epoch; at the end, reload it and check
@@ -66,9 +68,9 @@ struct Args {
     #[arg(long)]
     save: Option<PathBuf>,
     /// Resume the BatchNorm model's run from a checkpoint that `--save` wrote, with the same
-    /// other flags: it goes on from the epoch after the saved one, with the saved momentum
-    /// and the learning-rate schedule where it was, and ends where the run never stopped
-    /// would have (bit for bit).
+    /// other flags (a checkpoint of a run with other flags is refused, naming each): it goes
+    /// on from the epoch after the saved one, with the saved momentum and the learning-rate
+    /// schedule where it was, and ends where the run never stopped would have (bit for bit).
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Stop after this epoch, as if interrupted (to try `--resume`).
@@ -77,6 +79,44 @@ struct Args {
     /// The data file (CSV with a header, the quality in the last column).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/winequality-red.csv"))]
     data: PathBuf,
+}
+
+impl Args {
+    /// What is wrong with these flags for `train_rows` training rows, one problem a line.
+    fn check(&self, train_rows: usize) -> Result<(), String> {
+        let mut problems = checks::check_common(
+            self.epochs,
+            self.batch_size as usize,
+            train_rows,
+            self.stop_after,
+            self.lr,
+        );
+        if self.hidden == 0 {
+            problems.push("--hidden 0: a hidden layer needs at least one unit".to_string());
+        }
+        checks::refuse(problems)
+    }
+
+    /// The flags that make a run what it is, as its checkpoints record them: a resume must
+    /// have the same.
+    fn run_settings(&self) -> BTreeMap<String, String> {
+        let data = self
+            .data
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        BTreeMap::from([
+            ("epochs".to_string(), self.epochs.to_string()),
+            ("batch-size".to_string(), self.batch_size.to_string()),
+            ("lr".to_string(), self.lr.to_string()),
+            (
+                "optimizer".to_string(),
+                format!("{:?}", self.optimizer).to_lowercase(),
+            ),
+            ("seed".to_string(), self.seed.to_string()),
+            ("hidden".to_string(), self.hidden.to_string()),
+            ("data".to_string(), data.unwrap_or_default()),
+        ])
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -148,9 +188,19 @@ fn make_optimizer(args: &Args, steps: usize) -> Box<dyn Optimizer<f32>> {
     }
 }
 
+/// A trained model: its history, its variables, and the step that failed, if one did (the
+/// history then ends at the last whole epoch).
+struct Trained {
+    history: History,
+    vars: Variables<f32>,
+    failure: Option<String>,
+}
+
 /// Trains `model` and returns its history; with BatchNorm it also prints the statistics
 /// gap each epoch. `stats_entries_in_grads` counts gradient keys that name a batch_stats
-/// variable (it must stay 0).
+/// variable (it must stay 0). A step that fails (a learning rate so large the loss
+/// overflows, say) ends the training and is reported in the result, with its epoch and
+/// step; what cannot start (a refused resume) is an error.
 fn train(
     name: &str,
     model: &Mlp,
@@ -159,7 +209,7 @@ fn train(
     (train_idx, test_idx): (&[usize], &[usize]),
     (resume, save): (Option<&Path>, Option<&Path>),
     stats_entries_in_grads: &mut usize,
-) -> Result<(History, Variables<f32>), Box<dyn Error>> {
+) -> Result<Trained, Box<dyn Error>> {
     let (x0, _) = data.rows(&train_idx[..2]);
     let mut vars = model.init(args.seed, &x0)?;
     let batch = args.batch_size as usize;
@@ -167,6 +217,10 @@ fn train(
     let mut optimizer = make_optimizer(args, args.epochs * batches_per_epoch);
     let mut first_epoch = 1;
     if let Some(path) = resume {
+        // Only the same run: another seed would split the data otherwise, another batch
+        // size count its steps otherwise.
+        checks::same_run(&checkpoint::run_settings(path)?, &args.run_settings())
+            .map_err(|e| format!("cannot resume from {}: {e}", path.display()))?;
         // All or nothing: a checkpoint of another model or optimizer is refused with every
         // problem listed, and nothing is loaded.
         checkpoint::load_training_into(&mut vars, optimizer.as_mut(), path, LoadMode::Strict)?;
@@ -181,7 +235,10 @@ fn train(
     let mut rng = SplitMix64::new(args.seed ^ 0x5EED);
     let mut order = train_idx.to_vec();
     let step_options = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
-    let mut history = History::default();
+    let mut history = History {
+        first_epoch,
+        ..History::default()
+    };
 
     println!("\n== {name}: {} params", vars.params().size());
     for epoch in 1..=args.epochs {
@@ -193,20 +250,33 @@ fn train(
         // progress a person can see (example 06, whose epochs take longer, has a bar).
         let mut loss_sum = 0.0;
         // Whole batches only: a last batch of one example has no batch variance.
-        for chunk in order.chunks_exact(batch) {
+        for (step, chunk) in order.chunks_exact(batch).enumerate() {
             let (x, y) = data.rows(chunk);
-            let (loss, updates, grads) = value_and_grad_with_aux(vars.params(), |p| {
+            let stepped = value_and_grad_with_aux(vars.params(), |p| {
                 let (logits, updates) = model.apply_tracked(p, &vars, &x, &step_options)?;
                 Ok((softmax_cross_entropy(&logits, &y)?, updates))
-            })?;
-            let stats = vars.collection("batch_stats");
-            *stats_entries_in_grads += grads
-                .paths()
-                .filter(|p| stats.is_some_and(|c| c.contains(p)))
-                .count();
-            optimizer.update(vars.params_mut(), &grads)?;
-            vars.merge(updates)?;
-            loss_sum += f64::from(loss);
+            })
+            .and_then(|(loss, updates, grads)| {
+                let stats = vars.collection("batch_stats");
+                *stats_entries_in_grads += grads
+                    .paths()
+                    .filter(|p| stats.is_some_and(|c| c.contains(p)))
+                    .count();
+                optimizer.update(vars.params_mut(), &grads)?;
+                vars.merge(updates)?;
+                Ok(loss)
+            });
+            match stepped {
+                Ok(loss) => loss_sum += f64::from(loss),
+                Err(error) => {
+                    let failure = checks::failed_at(name, epoch, step + 1, &error);
+                    return Ok(Trained {
+                        history,
+                        vars,
+                        failure: Some(failure),
+                    });
+                }
+            }
         }
         let train_loss = loss_sum / batches_per_epoch as f64;
         let test_accuracy = accuracy(model, &vars, data, test_idx);
@@ -227,14 +297,19 @@ fn train(
         history.train_loss.push(train_loss);
         history.test_accuracy.push(test_accuracy);
         if let Some(path) = save {
-            checkpoint::save_training(&vars, optimizer.as_ref(), path)?;
+            let settings = args.run_settings();
+            checkpoint::save_training_with_run(&vars, optimizer.as_ref(), &settings, path)?;
         }
         if args.stop_after == Some(epoch) {
             println!("stopping after epoch {epoch}, as asked");
             break;
         }
     }
-    Ok((history, vars))
+    Ok(Trained {
+        history,
+        vars,
+        failure: None,
+    })
 }
 
 fn main() -> std::process::ExitCode {
@@ -271,6 +346,7 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         data.x.ncols(),
         100.0 * majority
     );
+    args.check(train_idx.len())?;
 
     let hidden = [args.hidden, args.hidden];
     let with_bn = Mlp::new(&hidden, 6).with_batch_norm(BatchNorm::new().momentum(0.9));
@@ -278,7 +354,7 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
     let mut stats_in_grads = 0;
     let split = (train_idx, test_idx);
     let checkpoints = (args.resume.as_deref(), args.save.as_deref());
-    let (bn_history, bn_vars) = train(
+    let with_batch_norm = train(
         "MLP with BatchNorm",
         &with_bn,
         &args,
@@ -287,7 +363,7 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         checkpoints,
         &mut stats_in_grads,
     )?;
-    let (plain_history, _) = train(
+    let without = train(
         "MLP without BatchNorm",
         &without_bn,
         &args,
@@ -297,25 +373,30 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         &mut stats_in_grads,
     )?;
 
+    // Whatever trained is plotted and reported, even if the other model's run failed.
     std::fs::create_dir_all(&args.out)?;
     let plot_path = args.out.join("train_batchnorm.svg");
     plot(
         &plot_path,
         &[
-            ("with BatchNorm", &bn_history),
-            ("without BatchNorm", &plain_history),
+            ("with BatchNorm", &with_batch_norm.history),
+            ("without BatchNorm", &without.history),
         ],
         majority,
     )?;
 
-    let last = |h: &History| 100.0 * h.test_accuracy.last().copied().unwrap_or(f64::NAN);
+    let last = |trained: &Trained| match trained.history.test_accuracy.last() {
+        Some(accuracy) => format!("{:.1}%", 100.0 * accuracy),
+        None => "(no epoch completed)".to_string(),
+    };
     println!(
-        "\nfinal test accuracy: with BatchNorm {:.1}%, without {:.1}%, majority class {:.1}%",
-        last(&bn_history),
-        last(&plain_history),
+        "\nfinal test accuracy: with BatchNorm {}, without {}, majority class {:.1}%",
+        last(&with_batch_norm),
+        last(&without),
         100.0 * majority
     );
-    let (mean_gap, var_gap) = running_stats_gap(&bn_vars, &data, train_idx);
+    let bn_vars = &with_batch_norm.vars;
+    let (mean_gap, var_gap) = running_stats_gap(bn_vars, &data, train_idx);
     println!(
         "BatchNorm_0 running statistics vs its input over the training set: \
          mean off by {:.1}% of a std, var by {:.1}% (averages over features)",
@@ -338,7 +419,7 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         let mut reloaded = with_bn.init(args.seed.wrapping_add(1), &x0)?;
         checkpoint::load_into(&mut reloaded, path, LoadMode::Strict)?;
         let (before, after) = (
-            accuracy(&with_bn, &bn_vars, &data, test_idx),
+            accuracy(&with_bn, bn_vars, &data, test_idx),
             accuracy(&with_bn, &reloaded, &data, test_idx),
         );
         println!(
@@ -359,5 +440,9 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
     if stats_in_grads != 0 {
         return Err("a gradient reached batch_stats".into());
     }
-    Ok(())
+    let failures: Vec<String> = [with_batch_norm.failure, without.failure]
+        .into_iter()
+        .flatten()
+        .collect();
+    checks::refuse(failures).map_err(Into::into)
 }

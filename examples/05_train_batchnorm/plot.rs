@@ -5,9 +5,12 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-/// What one model recorded per epoch.
+/// What one model recorded per epoch, from epoch `first_epoch` on (after a resume, the
+/// epoch after the checkpoint's).
 #[derive(Default)]
 pub struct History {
+    /// The epoch of the first entries (1 when the run started from scratch; 0 is read as 1).
+    pub first_epoch: usize,
     /// Mean training loss per epoch.
     pub train_loss: Vec<f64>,
     /// Test accuracy per epoch, in evaluation mode.
@@ -26,9 +29,17 @@ where
     DB::ErrorType: 'static,
 {
     for ((name, history), colour) in runs.iter().zip([BLUE, RED]) {
-        let points = values(history).iter().enumerate().map(|(i, &v)| (i + 1, v));
+        let first = history.first_epoch.max(1);
+        let points: Vec<(usize, f64)> = values(history)
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (first + i, v))
+            .filter(|p| p.1.is_finite())
+            .collect();
+        // A marker at every epoch, so that a run of one epoch shows too.
+        chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))?;
         chart
-            .draw_series(LineSeries::new(points.filter(|p| p.1.is_finite()), colour))?
+            .draw_series(LineSeries::new(points, colour))?
             .label(*name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour));
     }
@@ -40,11 +51,18 @@ pub fn plot(path: &Path, runs: &[(&str, &History)], baseline: f64) -> Result<(),
     let root = SVGBackend::new(path, (1000, 420)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(500);
-    let epochs = runs
+    // The epochs the runs cover (at least two on the axis, for a run of one epoch).
+    let first = runs
         .iter()
-        .map(|(_, h)| h.train_loss.len())
-        .max()
+        .map(|(_, h)| h.first_epoch.max(1))
+        .min()
         .unwrap_or(1);
+    let last = runs
+        .iter()
+        .map(|(_, h)| h.first_epoch.max(1) + h.train_loss.len().max(1) - 1)
+        .max()
+        .unwrap_or(1)
+        .max(first + 1);
     let finite_max = |values: &mut dyn Iterator<Item = f64>| {
         values.filter(|v| v.is_finite()).fold(0.0, f64::max)
     };
@@ -55,7 +73,11 @@ pub fn plot(path: &Path, runs: &[(&str, &History)], baseline: f64) -> Result<(),
     // Log scale: the first epoch without BatchNorm is far above the rest. Its ticks are the
     // 1-2-5 values in range, each drawn once (plotters' own log ticks repeat "10.0" and fill
     // the top decade with a grey band of minor lines).
-    let (low, high) = (min_loss * 0.9, max_loss * 1.1);
+    let (low, high) = if max_loss > 0.0 {
+        (min_loss * 0.9, max_loss * 1.1)
+    } else {
+        (0.1, 10.0) // no finite loss to show: an empty chart with a sensible axis
+    };
     let ticks: Vec<f64> = (-3..4)
         .flat_map(|e| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(e)))
         .filter(|t| (low..=high).contains(t))
@@ -65,7 +87,7 @@ pub fn plot(path: &Path, runs: &[(&str, &History)], baseline: f64) -> Result<(),
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(55)
-        .build_cartesian_2d(1..epochs, (low..high).log_scale().with_key_points(ticks))?;
+        .build_cartesian_2d(first..last, (low..high).log_scale().with_key_points(ticks))?;
     chart
         .configure_mesh()
         .x_desc("epoch")
@@ -85,7 +107,7 @@ pub fn plot(path: &Path, runs: &[(&str, &History)], baseline: f64) -> Result<(),
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(55)
-        .build_cartesian_2d(1..epochs, 0.0..1.0)?;
+        .build_cartesian_2d(first..last, 0.0..1.0)?;
     chart
         .configure_mesh()
         .x_desc("epoch")
@@ -99,7 +121,7 @@ pub fn plot(path: &Path, runs: &[(&str, &History)], baseline: f64) -> Result<(),
     let baseline_style = BLACK.stroke_width(2);
     chart
         .draw_series(DashedLineSeries::new(
-            [(1, baseline), (epochs, baseline)],
+            [(first, baseline), (last, baseline)],
             6,
             6,
             baseline_style,

@@ -9,6 +9,7 @@
 //!
 //! Run: `cargo run --release --example 06_train_cnn -- --help`
 
+use std::collections::BTreeMap;
 use std::error::Error;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -16,6 +17,8 @@ use std::time::Instant;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
+#[path = "../05_train_batchnorm/checks.rs"]
+mod checks;
 mod data;
 #[path = "../05_train_batchnorm/plot.rs"]
 mod plot;
@@ -49,14 +52,15 @@ struct Args {
     /// Channels of the two convolutions.
     #[arg(long, num_args = 2, default_values_t = [16, 32])]
     channels: Vec<usize>,
-    /// Folder for the plot.
-    #[arg(long, default_value = "out")]
+    /// Folder for the plot (by default `out/` in the project, wherever it is run from).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/out"))]
     out: PathBuf,
     /// Save a training checkpoint (every collection and the optimizer's state) here after
     /// every epoch.
     #[arg(long)]
     save: Option<PathBuf>,
-    /// Resume a run from a checkpoint that `--save` wrote, with the same other flags.
+    /// Resume a run from a checkpoint that `--save` wrote, with the same other flags (a
+    /// checkpoint of a run with other flags is refused, naming each).
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Stop after this epoch, as if interrupted (to try `--resume`).
@@ -70,6 +74,44 @@ struct Args {
     /// The data file (CSV: 64 pixels in 0..=16, then the digit, per line).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/digits.csv"))]
     data: PathBuf,
+}
+
+impl Args {
+    /// What is wrong with these flags for `train_rows` training images, one problem a line.
+    fn check(&self, train_rows: usize) -> Result<(), String> {
+        let mut problems = checks::check_common(
+            self.epochs,
+            self.batch_size as usize,
+            train_rows,
+            self.stop_after,
+            self.lr,
+        );
+        if self.channels.contains(&0) {
+            problems.push(format!(
+                "--channels {:?}: a convolution needs at least one output channel",
+                self.channels
+            ));
+        }
+        checks::refuse(problems)
+    }
+
+    /// The flags that make a run what it is, as its checkpoints record them: a resume must
+    /// have the same.
+    fn run_settings(&self) -> BTreeMap<String, String> {
+        let data = self
+            .data
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        let channels: Vec<String> = self.channels.iter().map(ToString::to_string).collect();
+        BTreeMap::from([
+            ("epochs".to_string(), self.epochs.to_string()),
+            ("batch-size".to_string(), self.batch_size.to_string()),
+            ("lr".to_string(), self.lr.to_string()),
+            ("seed".to_string(), self.seed.to_string()),
+            ("channels".to_string(), channels.join(" ")),
+            ("data".to_string(), data.unwrap_or_default()),
+        ])
+    }
 }
 
 /// Conv → BatchNorm → ReLU → max pool, twice; global average; Dense to the 10 digits.
@@ -126,6 +168,7 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         train_idx.len(),
         test_idx.len()
     );
+    args.check(train_idx.len())?;
 
     let model = model(&args.channels);
     let (x0, _) = data.batch(&train_idx[..2]);
@@ -140,6 +183,8 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
     let mut optimizer = Sgd::new(schedule).momentum(0.9);
     let mut first_epoch = 1;
     if let Some(path) = &args.resume {
+        checks::same_run(&checkpoint::run_settings(path)?, &args.run_settings())
+            .map_err(|e| format!("cannot resume from {}: {e}", path.display()))?;
         checkpoint::load_training_into(&mut vars, &mut optimizer, path, LoadMode::Strict)?;
         first_epoch = optimizer.steps() / batches_per_epoch + 1;
         println!(
@@ -148,11 +193,14 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
             first_epoch - 1
         );
     }
+    let statistics: Vec<&str> = vars
+        .collection("batch_stats")
+        .map(|c| c.paths().collect())
+        .unwrap_or_default();
     println!(
-        "model: {} params, batch_stats {:?}",
+        "model: {} params; batch_stats: {}",
         vars.params().size(),
-        vars.collection("batch_stats")
-            .map(|c| c.paths().collect::<Vec<_>>())
+        statistics.join(", ")
     );
 
     let remaining = (args.epochs + 1 - first_epoch.min(args.epochs + 1)) * batches_per_epoch;
@@ -170,29 +218,47 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
     let step_options = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
     let mut rng = SplitMix64::new(args.seed ^ 0x5EED);
     let mut order = train_idx.to_vec();
-    let (mut history, mut stats_in_grads) = (History::default(), 0usize);
+    let mut history = History {
+        first_epoch,
+        ..History::default()
+    };
+    let (mut stats_in_grads, mut failure) = (0usize, None);
     for epoch in 1..=args.epochs {
         order.shuffle(&mut rng);
         if epoch < first_epoch {
             continue; // done before the checkpoint; the shuffle keeps the order in step
         }
         let mut loss_sum = 0.0;
-        for chunk in order.chunks_exact(batch) {
+        for (step, chunk) in order.chunks_exact(batch).enumerate() {
             let (x, y) = data.batch(chunk);
-            let (loss, updates, grads) = value_and_grad_with_aux(vars.params(), |p| {
+            let stepped = value_and_grad_with_aux(vars.params(), |p| {
                 let (logits, updates) = model.apply_tracked(p, &vars, &x, &step_options)?;
                 Ok((softmax_cross_entropy(&logits, &y)?, updates))
-            })?;
-            let stats = vars.collection("batch_stats");
-            stats_in_grads += grads
-                .paths()
-                .filter(|p| stats.is_some_and(|c| c.contains(p)))
-                .count();
-            optimizer.update(vars.params_mut(), &grads)?;
-            vars.merge(updates)?;
-            loss_sum += f64::from(loss);
-            bar.set_message(format!("epoch {epoch}, loss {loss:.4}"));
-            bar.inc(1);
+            })
+            .and_then(|(loss, updates, grads)| {
+                let stats = vars.collection("batch_stats");
+                stats_in_grads += grads
+                    .paths()
+                    .filter(|p| stats.is_some_and(|c| c.contains(p)))
+                    .count();
+                optimizer.update(vars.params_mut(), &grads)?;
+                vars.merge(updates)?;
+                Ok(loss)
+            });
+            match stepped {
+                Ok(loss) => {
+                    loss_sum += f64::from(loss);
+                    bar.set_message(format!("epoch {epoch}, loss {loss:.4}"));
+                    bar.inc(1);
+                }
+                Err(error) => {
+                    failure = Some(checks::failed_at("CNN", epoch, step + 1, &error));
+                    break;
+                }
+            }
+        }
+        if failure.is_some() {
+            break; // the epochs before it are plotted and reported below
         }
         let train_loss = loss_sum / batches_per_epoch as f64;
         let test_accuracy = accuracy(&model, &vars, &data, test_idx);
@@ -203,7 +269,8 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         history.train_loss.push(train_loss);
         history.test_accuracy.push(test_accuracy);
         if let Some(path) = &args.save {
-            checkpoint::save_training(&vars, &optimizer, path)?;
+            let settings = args.run_settings();
+            checkpoint::save_training_with_run(&vars, &optimizer, &settings, path)?;
         }
         if args.stop_after == Some(epoch) {
             say(format!("stopping after epoch {epoch}, as asked"));
@@ -245,7 +312,7 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
     if stats_in_grads != 0 {
         return Err("a gradient reached batch_stats".into());
     }
-    Ok(())
+    checks::refuse(failure.into_iter().collect()).map_err(Into::into)
 }
 
 /// The trained model as a PyTorch state_dict, and what PyTorch should compute with it: the
