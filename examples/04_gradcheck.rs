@@ -44,7 +44,10 @@ fn main() -> tapegrad::Result<()> {
         |p| broken_tanh(p.get("x")?),
         &GradCheckOptions::default(),
     )?;
-    println!("a broken tanh:\n{report}");
+    println!(
+        "a tanh whose VJP is broken on purpose (1 - y instead of 1 - y²), which the check must \
+         catch:\n{report}"
+    );
     assert!(!report.passed());
     Ok(())
 }

@@ -90,7 +90,10 @@ pub struct ParamCheck {
     pub compared: usize,
     /// The worst `|analytic - numeric|`.
     pub max_abs_error: f64,
-    /// The worst `|analytic - numeric| / max(|analytic|, |numeric|)` (0 where both are 0).
+    /// The worst `|analytic - numeric| / max(|analytic|, |numeric|)` over the comparisons
+    /// whose values reach `atol` (0 if none does): the relative error of two values near 0,
+    /// a bias's gradient under BatchNorm say, is rounding over rounding and says nothing;
+    /// those comparisons are judged by `atol` alone.
     pub max_rel_error: f64,
     /// Whether every comparison was within `atol + rtol·|numeric|`.
     pub passed: bool,
@@ -176,7 +179,7 @@ impl Tally {
     fn compare(&mut self, analytic: f64, numeric: f64) {
         let err = (analytic - numeric).abs();
         let scale = analytic.abs().max(numeric.abs());
-        let rel = if scale > 0.0 { err / scale } else { err };
+        let rel = if scale > self.atol { err / scale } else { 0.0 };
         self.compared += 1;
         // NaN fails every comparison and poisons the maxima, as it should.
         self.max_abs = if err.is_nan() {
@@ -373,4 +376,25 @@ where
         })
         .collect();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CheckMode, GradCheckOptions, Tally};
+
+    /// Two values near 0 (below `atol`) are judged by `atol` alone and report no relative
+    /// error (it would be rounding over rounding); values that reach `atol` report theirs.
+    #[test]
+    fn relative_errors_are_reported_only_where_the_values_reach_atol() {
+        let mut tally = Tally::new(&GradCheckOptions::default());
+        tally.compare(2.8e-17, 0.0);
+        let near_zero = tally.finish("bias", CheckMode::FullJacobian);
+        assert_eq!(near_zero.max_rel_error, 0.0);
+        assert!(near_zero.passed);
+        let mut tally = Tally::new(&GradCheckOptions::default());
+        tally.compare(1.0, 1.1);
+        let wrong = tally.finish("w", CheckMode::FullJacobian);
+        assert!((wrong.max_rel_error - 0.1 / 1.1).abs() < 1e-12);
+        assert!(!wrong.passed);
+    }
 }

@@ -1,8 +1,9 @@
 //! The tapegrad guide: from a tape by hand to training with running statistics.
 //!
 //! Each chapter is a Markdown file in `docs/`, included here so that `cargo test` compiles
-//! and runs every code block in it (as clap does for its tutorial); `mdbook serve docs`
-//! renders the same files as a book. (The build script embeds the chapters' pictures, so
+//! and runs every code block in it (as clap does for its tutorial). The chapters link with
+//! rustdoc's paths, so they read best here; `mdbook serve docs` renders their text, without
+//! those links. (The build script embeds the chapters' pictures, so
 //! that they show here and on docs.rs too.) Read them in order; each uses only what the
 //! chapters before it taught (`tests/guide.rs` checks it):
 //!
