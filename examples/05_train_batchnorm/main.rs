@@ -247,7 +247,7 @@ fn train(
             continue; // done before the checkpoint; the shuffle above keeps the order in step
         }
         // No progress bar: an epoch takes a few milliseconds, so one line per epoch is the
-        // progress a person can see (example 06, whose epochs take longer, has a bar).
+        // progress a person can see.
         let mut loss_sum = 0.0;
         // Whole batches only: a last batch of one example has no batch variance.
         for (step, chunk) in order.chunks_exact(batch).enumerate() {

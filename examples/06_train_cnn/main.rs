@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressStyle};
 
 #[path = "../05_train_batchnorm/checks.rs"]
 mod checks;
@@ -203,18 +202,8 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         statistics.join(", ")
     );
 
-    let remaining = (args.epochs + 1 - first_epoch.min(args.epochs + 1)) * batches_per_epoch;
-    let bar = ProgressBar::new(remaining as u64).with_style(ProgressStyle::with_template(
-        "[{elapsed_precise}] [{bar:30}] {pos}/{len} steps, ETA {eta}  {msg}",
-    )?);
-    // Lines above the bar; printed plainly where there is no terminal to draw it on.
-    let say = |line: String| {
-        if bar.is_hidden() {
-            println!("{line}");
-        } else {
-            bar.println(line);
-        }
-    };
+    // One line per epoch is the progress shown: an epoch takes a few tens of milliseconds.
+    let say = |line: String| println!("{line}");
     let step_options = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
     let mut rng = SplitMix64::new(args.seed ^ 0x5EED);
     let mut order = train_idx.to_vec();
@@ -246,11 +235,7 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
                 Ok(loss)
             });
             match stepped {
-                Ok(loss) => {
-                    loss_sum += f64::from(loss);
-                    bar.set_message(format!("epoch {epoch}, loss {loss:.4}"));
-                    bar.inc(1);
-                }
+                Ok(loss) => loss_sum += f64::from(loss),
                 Err(error) => {
                     failure = Some(checks::failed_at("CNN", epoch, step + 1, &error));
                     break;
@@ -277,7 +262,6 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
             break;
         }
     }
-    bar.finish_and_clear();
 
     std::fs::create_dir_all(&args.out)?;
     let plot_path = args.out.join("train_cnn.svg");

@@ -137,31 +137,44 @@ unsafe fn gemm_crate<A: Float>(
     write: Write,
 ) {
     let (m, k, n) = (a.nrows(), a.ncols(), b.ncols());
-    // gemm computes `out = alpha · out + beta · a · b`, reading `out` only when asked.
-    // SAFETY: as for `multiply`; gemm is generic over `f32` and `f64` itself.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out,
-            out_cs,
-            out_rs,
-            write == Write::Accumulate,
-            a.as_ptr(),
-            a.strides()[1],
-            a.strides()[0],
-            b.as_ptr(),
-            b.strides()[1],
-            b.strides()[0],
-            A::one(),
-            A::one(),
-            false,
-            false,
-            false,
-            // tapegrad splits large products over its own pool (`pool.rs`).
-            gemm::Parallelism::None,
-        );
+    // The kernels the `gemm` crate dispatches to for `f32` and `f64` (its crates `gemm-f32`
+    // and `gemm-f64`, without its complex and half-precision ones, which tapegrad never
+    // calls). They compute `out = alpha · out + beta · a · b`, reading `out` only when asked.
+    macro_rules! product {
+        ($kernel:path, $t:ty) => {
+            // SAFETY: as for `multiply`; `A` is `$t` (checked by the caller's `TypeId`), so
+            // the casts only name the type the pointers already have.
+            unsafe {
+                $kernel()(
+                    m,
+                    n,
+                    k,
+                    out.cast::<$t>(),
+                    out_cs,
+                    out_rs,
+                    write == Write::Accumulate,
+                    a.as_ptr().cast::<$t>(),
+                    a.strides()[1],
+                    a.strides()[0],
+                    b.as_ptr().cast::<$t>(),
+                    b.strides()[1],
+                    b.strides()[0],
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    // tapegrad splits large products over its own threads (`threads.rs`).
+                    gemm_common::Parallelism::None,
+                )
+            }
+        };
+    }
+    if std::any::TypeId::of::<A>() == std::any::TypeId::of::<f32>() {
+        product!(gemm_f32::gemm::f32::get_gemm_fn, f32);
+    } else {
+        debug_assert_eq!(std::any::TypeId::of::<A>(), std::any::TypeId::of::<f64>());
+        product!(gemm_f64::gemm::f64::get_gemm_fn, f64);
     }
 }
 
