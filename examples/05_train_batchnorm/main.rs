@@ -60,7 +60,7 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     hidden: usize,
     /// Folder for the plot (by default `out/` in the project, wherever it is run from).
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/out"))]
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../out"))]
     out: PathBuf,
     /// Save the BatchNorm model's training checkpoint (every collection and the optimizer's
     /// state) to this safetensors file after every epoch; at the end, reload it and check
@@ -77,7 +77,7 @@ struct Args {
     #[arg(long)]
     stop_after: Option<usize>,
     /// The data file (CSV with a header, the quality in the last column).
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/winequality-red.csv"))]
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/winequality-red.csv"))]
     data: PathBuf,
 }
 
@@ -375,7 +375,8 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
 
     // Whatever trained is plotted and reported, even if the other model's run failed.
     std::fs::create_dir_all(&args.out)?;
-    let plot_path = args.out.join("train_batchnorm.svg");
+    let out = std::fs::canonicalize(&args.out)?; // the folder as a person finds it
+    let plot_path = out.join("train_batchnorm.svg");
     plot(
         &plot_path,
         &[

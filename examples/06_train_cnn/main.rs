@@ -52,7 +52,7 @@ struct Args {
     #[arg(long, num_args = 2, default_values_t = [16, 32])]
     channels: Vec<usize>,
     /// Folder for the plot (by default `out/` in the project, wherever it is run from).
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/out"))]
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../out"))]
     out: PathBuf,
     /// Save a training checkpoint (every collection and the optimizer's state) here after
     /// every epoch.
@@ -71,7 +71,7 @@ struct Args {
     #[arg(long)]
     export_pytorch: Option<PathBuf>,
     /// The data file (CSV: 64 pixels in 0..=16, then the digit, per line).
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/digits.csv"))]
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/digits.csv"))]
     data: PathBuf,
 }
 
@@ -264,7 +264,8 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
     }
 
     std::fs::create_dir_all(&args.out)?;
-    let plot_path = args.out.join("train_cnn.svg");
+    let out = std::fs::canonicalize(&args.out)?; // the folder as a person finds it
+    let plot_path = out.join("train_cnn.svg");
     let majority = (0..10)
         .map(|d| test_idx.iter().filter(|&&i| data.labels[i] == d).count())
         .max()

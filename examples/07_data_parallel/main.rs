@@ -55,7 +55,7 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// The data file.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/winequality-red.csv"))]
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/winequality-red.csv"))]
     data: PathBuf,
 }
 
