@@ -32,9 +32,9 @@ use crate::kernels::simd;
 /// let mean = total.scale(0.5);
 /// assert_eq!(mean.get("w").unwrap().as_slice().unwrap(), &[6.0, 8.0]);
 /// assert_eq!(mean.global_norm(), 10.0);
-/// let clipped = mean.clip_by_global_norm(5.0); // optax.clip_by_global_norm(5.0)
+/// let clipped = mean.clip_by_global_norm(5.0)?; // optax.clip_by_global_norm(5.0)
 /// assert_eq!(clipped.get("w").unwrap().as_slice().unwrap(), &[3.0, 4.0]);
-/// let capped = mean.clip_by_value(7.0); // optax.clip(7.0)
+/// let capped = mean.clip_by_value(7.0)?; // optax.clip(7.0)
 /// assert_eq!(capped.get("w").unwrap().as_slice().unwrap(), &[6.0, 7.0]);
 /// # Ok::<(), tapegrad::Error>(())
 /// ```

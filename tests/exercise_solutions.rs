@@ -21,7 +21,7 @@ fn sin(x: &Tensor<f64>) -> Result<Tensor<f64>> {
 
 #[test]
 fn exercise_1_sin_passes_gradcheck() {
-    let params: Params<f64> = [("x", Array1::linspace(-3.0, 3.0, 13))]
+    let params: Params<f64> = [("x", Array1::linspace(-3.5, 3.5, 15))]
         .into_iter()
         .collect();
     let report = check_grads(&params, |p| sin(p.get("x")?), &GradCheckOptions::default()).unwrap();
