@@ -62,7 +62,7 @@ if have("flax"):
 
     x, ids, y = jnp.ones((4, 2)), jnp.array([0, 3, 3, 9]), jnp.array([0, 1, 2, 1])
     model = LinenModel()
-    variables = model.init(jax.random.key(0), x, ids, train=False)
+    variables = model.init(jax.random.key(0), x, ids, train=False)  # params, batch_stats, constants
     assert set(variables) == {"params", "batch_stats", "constants"}
 
     def loss_fn(params):

@@ -168,3 +168,34 @@ fn the_scanners_see_what_they_should() {
         recorded_ops("record_one(\"sum\", x); self.unary(\n \"powi\", f); let s = \"Not an op\";");
     assert_eq!(ops, ["sum", "powi"]);
 }
+
+/// Chapter 0's Python excerpts are quoted from `scripts/start_here_peers.py`, which runs them
+/// and asserts what the chapter says: every line of every excerpt stands in the script, in
+/// the excerpt's order (the script interleaves its assertions and indents the code into
+/// functions).
+#[test]
+fn chapter_0s_python_is_the_code_its_script_runs() {
+    let chapter = fs::read_to_string(root().join("docs/00-start-here.md")).unwrap();
+    let script = fs::read_to_string(root().join("scripts/start_here_peers.py")).unwrap();
+    let script_lines: Vec<&str> = script.lines().map(str::trim).collect();
+    let excerpts: Vec<&str> = chapter
+        .split("```python\n")
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap_or_default())
+        .collect();
+    assert!(
+        excerpts.len() >= 4,
+        "the chapter's excerpts: {}",
+        excerpts.len()
+    );
+    for excerpt in excerpts {
+        let mut from = 0;
+        for line in excerpt.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let found = script_lines[from..].iter().position(|l| *l == line);
+            let Some(offset) = found else {
+                panic!("not in scripts/start_here_peers.py (after line {from}): {line}");
+            };
+            from += offset + 1;
+        }
+    }
+}
