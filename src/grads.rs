@@ -10,6 +10,7 @@ use crate::collection::{Collection, Params};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::simd;
+use crate::optim::setting_at_least_zero;
 
 /// Gradients keyed exactly like the [`Params`] they were taken with respect to: the same
 /// paths, each gradient with its parameter's shape. No other collection can appear here,
@@ -41,21 +42,6 @@ use crate::kernels::simd;
 #[derive(Clone, Default, PartialEq)]
 pub struct Grads<A: Float> {
     entries: BTreeMap<String, ArrayD<A>>,
-}
-
-/// A clipping bound: finite and at least 0.
-fn clip_setting<A: Float>(op: &'static str, setting: &'static str, value: A) -> Result<()> {
-    let value = value.as_f64();
-    if value.is_finite() && value >= 0.0 {
-        Ok(())
-    } else {
-        Err(Error::InvalidSetting {
-            op,
-            setting,
-            value,
-            expected: "finite and at least 0",
-        })
-    }
 }
 
 impl<A: Float> Grads<A> {
@@ -138,7 +124,7 @@ impl<A: Float> Grads<A> {
     /// [`Error::InvalidSetting`] unless `max_norm` is finite and at least 0 (a negative one
     /// would reverse the gradient).
     pub fn clip_by_global_norm(&self, max_norm: A) -> Result<Grads<A>> {
-        clip_setting("clip_by_global_norm", "max_norm", max_norm)?;
+        setting_at_least_zero("clip_by_global_norm", "max_norm", max_norm.as_f64())?;
         let norm = self.global_norm();
         if norm <= max_norm {
             return Ok(self.clone());
@@ -153,7 +139,7 @@ impl<A: Float> Grads<A> {
     ///
     /// [`Error::InvalidSetting`] unless `limit` is finite and at least 0.
     pub fn clip_by_value(&self, limit: A) -> Result<Grads<A>> {
-        clip_setting("clip_by_value", "limit", limit)?;
+        setting_at_least_zero("clip_by_value", "limit", limit.as_f64())?;
         Ok(self.map_values(|g| {
             g.mapv(|x| {
                 if x > limit {

@@ -101,26 +101,32 @@ fn agree(one: &[ArrayD<f64>], other: &[ArrayD<f64>]) -> bool {
     })
 }
 
-/// What a child process started with `TAPEGRAD_NUM_THREADS=value` reports as its count.
-fn count_in_child(value: &str) -> usize {
-    let out = Command::new(std::env::current_exe().unwrap())
+/// What this test binary prints when it runs `report_thread_count_for_the_parent` alone, in a
+/// child process with the environment variables `env` set.
+fn child_report(env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
             "report_thread_count_for_the_parent",
             "--nocapture",
             "--include-ignored",
+            "--test-threads=1",
         ])
-        .env("TAPEGRAD_NUM_THREADS", value)
+        .envs(env.iter().copied())
         .env("TAPEGRAD_REPORT_THREADS", "1")
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// What a child process started with `TAPEGRAD_NUM_THREADS=value` reports as its count.
+fn count_in_child(value: &str) -> usize {
+    let out = child_report(&[("TAPEGRAD_NUM_THREADS", value)]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     stdout
         .lines()
-        .find_map(|line| line.strip_prefix("threads="))
+        .find_map(|line| line.split("threads=").nth(1))
+        .and_then(|count| count.trim().parse().ok())
         .unwrap_or_else(|| panic!("the child reported no count: {stdout}"))
-        .parse()
-        .unwrap()
 }
 
 /// Run by `count_in_child` only (ignored otherwise): prints the count in force, and the
@@ -139,20 +145,11 @@ fn report_thread_count_for_the_parent() {
 /// `max_threads` is one of them, and `set_num_threads` refuses it.
 #[test]
 fn bad_settings_in_the_environment_are_warned_about_once_each() {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "report_thread_count_for_the_parent",
-            "--nocapture",
-            "--include-ignored",
-            "--test-threads=1",
-        ])
-        .env("TAPEGRAD_NUM_THREADS", "1000000")
-        .env("TAPEGRAD_KERNELS", "bogus")
-        .env("TAPEGRAD_FUSION", "of")
-        .env("TAPEGRAD_REPORT_THREADS", "1")
-        .output()
-        .unwrap();
+    let out = child_report(&[
+        ("TAPEGRAD_NUM_THREADS", "1000000"),
+        ("TAPEGRAD_KERNELS", "bogus"),
+        ("TAPEGRAD_FUSION", "of"),
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     for warning in [
         "TAPEGRAD_NUM_THREADS=\"1000000\"",
