@@ -62,6 +62,7 @@
     clippy::return_self_not_must_use
 )]
 
+pub mod accumulate;
 mod allocator;
 mod autodiff;
 mod backward;

@@ -15,6 +15,7 @@ use ndarray::ArrayD;
 
 use crate::error::{Error, Result};
 use crate::float::Float;
+use crate::into_array::IntoArray;
 use crate::module::context::{Context, Phase, check_shape};
 use crate::module::variable::Variable;
 use crate::replicas::ReplicaAxis;
@@ -246,6 +247,42 @@ impl<'a, A: Float> Scope<'a, A> {
             collection: collection.to_string(),
             path,
         })
+    }
+
+    /// Whether this `apply` may write `collection` (in `init`, every collection). Flax:
+    /// `self.is_mutable_collection(collection)`.
+    #[must_use]
+    pub fn is_mutable_collection(&self, collection: &str) -> bool {
+        self.is_initializing() || self.ctx.mutable.allows(collection)
+    }
+
+    /// Writes `value` at `<collection>/<path>/<name>`, creating the variable if the given
+    /// variables lack it: for what a module reports about its run rather than state it keeps
+    /// (a BatchNorm's batch moments, say), which exists only when asked for. Flax:
+    /// `self.sow(collection, name, value)`, which appends where this replaces.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ImmutableCollection`] unless the collection is mutable in this `apply`,
+    /// [`Error::ReservedCollection`] for `"params"`; nothing is written.
+    pub fn put(&mut self, collection: &str, name: &str, value: impl IntoArray<A>) -> Result<()> {
+        let path = join(&self.path, name);
+        if collection == PARAMS {
+            return Err(Error::ReservedCollection { path });
+        }
+        check_collection_name("Scope::put", collection)?;
+        if !self.is_mutable_collection(collection) {
+            return Err(Error::ImmutableCollection {
+                collection: collection.to_string(),
+                path,
+            });
+        }
+        self.ctx
+            .written
+            .borrow_mut()
+            .collection_entry(collection)
+            .insert(path, value.into_array());
+        Ok(())
     }
 
     /// Whether `collection` holds `name` at this scope's path: in `apply`, whether the given

@@ -332,9 +332,26 @@ impl BatchNorm {
             relu,
         };
         let batch = batch_norm_train(x, &scale, &bias, &how)?;
-        let output = batch.output.clone();
-        if !scope.is_initializing() {
-            let update = self.running_update(&running, batch);
+        let Normalized {
+            output,
+            mean,
+            var,
+            count,
+        } = batch;
+        if scope.is_initializing() {
+            return Ok(output); // init creates the statistics; it does not update them
+        }
+        let moments = Moments { mean, var, count };
+        let reporting = scope.is_mutable_collection(BATCH_MOMENTS);
+        if reporting {
+            report(scope, &moments)?;
+        }
+        if scope.is_mutable_collection("batch_stats") || !reporting {
+            let moments = match given_moments(scope, features)? {
+                Some(given) if !reporting => given,
+                _ => moments,
+            };
+            let update = self.running_update(&running, moments);
             write(&running, update)?;
         }
         Ok(output)
@@ -458,7 +475,7 @@ impl BatchNorm {
     fn running_update<A: Float>(
         &self,
         running: &RunningStatistics<'_, A>,
-        batch: Normalized<A>,
+        batch: Moments<A>,
     ) -> Update<A> {
         let (old_mean, old_var) = (running.mean.value(), running.var.value());
         match self.convention {
@@ -499,6 +516,52 @@ impl BatchNorm {
             }
         }
     }
+}
+
+/// The collection where a training-mode BatchNorm reports its batch's moments when an `apply`
+/// declares it mutable: `<path>/mean`, `<path>/var` (biased) and `<path>/count` (the values
+/// each feature's statistics are over), instead of updating its running statistics unless
+/// `batch_stats` is mutable too. Given back in the variables (not mutable), moments of this
+/// collection are what the running statistics are updated from, in place of the batch's own:
+/// how [`accumulate`](crate::accumulate) makes one update of a step's micro-batches, merged.
+pub const BATCH_MOMENTS: &str = "batch_moments";
+
+/// A batch's moments per feature: the mean, the biased variance, and how many values each is
+/// over.
+struct Moments<A> {
+    mean: ArrayD<A>,
+    var: ArrayD<A>,
+    count: f64,
+}
+
+/// Writes `moments` into [`BATCH_MOMENTS`].
+fn report<A: Float>(scope: &mut Scope<'_, A>, moments: &Moments<A>) -> Result<()> {
+    scope.put(BATCH_MOMENTS, "mean", moments.mean.clone())?;
+    scope.put(BATCH_MOMENTS, "var", moments.var.clone())?;
+    scope.put(
+        BATCH_MOMENTS,
+        "count",
+        ArrayD::from_elem(vec![], A::of(moments.count)),
+    )
+}
+
+/// The moments the variables give for this layer in [`BATCH_MOMENTS`], if they give any.
+fn given_moments<A: Float>(
+    scope: &mut Scope<'_, A>,
+    features: usize,
+) -> Result<Option<Moments<A>>> {
+    if !scope.has_variable(BATCH_MOMENTS, "count") {
+        return Ok(None);
+    }
+    let read = |scope: &mut Scope<'_, A>, name, shape: &[usize]| -> Result<ArrayD<A>> {
+        let variable = scope.variable(BATCH_MOMENTS, name, shape, init::zeros())?;
+        Ok(variable.value().value().clone())
+    };
+    let mean = read(scope, "mean", &[features])?;
+    let var = read(scope, "var", &[features])?;
+    let count = read(scope, "count", &[])?;
+    let count = count.first().map_or(0.0, |c| c.as_f64());
+    Ok(Some(Moments { mean, var, count }))
 }
 
 /// Writes the update, all of it checked first: a NaN in the input, or an overflow of f32,

@@ -17,7 +17,7 @@ mod sequential;
 
 pub use accumulator::Accumulator;
 pub use activation::Activation;
-pub use batch_norm::{BatchNorm, BatchNormRelu, StatsConvention};
+pub use batch_norm::{BATCH_MOMENTS, BatchNorm, BatchNormRelu, StatsConvention};
 pub use conv::Conv;
 pub use dense::Dense;
 pub use dropout::Dropout;
