@@ -65,6 +65,7 @@
 pub mod accumulate;
 mod allocator;
 mod autodiff;
+pub mod average;
 mod backward;
 pub mod checkpoint;
 mod collection;

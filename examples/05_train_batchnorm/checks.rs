@@ -3,15 +3,26 @@
 
 use std::collections::BTreeMap;
 
+/// The flags every training example has.
+pub struct Common {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub stop_after: Option<usize>,
+    pub lr: f64,
+    pub ema: Option<f64>,
+}
+
 /// The problems with the flags every training example has, one line each: an empty run, a
-/// batch larger than the data, a stop outside the run, a learning rate that is not one.
-pub fn check_common(
-    epochs: usize,
-    batch_size: usize,
-    train_rows: usize,
-    stop_after: Option<usize>,
-    lr: f64,
-) -> Vec<String> {
+/// batch larger than the data, a stop outside the run, a learning rate that is not one, an
+/// average's decay outside `[0, 1)`.
+pub fn check_common(flags: &Common, train_rows: usize) -> Vec<String> {
+    let Common {
+        epochs,
+        batch_size,
+        stop_after,
+        lr,
+        ema,
+    } = *flags;
     let mut problems = Vec::new();
     if epochs == 0 {
         problems.push("--epochs 0: nothing would be trained; give at least 1".to_string());
@@ -31,6 +42,9 @@ pub fn check_common(
         problems.push(format!(
             "--lr {lr}: the learning rate must be a positive number"
         ));
+    }
+    if let Some(decay) = ema.filter(|d| !(0.0..1.0).contains(d)) {
+        problems.push(format!("--ema {decay}: the decay must be in [0, 1)"));
     }
     problems
 }
@@ -101,23 +115,38 @@ mod tests {
             .collect()
     }
 
+    fn flags(epochs: usize, batch_size: usize, stop_after: Option<usize>, lr: f64) -> Common {
+        Common {
+            epochs,
+            batch_size,
+            stop_after,
+            lr,
+            ema: None,
+        }
+    }
+
     #[test]
     fn flags_that_train_nothing_or_cannot_be_met_are_named() {
-        assert!(check_common(40, 32, 1279, None, 0.05).is_empty());
-        let problems = check_common(0, 2000, 1279, Some(50), f64::NAN);
-        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(check_common(&flags(40, 32, None, 0.05), 1279).is_empty());
+        let bad = Common {
+            ema: Some(1.0),
+            ..flags(0, 2000, Some(50), f64::NAN)
+        };
+        let problems = check_common(&bad, 1279);
+        assert_eq!(problems.len(), 5, "{problems:?}");
         for flag in [
             "--epochs 0",
             "--batch-size 2000",
             "--stop-after 50",
             "--lr NaN",
+            "--ema 1",
         ] {
             assert!(
                 problems.iter().any(|p| p.starts_with(flag)),
                 "{flag}: {problems:?}"
             );
         }
-        assert!(check_common(10, 32, 100, Some(0), 0.1)[0].starts_with("--stop-after 0"));
+        assert!(check_common(&flags(10, 32, Some(0), 0.1), 100)[0].starts_with("--stop-after 0"));
         assert!(
             refuse(vec!["a".into(), "b".into()])
                 .unwrap_err()

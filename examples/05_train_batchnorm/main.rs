@@ -28,6 +28,7 @@ use data::Data;
 use ndarray::Axis;
 use plot::{History, plot};
 use rand::seq::SliceRandom;
+use tapegrad::average::{BufferPolicy, Ema};
 use tapegrad::checkpoint::{self, LoadMode};
 use tapegrad::nn::{BatchNorm, Dense, Mlp};
 use tapegrad::optim::{Adam, LearningRate, Optimizer, Sgd};
@@ -76,6 +77,11 @@ struct Args {
     /// Stop after this epoch, as if interrupted (to try `--resume`).
     #[arg(long)]
     stop_after: Option<usize>,
+    /// Also keep an exponential moving average of the weights (and of BatchNorm's running
+    /// statistics) with this decay, in the `ema` collection, and report the averaged model's
+    /// test accuracy beside the live one's.
+    #[arg(long)]
+    ema: Option<f64>,
     /// The data file (CSV with a header, the quality in the last column).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/winequality-red.csv"))]
     data: PathBuf,
@@ -84,13 +90,14 @@ struct Args {
 impl Args {
     /// What is wrong with these flags for `train_rows` training rows, one problem a line.
     fn check(&self, train_rows: usize) -> Result<(), String> {
-        let mut problems = checks::check_common(
-            self.epochs,
-            self.batch_size as usize,
-            train_rows,
-            self.stop_after,
-            self.lr,
-        );
+        let common = checks::Common {
+            epochs: self.epochs,
+            batch_size: self.batch_size as usize,
+            stop_after: self.stop_after,
+            lr: self.lr,
+            ema: self.ema,
+        };
+        let mut problems = checks::check_common(&common, train_rows);
         if self.hidden == 0 {
             problems.push("--hidden 0: a hidden layer needs at least one unit".to_string());
         }
@@ -115,6 +122,10 @@ impl Args {
             ("seed".to_string(), self.seed.to_string()),
             ("hidden".to_string(), self.hidden.to_string()),
             ("data".to_string(), data.unwrap_or_default()),
+            (
+                "ema".to_string(),
+                self.ema.map_or("none".to_string(), |d| d.to_string()),
+            ),
         ])
     }
 }
@@ -194,6 +205,8 @@ struct Trained {
     history: History,
     vars: Variables<f32>,
     failure: Option<String>,
+    /// The averaged weights' final test accuracy, with `--ema`.
+    averaged_accuracy: Option<f64>,
 }
 
 /// Trains `model` and returns its history; with BatchNorm it also prints the statistics
@@ -215,6 +228,12 @@ fn train(
     let batch = args.batch_size as usize;
     let batches_per_epoch = train_idx.len() / batch;
     let mut optimizer = make_optimizer(args, args.epochs * batches_per_epoch);
+    // The average starts as a copy of the initial variables, so that a resumed run's
+    // variables have the collection its checkpoint holds.
+    let ema = averaging(args.ema, &vars)?;
+    if let Some(ema) = &ema {
+        ema.update(&mut vars)?;
+    }
     let mut first_epoch = 1;
     if let Some(path) = resume {
         // Only the same run: another seed would split the data otherwise, another batch
@@ -264,6 +283,9 @@ fn train(
                     .count();
                 optimizer.update(vars.params_mut(), &grads)?;
                 vars.merge(updates)?;
+                if let Some(ema) = &ema {
+                    ema.update(&mut vars)?;
+                }
                 Ok(loss)
             });
             match stepped {
@@ -274,6 +296,7 @@ fn train(
                         history,
                         vars,
                         failure: Some(failure),
+                        averaged_accuracy: None,
                     });
                 }
             }
@@ -305,11 +328,30 @@ fn train(
             break;
         }
     }
+    let averaged_accuracy = match &ema {
+        Some(ema) => Some(accuracy(model, &ema.averaged(&vars)?, data, test_idx)),
+        None => None,
+    };
     Ok(Trained {
         history,
         vars,
         failure: None,
+        averaged_accuracy,
     })
+}
+
+/// The moving average `--ema` asks for: the weights, and BatchNorm's running statistics
+/// where the model has them (averaged, so that the averaged weights are evaluated with
+/// statistics of weights like them).
+fn averaging(decay: Option<f64>, vars: &Variables<f32>) -> Result<Option<Ema>, Box<dyn Error>> {
+    let Some(decay) = decay else {
+        return Ok(None);
+    };
+    let mut ema = Ema::new(decay)?;
+    if vars.collection("batch_stats").is_some() {
+        ema = ema.buffers("batch_stats", BufferPolicy::Average);
+    }
+    Ok(Some(ema))
 }
 
 fn main() -> std::process::ExitCode {
@@ -396,6 +438,20 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         last(&without),
         100.0 * majority
     );
+    if let Some(decay) = args.ema {
+        let averaged = |trained: &Trained| {
+            trained
+                .averaged_accuracy
+                .map_or("(no epoch completed)".to_string(), |a| {
+                    format!("{:.1}%", 100.0 * a)
+                })
+        };
+        println!(
+            "averaged weights (EMA, decay {decay}): with BatchNorm {}, without {}",
+            averaged(&with_batch_norm),
+            averaged(&without)
+        );
+    }
     let bn_vars = &with_batch_norm.vars;
     let (mean_gap, var_gap) = running_stats_gap(bn_vars, &data, train_idx);
     println!(
@@ -418,6 +474,9 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         // variables and skips the optimizer's state.
         let (x0, _) = data.rows(&train_idx[..2]);
         let mut reloaded = with_bn.init(args.seed.wrapping_add(1), &x0)?;
+        if let Some(ema) = averaging(args.ema, &reloaded)? {
+            ema.update(&mut reloaded)?; // the collection the checkpoint holds
+        }
         checkpoint::load_into(&mut reloaded, path, LoadMode::Strict)?;
         let (before, after) = (
             accuracy(&with_bn, bn_vars, &data, test_idx),

@@ -25,6 +25,7 @@ mod plot;
 use data::Digits;
 use plot::{History, plot};
 use rand::seq::SliceRandom;
+use tapegrad::average::{BufferPolicy, Ema};
 use tapegrad::checkpoint::{self, LoadMode};
 use tapegrad::nn::{BatchNorm, Conv, Dense, GlobalAvgPool, Pool, Sequential};
 use tapegrad::optim::{LearningRate, Optimizer, Sgd};
@@ -65,6 +66,11 @@ struct Args {
     /// Stop after this epoch, as if interrupted (to try `--resume`).
     #[arg(long)]
     stop_after: Option<usize>,
+    /// Also keep an exponential moving average of the weights and of BatchNorm's running
+    /// statistics with this decay, in the `ema` collection, and report the averaged model's
+    /// test accuracy beside the live one's.
+    #[arg(long)]
+    ema: Option<f64>,
     /// After training, write the model as a PyTorch state_dict (`digits_cnn.safetensors`)
     /// and the test images with tapegrad's logits (`digits_cnn_expected.safetensors`) into
     /// this folder, for `scripts/check_pytorch_export.py`.
@@ -78,13 +84,14 @@ struct Args {
 impl Args {
     /// What is wrong with these flags for `train_rows` training images, one problem a line.
     fn check(&self, train_rows: usize) -> Result<(), String> {
-        let mut problems = checks::check_common(
-            self.epochs,
-            self.batch_size as usize,
-            train_rows,
-            self.stop_after,
-            self.lr,
-        );
+        let common = checks::Common {
+            epochs: self.epochs,
+            batch_size: self.batch_size as usize,
+            stop_after: self.stop_after,
+            lr: self.lr,
+            ema: self.ema,
+        };
+        let mut problems = checks::check_common(&common, train_rows);
         if self.channels.contains(&0) {
             problems.push(format!(
                 "--channels {:?}: a convolution needs at least one output channel",
@@ -109,6 +116,10 @@ impl Args {
             ("seed".to_string(), self.seed.to_string()),
             ("channels".to_string(), channels.join(" ")),
             ("data".to_string(), data.unwrap_or_default()),
+            (
+                "ema".to_string(),
+                self.ema.map_or("none".to_string(), |d| d.to_string()),
+            ),
         ])
     }
 }
@@ -180,6 +191,15 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         steps: args.epochs * batches_per_epoch,
     };
     let mut optimizer = Sgd::new(schedule).momentum(0.9);
+    // The average starts as a copy of the initial variables (its collection is then in
+    // every checkpoint of the run, resumed or not).
+    let ema = match args.ema {
+        Some(decay) => Some(Ema::new(decay)?.buffers("batch_stats", BufferPolicy::Average)),
+        None => None,
+    };
+    if let Some(ema) = &ema {
+        ema.update(&mut vars)?;
+    }
     let mut first_epoch = 1;
     if let Some(path) = &args.resume {
         checks::same_run(&checkpoint::run_settings(path)?, &args.run_settings())
@@ -232,6 +252,9 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
                     .count();
                 optimizer.update(vars.params_mut(), &grads)?;
                 vars.merge(updates)?;
+                if let Some(ema) = &ema {
+                    ema.update(&mut vars)?;
+                }
                 Ok(loss)
             });
             match stepped {
@@ -277,6 +300,13 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         "\nfinal test accuracy (evaluation mode, running statistics): {:.1}%",
         100.0 * final_accuracy
     );
+    if let (Some(ema), Some(decay)) = (&ema, args.ema) {
+        let averaged = accuracy(&model, &ema.averaged(&vars)?, &data, test_idx);
+        println!(
+            "averaged weights (EMA, decay {decay}): {:.1}%",
+            100.0 * averaged
+        );
+    }
     check_statistics_matter(&model, &vars, &data, test_idx)?;
     println!(
         "gradient entries naming a batch_stats variable, over every step: {stats_in_grads} {}",
@@ -288,7 +318,7 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
     );
     println!("plot written to {}", plot_path.display());
     if let Some(path) = &args.save {
-        reload_and_compare(&model, &vars, &data, test_idx, path)?;
+        reload_and_compare(&model, &vars, &data, test_idx, path, ema.as_ref())?;
     }
     if let Some(folder) = &args.export_pytorch {
         export_for_pytorch(&model, &vars, &data, test_idx, folder)?;
@@ -362,9 +392,13 @@ fn reload_and_compare(
     data: &Digits,
     test: &[usize],
     path: &Path,
+    ema: Option<&Ema>,
 ) -> Result<(), Box<dyn Error>> {
     let (x0, _) = data.batch(&test[..2]);
     let mut reloaded = model.init(1, &x0)?;
+    if let Some(ema) = ema {
+        ema.update(&mut reloaded)?; // the collection the checkpoint holds
+    }
     checkpoint::load_into(&mut reloaded, path, LoadMode::Strict)?;
     let (before, after) = (
         accuracy(model, vars, data, test),
