@@ -25,6 +25,15 @@
 //! The options the loss function is given are training mode with the policy's collections
 //! mutable (`batch_stats`, or [`BATCH_MOMENTS`]); a model that needs more (a dropout seed)
 //! adds it to a clone of them.
+//!
+//! # Two forwards, one update
+//!
+//! A step that runs the model twice (SAM's forward at perturbed weights, a gradient penalty's
+//! extra forward) gets two sets of updates back, one from each `apply`, and merges the one
+//! it names: the forward at the step's weights. Nothing is written until a merge, so the other
+//! forward's statistics simply go unused, and the running statistics move once per step
+//! (`tests/accumulate.rs` shows a SAM step whose statistics are those of one forward, bit for
+//! bit).
 
 use std::collections::BTreeMap;
 

@@ -236,3 +236,51 @@ fn merged_per_step_a_first_batch_norm_matches_the_whole_batch_in_a_deeper_model(
     assert!(stats_gap_of(&got, &expected, "BatchNorm_0") < 1e-12);
     assert!(stats_gap_of(&got, &expected, "BatchNorm_1") > 1e-6);
 }
+
+/// Two forwards, one update: a step that runs the model twice (SAM's forward at perturbed
+/// weights, a gradient penalty's extra forward) merges the statistics of the forward it
+/// names and drops the other's: the running statistics are those of one forward at the
+/// step's weights, bit for bit.
+#[test]
+fn a_step_with_two_forwards_merges_the_statistics_of_the_one_it_names() {
+    let x = Tensor::constant(batch());
+    let model = model(BatchNorm::new().momentum(0.8));
+    let variables = model.init(0, &x).unwrap();
+    let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
+    let loss_at = |params: &tapegrad::Params<f64>| {
+        value_and_grad_with_aux(params, |p| {
+            let (logits, updates) = model.apply_tracked(p, &variables, &x, &train)?;
+            Ok((softmax_cross_entropy(&logits, &LABELS)?, updates))
+        })
+        .unwrap()
+    };
+    // SAM: the gradient at w, then the gradient at w + ρ g/|g|, which the step uses.
+    let (_, first_updates, g) = loss_at(variables.params());
+    let rho = 0.05 / g.global_norm();
+    let mut perturbed = variables.params().clone();
+    for (path, gradient) in g.iter() {
+        let w = perturbed.get(path).unwrap() + &(gradient * rho);
+        perturbed.insert(path, w);
+    }
+    let (_, second_updates, sharp) = loss_at(&perturbed);
+    let mut stepped = variables.clone();
+    tapegrad::optim::Optimizer::update(
+        &mut tapegrad::optim::Sgd::new(0.1),
+        stepped.params_mut(),
+        &sharp,
+    )
+    .unwrap();
+    stepped.merge(first_updates.clone()).unwrap(); // the forward at w, named; not the other
+    let mut once = variables.clone();
+    once.merge(first_updates).unwrap();
+    assert_eq!(
+        stepped.collection("batch_stats"),
+        once.collection("batch_stats")
+    );
+    let mut wrong = variables.clone();
+    wrong.merge(second_updates).unwrap();
+    assert_ne!(
+        wrong.collection("batch_stats"),
+        once.collection("batch_stats")
+    );
+}
