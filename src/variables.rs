@@ -291,6 +291,20 @@ impl Mutable {
         Mutable::AllExcept(Vec::new())
     }
 
+    /// Whether `collection` is named in a [`Mutable::only`] list: asked for by name, not
+    /// merely allowed (as every collection is by [`Mutable::all`]). For what a module writes
+    /// only on request, a report of its run rather than its state.
+    ///
+    /// ```
+    /// use tapegrad::Mutable;
+    /// assert!(Mutable::only(["batch_moments"]).names("batch_moments"));
+    /// assert!(!Mutable::all().names("batch_moments"));
+    /// ```
+    #[must_use]
+    pub fn names(&self, collection: &str) -> bool {
+        matches!(self, Mutable::Only(names) if names.iter().any(|n| n == collection))
+    }
+
     /// Whether `collection` may be written. Params are never written by `apply`.
     #[must_use]
     pub fn allows(&self, collection: &str) -> bool {

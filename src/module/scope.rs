@@ -256,6 +256,17 @@ impl<'a, A: Float> Scope<'a, A> {
         self.is_initializing() || self.ctx.mutable.allows(collection)
     }
 
+    /// Whether this `apply` names `collection` among its mutable ones ([`Mutable::names`]):
+    /// asked for by name, not merely allowed. What a module writes only on request (a
+    /// report of its run, such as a BatchNorm's batch moments) waits for this; never true
+    /// in `init`.
+    ///
+    /// [`Mutable::names`]: crate::Mutable::names
+    #[must_use]
+    pub fn is_asked_for(&self, collection: &str) -> bool {
+        !self.is_initializing() && self.ctx.mutable.names(collection)
+    }
+
     /// Writes `value` at `<collection>/<path>/<name>`, creating the variable if the given
     /// variables lack it: for what a module reports about its run rather than state it keeps
     /// (a BatchNorm's batch moments, say), which exists only when asked for. Flax:

@@ -342,7 +342,7 @@ impl BatchNorm {
             return Ok(output); // init creates the statistics; it does not update them
         }
         let moments = Moments { mean, var, count };
-        let reporting = scope.is_mutable_collection(BATCH_MOMENTS);
+        let reporting = scope.is_asked_for(BATCH_MOMENTS);
         if reporting {
             report(scope, &moments)?;
         }
@@ -519,11 +519,16 @@ impl BatchNorm {
 }
 
 /// The collection where a training-mode BatchNorm reports its batch's moments when an `apply`
-/// declares it mutable: `<path>/mean`, `<path>/var` (biased) and `<path>/count` (the values
-/// each feature's statistics are over), instead of updating its running statistics unless
-/// `batch_stats` is mutable too. Given back in the variables (not mutable), moments of this
-/// collection are what the running statistics are updated from, in place of the batch's own:
-/// how [`accumulate`](crate::accumulate) makes one update of a step's micro-batches, merged.
+/// asks for it by name (`Mutable::only([BATCH_MOMENTS])`, not [`Mutable::all`]):
+/// `<path>/mean`, `<path>/var` (biased) and `<path>/count` (the values each feature's
+/// statistics are over), in place of updating its running statistics unless `batch_stats` is
+/// named too. Given back in the variables, moments of this collection are what the running
+/// statistics are updated from, instead of the batch's own: how
+/// [`accumulate`](crate::accumulate) makes one update of a step's micro-batches, merged. So
+/// never merge a report into a model's variables: [`accumulate`](crate::accumulate) keeps
+/// them apart.
+///
+/// [`Mutable::all`]: crate::Mutable::all
 pub const BATCH_MOMENTS: &str = "batch_moments";
 
 /// A batch's moments per feature: the mean, the biased variance, and how many values each is
