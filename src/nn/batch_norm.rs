@@ -347,9 +347,11 @@ impl BatchNorm {
             report(scope, &moments)?;
         }
         if scope.is_mutable_collection("batch_stats") || !reporting {
-            let moments = match given_moments(scope, features)? {
-                Some(given) if !reporting => given,
-                _ => moments,
+            // Moments the variables give (an accumulated step's, merged) stand in for the
+            // batch's own; a step that reports its own updates from them.
+            let moments = match reporting {
+                true => moments,
+                false => given_moments(scope, features)?.unwrap_or(moments),
             };
             let update = self.running_update(&running, moments);
             write(&running, update)?;
