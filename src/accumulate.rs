@@ -185,7 +185,7 @@ fn updates_of<A: Float>(variables: &Variables<A>, collection: &str) -> Updates<A
 
 /// The moments of every BatchNorm over all the micro-batches, merged by count: for each layer
 /// path, `mean`, `var` and `count` of the union (the parallel-variance formula, exact).
-fn merge_moments<A: Float>(reported: &[Collection<A>]) -> Result<Collection<A>> {
+pub(crate) fn merge_moments<A: Float>(reported: &[Collection<A>]) -> Result<Collection<A>> {
     let mut merged = Collection::new();
     let Some(first) = reported.first() else {
         return Ok(merged);

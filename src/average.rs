@@ -1,6 +1,7 @@
 //! Averaged weights kept as a collection: an exponential moving average of the params (what
 //! timm's `ModelEmaV2` and flax users' `ema_params` keep), with a declared policy for each
-//! buffer collection.
+//! buffer collection ([`Ema`]); stochastic weight averaging ([`Swa`]), with the running
+//! statistics of the averaged weights recomputed over the data ([`recompute_batch_stats`]).
 //!
 //! The averages live in the variables' collection `ema`, at `params/<path>` and
 //! `<collection>/<path>`: a collection like any other buffer, so they are never
@@ -29,10 +30,15 @@
 
 use std::collections::BTreeMap;
 
+use ndarray::ArrayD;
+
+use crate::accumulate::merge_moments;
 use crate::collection::Collection;
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::variables::{PARAMS, Variables};
+use crate::module::ApplyOptions;
+use crate::nn::BATCH_MOMENTS;
+use crate::variables::{Mutable, PARAMS, Updates, Variables};
 
 /// The collection the averages are kept in.
 pub const EMA: &str = "ema";
@@ -198,4 +204,170 @@ impl Ema {
         }
         Ok(sources)
     }
+}
+
+/// The collection a [`Swa`] keeps its average in.
+pub const SWA: &str = "swa";
+
+/// Stochastic weight averaging: the equal-weight mean of the params at each
+/// [`Swa::update`] (once an epoch, say, late in training), kept in the `swa` collection with
+/// its count, as `torch.optim.swa_utils.AveragedModel` keeps its `n_averaged`. The running
+/// statistics are not averaged: statistics of the averaged weights are recomputed over the
+/// data with [`recompute_batch_stats`].
+///
+/// ```
+/// use tapegrad::average::Swa;
+/// use tapegrad::{ModuleExt, Tensor};
+/// let model = tapegrad::nn::Dense::new(2);
+/// let mut variables = model.init(0, &Tensor::from_vec(&[1, 3], vec![1.0f64; 3])?)?;
+/// let first = variables.params().get("kernel").unwrap().clone();
+/// Swa.update(&mut variables)?;
+/// variables.params_mut().insert("kernel", first.mapv(|w| w + 1.0));
+/// Swa.update(&mut variables)?;
+/// let averaged = Swa.averaged(&variables)?;
+/// assert_eq!(averaged.params().get("kernel").unwrap(), &first.mapv(|w| w + 0.5));
+/// # Ok::<(), tapegrad::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Swa;
+
+impl Swa {
+    /// Adds the current params to the average: `avg ← avg + (p − avg) / (n + 1)`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::VariableShape`] naming an average whose shape no longer matches its param;
+    /// nothing is changed.
+    pub fn update<A: Float>(&self, variables: &mut Variables<A>) -> Result<()> {
+        let stored = variables.collection(SWA).cloned().unwrap_or_default();
+        let n = stored
+            .get("count")
+            .and_then(|c| c.first().copied())
+            .unwrap_or_else(A::zero);
+        let weight = A::one() / (n + A::one());
+        let mut next = Collection::new();
+        for (path, value) in variables.params().iter() {
+            let name = format!("{PARAMS}/{path}");
+            let averaged = match stored.get(&name) {
+                Some(old) if old.shape() != value.shape() => {
+                    return Err(Error::VariableShape {
+                        collection: SWA.to_string(),
+                        path: name,
+                        stored: old.shape().into(),
+                        expected: value.shape().into(),
+                    });
+                }
+                Some(old) => {
+                    let mut sum = old.clone();
+                    sum.zip_mut_with(value, |a, &p| *a += (p - *a) * weight);
+                    sum
+                }
+                None => value.clone(),
+            };
+            next.insert(name, averaged);
+        }
+        next.insert("count", ArrayD::from_elem(vec![], n + A::one()));
+        for (path, value) in next.iter() {
+            variables.insert(SWA, path, value.clone())?;
+        }
+        Ok(())
+    }
+
+    /// `variables` with the params replaced by their average.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MissingVariable`] if a param has no average (no update yet),
+    /// [`Error::VariableShape`] if one no longer has its param's shape.
+    pub fn averaged<A: Float>(&self, variables: &Variables<A>) -> Result<Variables<A>> {
+        let stored = variables.collection(SWA);
+        let mut averaged = variables.clone();
+        for (path, value) in variables.params().iter() {
+            let name = format!("{PARAMS}/{path}");
+            let Some(average) = stored.and_then(|s| s.get(&name)) else {
+                return Err(Error::MissingVariable {
+                    collection: SWA.to_string(),
+                    path: name,
+                });
+            };
+            if average.shape() != value.shape() {
+                return Err(Error::VariableShape {
+                    collection: SWA.to_string(),
+                    path: name,
+                    stored: average.shape().into(),
+                    expected: value.shape().into(),
+                });
+            }
+            averaged.params_mut().insert(path, average.clone());
+        }
+        Ok(averaged)
+    }
+}
+
+/// The running statistics of every BatchNorm recomputed over a data set, for weights whose
+/// statistics were never tracked (averaged ones): `forward(i, variables, options)` runs the
+/// model on batch `i` of `batches` with `options` (training mode, asking for the batch
+/// moments) and returns the updates. The moments of all batches are merged by count
+/// (exactly), and each layer's running mean becomes their mean and its running variance
+/// their variance: biased under Flax's convention, unbiased (`N / (N − 1)`) for a layer that
+/// keeps PyTorch's `num_batches_tracked`. Returns the `batch_stats` to merge. PyTorch:
+/// `torch.optim.swa_utils.update_bn`, which averages batch statistics instead of merging
+/// their moments. As there, a BatchNorm after another sees inputs normalised batch by batch.
+///
+/// # Errors
+///
+/// [`Error::InvalidSetting`] for 0 batches; what `forward` returns; nothing is changed.
+pub fn recompute_batch_stats<A: Float>(
+    variables: &Variables<A>,
+    batches: usize,
+    mut forward: impl FnMut(usize, &Variables<A>, &ApplyOptions) -> Result<Updates<A>>,
+) -> Result<Updates<A>> {
+    if batches == 0 {
+        return Err(Error::InvalidSetting {
+            op: "recompute_batch_stats",
+            setting: "batches",
+            value: 0.0,
+            expected: "at least 1",
+        });
+    }
+    let options = ApplyOptions::train().mutable(Mutable::only([BATCH_MOMENTS]));
+    let mut reported = Vec::with_capacity(batches);
+    for i in 0..batches {
+        let updates = forward(i, variables, &options)?;
+        reported.push(
+            updates
+                .collection(BATCH_MOMENTS)
+                .cloned()
+                .unwrap_or_default(),
+        );
+    }
+    let merged = merge_moments(&reported)?;
+    let mut stats = variables
+        .collection("batch_stats")
+        .cloned()
+        .unwrap_or_default();
+    let layers: Vec<String> = merged
+        .paths()
+        .filter_map(|p| p.strip_suffix("count").map(str::to_string))
+        .collect();
+    for layer in layers {
+        let count = merged
+            .get(&format!("{layer}count"))
+            .and_then(|c| c.first().copied())
+            .map_or(0.0, |c| c.as_f64());
+        let pytorch = stats.get(&format!("{layer}num_batches_tracked")).is_some();
+        let correction = A::of(if pytorch && count > 1.0 {
+            count / (count - 1.0)
+        } else {
+            1.0
+        });
+        if let Some(mean) = merged.get(&format!("{layer}mean")) {
+            stats.insert(format!("{layer}mean"), mean.clone());
+        }
+        if let Some(var) = merged.get(&format!("{layer}var")) {
+            stats.insert(format!("{layer}var"), var.mapv(|v| v * correction));
+        }
+    }
+    let collections = BTreeMap::from([("batch_stats".to_string(), stats)]);
+    Ok(Updates { collections })
 }

@@ -172,3 +172,82 @@ fn bad_settings_and_stale_averages_are_errors_that_change_nothing() {
     assert_eq!(variables, before);
     assert!(ema.averaged(&variables).is_err());
 }
+
+/// Stochastic weight averaging: the equal-weight mean of the params at each update, to
+/// rounding.
+#[test]
+fn swa_is_the_mean_of_the_params_it_was_given() {
+    use tapegrad::average::Swa;
+    let mut variables = model().init(0, &input()).unwrap();
+    let mut snapshots: Vec<Variables<f64>> = Vec::new();
+    let ema = Ema::new(0.5).unwrap(); // only to move the params between snapshots
+    for _ in 0..3 {
+        train(&mut variables, &ema, 2);
+        Swa.update(&mut variables).unwrap();
+        snapshots.push(variables.clone());
+    }
+    let averaged = Swa.averaged(&variables).unwrap();
+    for (path, value) in averaged.params().iter() {
+        let mean = snapshots
+            .iter()
+            .map(|s| s.params().get(path).unwrap().clone())
+            .reduce(|a, b| a + b)
+            .unwrap()
+            / 3.0;
+        let gap = (value - &mean)
+            .mapv(f64::abs)
+            .fold(0.0, |m: f64, v| m.max(*v));
+        assert!(gap < 1e-12, "{path}: {gap:e}");
+    }
+    assert_eq!(variables.get("swa/count").unwrap()[[]], 3.0);
+}
+
+/// The running statistics recomputed over a data set are the exact mean and variance of the
+/// first BatchNorm's input over all of it (biased under Flax's convention, unbiased under
+/// PyTorch's), whatever they were before.
+#[test]
+fn recomputed_statistics_are_those_of_the_whole_data_set() {
+    use tapegrad::average::recompute_batch_stats;
+    use tapegrad::nn::Dense;
+    let data = ArrayD::from_shape_fn(vec![12, 2], |i| {
+        (i[0] as f64 * 0.9 + i[1] as f64).sin() + i[0] as f64 / 5.0
+    });
+    for (batch_norm, unbiased) in [
+        (BatchNorm::new(), false),
+        (BatchNorm::pytorch(Some(0.1)), true),
+    ] {
+        let model = Mlp::new(&[4], 3).with_batch_norm(batch_norm);
+        let x = Tensor::constant(&data);
+        let mut variables = model.init(0, &x).unwrap();
+        variables
+            .insert(
+                "batch_stats",
+                "BatchNorm_0/mean",
+                arr1(&[9.0; 4]).into_dyn(),
+            )
+            .unwrap(); // statistics of other weights, say
+        let updates = recompute_batch_stats(&variables, 3, |i, vars, options| {
+            let rows = Tensor::constant(data.slice(ndarray::s![4 * i..4 * i + 4, ..]).to_owned());
+            Ok(model.apply(vars, &rows, options)?.1)
+        })
+        .unwrap();
+        let mut recomputed = variables.clone();
+        recomputed.merge(updates).unwrap();
+        let (z, _) = Dense::new(4)
+            .apply(&variables.subtree("Dense_0"), &x, &ApplyOptions::eval())
+            .unwrap();
+        let mean = z.value().mean_axis(ndarray::Axis(0)).unwrap();
+        let var = z
+            .value()
+            .var_axis(ndarray::Axis(0), if unbiased { 1.0 } else { 0.0 });
+        let close = |name: &str, expected: &ndarray::ArrayD<f64>| {
+            let got = recomputed.get(name).unwrap();
+            let gap = (got - expected)
+                .mapv(f64::abs)
+                .fold(0.0, |m: f64, v| m.max(*v));
+            assert!(gap < 1e-12, "{name}: {gap:e}");
+        };
+        close("batch_stats/BatchNorm_0/mean", &mean.into_dyn());
+        close("batch_stats/BatchNorm_0/var", &var.into_dyn());
+    }
+}
