@@ -46,6 +46,7 @@ use crate::float::Float;
 use crate::grads::Grads;
 use crate::module::ApplyOptions;
 use crate::nn::BATCH_MOMENTS;
+use crate::optim::count_at_least_one;
 use crate::tensor::Tensor;
 use crate::variables::{Mutable, Updates, Variables};
 
@@ -115,14 +116,7 @@ pub fn accumulate<A: Float>(
         &ApplyOptions,
     ) -> Result<(Tensor<A>, Updates<A>)>,
 ) -> Result<Accumulated<A>> {
-    if micro_batches == 0 {
-        return Err(Error::InvalidSetting {
-            op: "accumulate",
-            setting: "micro-batches",
-            value: 0.0,
-            expected: "at least 1",
-        });
-    }
+    count_at_least_one("accumulate", "micro-batches", micro_batches)?;
     let writes = match policy {
         StatsPolicy::PerMicroBatch => Mutable::only(["batch_stats"]),
         StatsPolicy::MergedPerStep => Mutable::only([BATCH_MOMENTS]),

@@ -38,6 +38,7 @@ use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::module::ApplyOptions;
 use crate::nn::BATCH_MOMENTS;
+use crate::optim::count_at_least_one;
 use crate::variables::{Mutable, PARAMS, Updates, Variables};
 
 /// The collection the averages are kept in.
@@ -322,14 +323,7 @@ pub fn recompute_batch_stats<A: Float>(
     batches: usize,
     mut forward: impl FnMut(usize, &Variables<A>, &ApplyOptions) -> Result<Updates<A>>,
 ) -> Result<Updates<A>> {
-    if batches == 0 {
-        return Err(Error::InvalidSetting {
-            op: "recompute_batch_stats",
-            setting: "batches",
-            value: 0.0,
-            expected: "at least 1",
-        });
-    }
+    count_at_least_one("recompute_batch_stats", "batches", batches)?;
     let options = ApplyOptions::train().mutable(Mutable::only([BATCH_MOMENTS]));
     let mut reported = Vec::with_capacity(batches);
     for i in 0..batches {

@@ -34,7 +34,7 @@ pub use schedule::LearningRate;
 pub use sgd::Sgd;
 pub use state::OptimizerState;
 
-pub(crate) use settings::{setting_at_least_zero, setting_below_one};
+pub(crate) use settings::{count_at_least_one, setting_at_least_zero, setting_below_one};
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;

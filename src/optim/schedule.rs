@@ -1,7 +1,7 @@
 //! Learning-rate schedules.
 
 use crate::error::{Error, Result};
-use crate::optim::settings::setting_at_least_zero;
+use crate::optim::settings::{count_at_least_one, setting_at_least_zero};
 
 /// A learning rate as a function of the step (0-based).
 ///
@@ -150,7 +150,7 @@ impl LearningRate {
             } => {
                 rate("learning rate", initial)?;
                 rate("gamma", gamma)?;
-                at_least_one(op, "steps between decays", every)
+                count_at_least_one(op, "steps between decays", every)
             }
             LearningRate::MultiStep { initial, gamma, .. }
             | LearningRate::Exponential { initial, gamma } => {
@@ -164,7 +164,7 @@ impl LearningRate {
             } => {
                 rate("learning rate", initial)?;
                 rate("final learning rate", final_value)?;
-                at_least_one(op, "decay steps", steps)
+                count_at_least_one(op, "decay steps", steps)
             }
             LearningRate::WarmupCosine {
                 peak,
@@ -186,20 +186,6 @@ impl LearningRate {
                 Ok(())
             }
         }
-    }
-}
-
-/// A count of steps that must be at least 1.
-fn at_least_one(op: &'static str, setting: &'static str, value: usize) -> Result<()> {
-    if value >= 1 {
-        Ok(())
-    } else {
-        Err(Error::InvalidSetting {
-            op,
-            setting,
-            value: 0.0,
-            expected: "at least 1",
-        })
     }
 }
 

@@ -33,3 +33,21 @@ pub(crate) fn setting_below_one(op: &'static str, setting: &'static str, value: 
         })
     }
 }
+
+/// An error unless the count `value` is at least 1 (decay intervals, micro-batches, batches).
+pub(crate) fn count_at_least_one(
+    op: &'static str,
+    setting: &'static str,
+    value: usize,
+) -> Result<()> {
+    if value >= 1 {
+        Ok(())
+    } else {
+        Err(Error::InvalidSetting {
+            op,
+            setting,
+            value: 0.0,
+            expected: "at least 1",
+        })
+    }
+}
