@@ -10,11 +10,13 @@ pub struct Common {
     pub stop_after: Option<usize>,
     pub lr: f64,
     pub ema: Option<f64>,
+    pub accumulate: usize,
 }
 
 /// The problems with the flags every training example has, one line each: an empty run, a
 /// batch larger than the data, a stop outside the run, a learning rate that is not one, an
-/// average's decay outside `[0, 1)`.
+/// average's decay outside `[0, 1)`, micro-batches that do not split the batch into pieces
+/// BatchNorm can normalise.
 pub fn check_common(flags: &Common, train_rows: usize) -> Vec<String> {
     let Common {
         epochs,
@@ -22,6 +24,7 @@ pub fn check_common(flags: &Common, train_rows: usize) -> Vec<String> {
         stop_after,
         lr,
         ema,
+        accumulate,
     } = *flags;
     let mut problems = Vec::new();
     if epochs == 0 {
@@ -45,6 +48,12 @@ pub fn check_common(flags: &Common, train_rows: usize) -> Vec<String> {
     }
     if let Some(decay) = ema.filter(|d| !(0.0..1.0).contains(d)) {
         problems.push(format!("--ema {decay}: the decay must be in [0, 1)"));
+    }
+    if accumulate == 0 || !batch_size.is_multiple_of(accumulate) || batch_size / accumulate < 2 {
+        problems.push(format!(
+            "--accumulate {accumulate}: must split --batch-size {batch_size} into micro-batches \
+             of at least 2 rows each (BatchNorm needs a batch)"
+        ));
     }
     problems
 }
@@ -122,6 +131,7 @@ mod tests {
             stop_after,
             lr,
             ema: None,
+            accumulate: 1,
         }
     }
 
@@ -130,10 +140,17 @@ mod tests {
         assert!(check_common(&flags(40, 32, None, 0.05), 1279).is_empty());
         let bad = Common {
             ema: Some(1.0),
+            accumulate: 3,
             ..flags(0, 2000, Some(50), f64::NAN)
         };
         let problems = check_common(&bad, 1279);
-        assert_eq!(problems.len(), 5, "{problems:?}");
+        assert_eq!(problems.len(), 6, "{problems:?}");
+        assert!(problems.iter().any(|p| p.starts_with("--accumulate 3")));
+        let whole_batch = Common {
+            accumulate: 16,
+            ..flags(10, 32, None, 0.1)
+        };
+        assert!(check_common(&whole_batch, 100).is_empty()); // 16 micro-batches of 2 rows
         for flag in [
             "--epochs 0",
             "--batch-size 2000",

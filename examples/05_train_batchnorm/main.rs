@@ -23,20 +23,17 @@ use clap::{Parser, ValueEnum};
 mod checks;
 mod data;
 mod plot;
+mod step;
 
 use data::Data;
 use ndarray::Axis;
 use plot::{History, plot};
 use rand::seq::SliceRandom;
-use tapegrad::accumulate::{StatsPolicy, accumulate};
 use tapegrad::average::{BufferPolicy, Ema};
 use tapegrad::checkpoint::{self, LoadMode};
 use tapegrad::nn::{BatchNorm, Dense, Mlp};
 use tapegrad::optim::{Adam, LearningRate, Optimizer, Sgd};
-use tapegrad::{
-    ApplyOptions, Grads, ModuleExt, Mutable, SplitMix64, Tensor, Updates, Variables,
-    softmax_cross_entropy, value_and_grad_with_aux,
-};
+use tapegrad::{ApplyOptions, ModuleExt, Mutable, SplitMix64, Variables};
 
 /// Train an MLP with BatchNorm running statistics on the red wine-quality data (and the
 /// same MLP without BatchNorm, for comparison); score both in evaluation mode and plot them.
@@ -102,21 +99,11 @@ impl Args {
             stop_after: self.stop_after,
             lr: self.lr,
             ema: self.ema,
+            accumulate: self.accumulate,
         };
         let mut problems = checks::check_common(&common, train_rows);
         if self.hidden == 0 {
             problems.push("--hidden 0: a hidden layer needs at least one unit".to_string());
-        }
-        let batch = self.batch_size as usize;
-        if self.accumulate == 0
-            || !batch.is_multiple_of(self.accumulate)
-            || batch / self.accumulate < 2
-        {
-            problems.push(format!(
-                "--accumulate {}: must split --batch-size {batch} into micro-batches of at \
-                 least 2 rows each (BatchNorm needs a batch)",
-                self.accumulate
-            ));
         }
         checks::refuse(problems)
     }
@@ -289,20 +276,21 @@ fn train(
         // Whole batches only: a last batch of one example has no batch variance.
         for (step, chunk) in order.chunks_exact(batch).enumerate() {
             let (x, y) = data.rows(chunk);
-            let stepped = gradient_step(model, &vars, (&x, &y), args.accumulate, &step_options)
-                .and_then(|(loss, updates, grads)| {
-                    let stats = vars.collection("batch_stats");
-                    *stats_entries_in_grads += grads
-                        .paths()
-                        .filter(|p| stats.is_some_and(|c| c.contains(p)))
-                        .count();
-                    optimizer.update(vars.params_mut(), &grads)?;
-                    vars.merge(updates)?;
-                    if let Some(ema) = &ema {
-                        ema.update(&mut vars)?;
-                    }
-                    Ok(loss)
-                });
+            let stepped =
+                step::gradient_step(model, &vars, (&x, &y), args.accumulate, &step_options)
+                    .and_then(|(loss, updates, grads)| {
+                        let stats = vars.collection("batch_stats");
+                        *stats_entries_in_grads += grads
+                            .paths()
+                            .filter(|p| stats.is_some_and(|c| c.contains(p)))
+                            .count();
+                        optimizer.update(vars.params_mut(), &grads)?;
+                        vars.merge(updates)?;
+                        if let Some(ema) = &ema {
+                            ema.update(&mut vars)?;
+                        }
+                        Ok(loss)
+                    });
             match stepped {
                 Ok(loss) => loss_sum += f64::from(loss),
                 Err(error) => {
@@ -353,41 +341,6 @@ fn train(
         failure: None,
         averaged_accuracy,
     })
-}
-
-/// The loss, the statistics' updates and the gradient of one step on the batch `x, y`:
-/// directly, or with `--accumulate K` over its `K` micro-batches, whose moments are merged
-/// into one update of the running statistics (each micro-batch normalised with its own).
-fn gradient_step(
-    model: &Mlp,
-    vars: &Variables<f32>,
-    (x, y): (&Tensor<f32>, &[usize]),
-    micro_batches: usize,
-    options: &ApplyOptions,
-) -> tapegrad::Result<(f32, Updates<f32>, Grads<f32>)> {
-    if micro_batches <= 1 {
-        return value_and_grad_with_aux(vars.params(), |p| {
-            let (logits, updates) = model.apply_tracked(p, vars, x, options)?;
-            Ok((softmax_cross_entropy(&logits, y)?, updates))
-        });
-    }
-    let rows = y.len() / micro_batches;
-    let step = accumulate(
-        vars,
-        micro_batches,
-        StatsPolicy::MergedPerStep,
-        |i, p, vars, options| {
-            let part = i * rows..(i + 1) * rows;
-            let micro = Tensor::constant(
-                x.value()
-                    .slice_axis(Axis(0), part.clone().into())
-                    .to_owned(),
-            );
-            let (logits, updates) = model.apply_tracked(p, vars, &micro, options)?;
-            Ok((softmax_cross_entropy(&logits, &y[part])?, updates))
-        },
-    )?;
-    Ok((step.loss, step.updates, step.grads))
 }
 
 /// The moving average `--ema` asks for: the weights, and BatchNorm's running statistics

@@ -21,6 +21,8 @@ mod checks;
 mod data;
 #[path = "../05_train_batchnorm/plot.rs"]
 mod plot;
+#[path = "../05_train_batchnorm/step.rs"]
+mod step;
 
 use data::Digits;
 use plot::{History, plot};
@@ -29,10 +31,7 @@ use tapegrad::average::{BufferPolicy, Ema};
 use tapegrad::checkpoint::{self, LoadMode};
 use tapegrad::nn::{BatchNorm, Conv, Dense, GlobalAvgPool, Pool, Sequential};
 use tapegrad::optim::{LearningRate, Optimizer, Sgd};
-use tapegrad::{
-    ApplyOptions, ModuleExt, Mutable, SplitMix64, Variables, softmax_cross_entropy,
-    value_and_grad_with_aux,
-};
+use tapegrad::{ApplyOptions, ModuleExt, Mutable, SplitMix64, Variables};
 
 /// Train a CNN with BatchNorm on 8×8 handwritten digits, and score it in evaluation mode.
 #[derive(Parser, Debug)]
@@ -71,6 +70,11 @@ struct Args {
     /// test accuracy beside the live one's.
     #[arg(long)]
     ema: Option<f64>,
+    /// Split each batch into this many micro-batches and accumulate their gradients
+    /// (`tapegrad::accumulate`), the running statistics updated once per step from the
+    /// micro-batches' moments merged: those of the whole batch.
+    #[arg(long, default_value_t = 1)]
+    accumulate: usize,
     /// After training, write the model as a PyTorch state_dict (`digits_cnn.safetensors`)
     /// and the test images with tapegrad's logits (`digits_cnn_expected.safetensors`) into
     /// this folder, for `scripts/check_pytorch_export.py`.
@@ -90,6 +94,7 @@ impl Args {
             stop_after: self.stop_after,
             lr: self.lr,
             ema: self.ema,
+            accumulate: self.accumulate,
         };
         let mut problems = checks::check_common(&common, train_rows);
         if self.channels.contains(&0) {
@@ -120,6 +125,7 @@ impl Args {
                 "ema".to_string(),
                 self.ema.map_or("none".to_string(), |d| d.to_string()),
             ),
+            ("accumulate".to_string(), self.accumulate.to_string()),
         ])
     }
 }
@@ -240,23 +246,21 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         let mut loss_sum = 0.0;
         for (step, chunk) in order.chunks_exact(batch).enumerate() {
             let (x, y) = data.batch(chunk);
-            let stepped = value_and_grad_with_aux(vars.params(), |p| {
-                let (logits, updates) = model.apply_tracked(p, &vars, &x, &step_options)?;
-                Ok((softmax_cross_entropy(&logits, &y)?, updates))
-            })
-            .and_then(|(loss, updates, grads)| {
-                let stats = vars.collection("batch_stats");
-                stats_in_grads += grads
-                    .paths()
-                    .filter(|p| stats.is_some_and(|c| c.contains(p)))
-                    .count();
-                optimizer.update(vars.params_mut(), &grads)?;
-                vars.merge(updates)?;
-                if let Some(ema) = &ema {
-                    ema.update(&mut vars)?;
-                }
-                Ok(loss)
-            });
+            let stepped =
+                step::gradient_step(&model, &vars, (&x, &y), args.accumulate, &step_options)
+                    .and_then(|(loss, updates, grads)| {
+                        let stats = vars.collection("batch_stats");
+                        stats_in_grads += grads
+                            .paths()
+                            .filter(|p| stats.is_some_and(|c| c.contains(p)))
+                            .count();
+                        optimizer.update(vars.params_mut(), &grads)?;
+                        vars.merge(updates)?;
+                        if let Some(ema) = &ema {
+                            ema.update(&mut vars)?;
+                        }
+                        Ok(loss)
+                    });
             match stepped {
                 Ok(loss) => loss_sum += f64::from(loss),
                 Err(error) => {
