@@ -509,3 +509,21 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         .collect();
     checks::refuse(failures).map_err(Into::into)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flags only this example has are checked with the common ones.
+    #[test]
+    fn a_hidden_layer_of_no_unit_is_refused() {
+        let args = Args::parse_from(["05_train_batchnorm", "--hidden", "0"]);
+        let err = args.check(1279).unwrap_err();
+        assert!(err.starts_with("--hidden 0"), "{err}");
+        assert!(Args::parse_from(["05_train_batchnorm"]).check(1279).is_ok());
+        // The run's settings name every flag that changes the run (and not --out).
+        let settings = Args::parse_from(["05_train_batchnorm", "--seed", "3"]).run_settings();
+        assert_eq!(settings["seed"], "3");
+        assert!(!settings.contains_key("out"));
+    }
+}

@@ -423,3 +423,17 @@ fn reload_and_compare(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flags only this example has are checked with the common ones.
+    #[test]
+    fn a_convolution_of_no_channel_is_refused() {
+        let args = Args::parse_from(["06_train_cnn", "--channels", "16", "0"]);
+        let err = args.check(1437).unwrap_err();
+        assert!(err.starts_with("--channels [16, 0]"), "{err}");
+        assert!(Args::parse_from(["06_train_cnn"]).check(1437).is_ok());
+    }
+}
