@@ -78,7 +78,10 @@ pub struct Accumulated<A: Float> {
 /// on micro-batch `i` with `options` (training mode, and the collections the policy writes
 /// made mutable: pass them to `apply_tracked` as they are) and returns its loss and the
 /// updates `apply_tracked` returned. `variables` are not changed: merge
-/// [`Accumulated::updates`] after the optimizer's step, as after any step.
+/// [`Accumulated::updates`] after the optimizer's step, as after any step. Under
+/// [`StatsPolicy::MergedPerStep`], `loss` is called once more, for the last micro-batch with
+/// no tape, to make the one update from the merged moments: a forward pass, `1/k` of the
+/// step's forward work.
 ///
 /// ```
 /// use tapegrad::accumulate::{accumulate, StatsPolicy};
