@@ -392,6 +392,10 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         100.0 * majority
     );
     args.check(train_idx.len())?;
+    // The checkpoint's folder, made now rather than found missing after the first epoch.
+    if let Some(folder) = args.save.as_deref().and_then(Path::parent) {
+        std::fs::create_dir_all(folder)?;
+    }
 
     let hidden = [args.hidden, args.hidden];
     let with_bn = Mlp::new(&hidden, 6).with_batch_norm(BatchNorm::new().momentum(0.9));

@@ -185,6 +185,10 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         test_idx.len()
     );
     args.check(train_idx.len())?;
+    // The checkpoint's folder, made now rather than found missing after the first epoch.
+    if let Some(folder) = args.save.as_deref().and_then(Path::parent) {
+        std::fs::create_dir_all(folder)?;
+    }
 
     let model = model(&args.channels);
     let (x0, _) = data.batch(&train_idx[..2]);
