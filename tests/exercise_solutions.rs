@@ -247,3 +247,50 @@ fn exercise_5_the_property_catches_the_leak_and_passes_the_real_batch_norm() {
         other => panic!("the leaky layer should fail the property, got {other:?}"),
     }
 }
+
+// Exercise 6: broadcasting's adjoint. Each element of the input was copied to every position
+// of the axes it was broadcast along; the adjoint of a copy is a sum of the copies'
+// gradients.
+fn sum_to_shape(gradient: &ndarray::ArrayD<f64>, shape: &[usize]) -> ndarray::ArrayD<f64> {
+    let mut summed = gradient.clone();
+    // The leading axes the input did not have.
+    while summed.ndim() > shape.len() {
+        summed = summed.sum_axis(Axis(0));
+    }
+    // The axes where it had length 1, kept.
+    for (axis, &len) in shape.iter().enumerate() {
+        if len == 1 && summed.shape()[axis] != 1 {
+            summed = summed.sum_axis(Axis(axis)).insert_axis(Axis(axis));
+        }
+    }
+    summed
+}
+
+#[test]
+fn exercise_6_sum_to_shape_is_the_gradient_of_a_broadcast() {
+    let tape = tapegrad::Tape::<f64>::new();
+    let bias = tape.leaf("bias", arr1(&[0.1, 0.2, 0.3]));
+    let column = tape.leaf("column", ndarray::Array2::from_elem((4, 1), 0.5));
+    let batch =
+        ndarray::ArrayD::from_shape_fn(vec![2, 4, 3], |i| (i[0] * 12 + i[1] * 3 + i[2]) as f64);
+    let cotangent = batch.mapv(|v| (v * 0.7).sin());
+    let y = Tensor::constant(batch)
+        .add(&bias)
+        .unwrap()
+        .add(&column)
+        .unwrap();
+    let loss = y
+        .mul(&Tensor::constant(cotangent.clone()))
+        .unwrap()
+        .sum_all();
+    let gradients = loss.backward().unwrap();
+    for (leaf, shape) in [(&bias, vec![3]), (&column, vec![4, 1])] {
+        let expected = gradients.wrt(leaf).unwrap();
+        let got = sum_to_shape(&cotangent, &shape);
+        assert_eq!(got.shape(), expected.shape());
+        let gap = (&got - &expected)
+            .mapv(f64::abs)
+            .fold(0.0, |m: f64, v| m.max(*v));
+        assert!(gap < 1e-12, "{shape:?}: {gap:e}");
+    }
+}
