@@ -276,23 +276,20 @@ fn train(
         // Whole batches only: a last batch of one example has no batch variance.
         for (step, chunk) in order.chunks_exact(batch).enumerate() {
             let (x, y) = data.rows(chunk);
-            let stepped =
-                step::gradient_step(model, &vars, (&x, &y), args.accumulate, &step_options)
-                    .and_then(|(loss, updates, grads)| {
-                        let stats = vars.collection("batch_stats");
-                        *stats_entries_in_grads += grads
-                            .paths()
-                            .filter(|p| stats.is_some_and(|c| c.contains(p)))
-                            .count();
-                        optimizer.update(vars.params_mut(), &grads)?;
-                        vars.merge(updates)?;
-                        if let Some(ema) = &ema {
-                            ema.update(&mut vars)?;
-                        }
-                        Ok(loss)
-                    });
+            let stepped = step::train_step(
+                model,
+                &mut vars,
+                optimizer.as_mut(),
+                ema.as_ref(),
+                (&x, &y),
+                args.accumulate,
+                &step_options,
+            );
             match stepped {
-                Ok(loss) => loss_sum += f64::from(loss),
+                Ok((loss, stats_in_grads)) => {
+                    loss_sum += f64::from(loss);
+                    *stats_entries_in_grads += stats_in_grads;
+                }
                 Err(error) => {
                     let failure = checks::failed_at(name, epoch, step + 1, &error);
                     return Ok(Trained {

@@ -250,23 +250,20 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         let mut loss_sum = 0.0;
         for (step, chunk) in order.chunks_exact(batch).enumerate() {
             let (x, y) = data.batch(chunk);
-            let stepped =
-                step::gradient_step(&model, &vars, (&x, &y), args.accumulate, &step_options)
-                    .and_then(|(loss, updates, grads)| {
-                        let stats = vars.collection("batch_stats");
-                        stats_in_grads += grads
-                            .paths()
-                            .filter(|p| stats.is_some_and(|c| c.contains(p)))
-                            .count();
-                        optimizer.update(vars.params_mut(), &grads)?;
-                        vars.merge(updates)?;
-                        if let Some(ema) = &ema {
-                            ema.update(&mut vars)?;
-                        }
-                        Ok(loss)
-                    });
+            let stepped = step::train_step(
+                &model,
+                &mut vars,
+                &mut optimizer,
+                ema.as_ref(),
+                (&x, &y),
+                args.accumulate,
+                &step_options,
+            );
             match stepped {
-                Ok(loss) => loss_sum += f64::from(loss),
+                Ok((loss, in_grads)) => {
+                    loss_sum += f64::from(loss);
+                    stats_in_grads += in_grads;
+                }
                 Err(error) => {
                     failure = Some(checks::failed_at("CNN", epoch, step + 1, &error));
                     break;
