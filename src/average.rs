@@ -117,14 +117,7 @@ impl Ema {
                 let name = format!("{collection}/{path}");
                 let averaged = match (policy, stored.get(&name)) {
                     (BufferPolicy::Average, Some(old)) => {
-                        if old.shape() != value.shape() {
-                            return Err(Error::VariableShape {
-                                collection: EMA.to_string(),
-                                path: name,
-                                stored: old.shape().into(),
-                                expected: value.shape().into(),
-                            });
-                        }
+                        same_shape(EMA, &name, old, value)?;
                         let mut blended = value.clone();
                         blended.zip_mut_with(old, |v, &o| *v = decay * o + (A::one() - decay) * *v);
                         blended
@@ -169,14 +162,7 @@ impl Ema {
                         path: name,
                     });
                 };
-                if average.shape() != value.shape() {
-                    return Err(Error::VariableShape {
-                        collection: EMA.to_string(),
-                        path: name,
-                        stored: average.shape().into(),
-                        expected: value.shape().into(),
-                    });
-                }
+                same_shape(EMA, &name, average, value)?;
                 averaged.insert(collection, path, average.clone())?;
             }
         }
@@ -205,6 +191,25 @@ impl Ema {
         }
         Ok(sources)
     }
+}
+
+/// An error naming `<collection>/<name>` unless the average kept there still has the shape of
+/// the variable it averages (a model changed since the averaging began).
+fn same_shape<A: Float>(
+    collection: &str,
+    name: &str,
+    average: &ArrayD<A>,
+    value: &ArrayD<A>,
+) -> Result<()> {
+    if average.shape() == value.shape() {
+        return Ok(());
+    }
+    Err(Error::VariableShape {
+        collection: collection.to_string(),
+        path: name.to_string(),
+        stored: average.shape().into(),
+        expected: value.shape().into(),
+    })
 }
 
 /// The collection a [`Swa`] keeps its average in.
@@ -250,15 +255,8 @@ impl Swa {
         for (path, value) in variables.params().iter() {
             let name = format!("{PARAMS}/{path}");
             let averaged = match stored.get(&name) {
-                Some(old) if old.shape() != value.shape() => {
-                    return Err(Error::VariableShape {
-                        collection: SWA.to_string(),
-                        path: name,
-                        stored: old.shape().into(),
-                        expected: value.shape().into(),
-                    });
-                }
                 Some(old) => {
+                    same_shape(SWA, &name, old, value)?;
                     let mut sum = old.clone();
                     sum.zip_mut_with(value, |a, &p| *a += (p - *a) * weight);
                     sum
@@ -291,14 +289,7 @@ impl Swa {
                     path: name,
                 });
             };
-            if average.shape() != value.shape() {
-                return Err(Error::VariableShape {
-                    collection: SWA.to_string(),
-                    path: name,
-                    stored: average.shape().into(),
-                    expected: value.shape().into(),
-                });
-            }
+            same_shape(SWA, &name, average, value)?;
             averaged.params_mut().insert(path, average.clone());
         }
         Ok(averaged)
