@@ -24,6 +24,14 @@ fn param_constant<A: Float>(path: &str, value: &Arc<ArrayD<A>>) -> Tensor<A> {
     Tensor::from_shared(Arc::clone(value)).with_label(format!("params/{path}"))
 }
 
+/// Whether `path` belongs to the sub-module at `prefix` (every path is under the root, `""`).
+pub(crate) fn is_under(path: &str, prefix: &str) -> bool {
+    prefix.is_empty()
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// The params as tensors, as a closure passed to [`value_and_grad`] sees them: tracked
 /// leaves of the tape (or constants, when a model is evaluated without gradients).
 pub struct ParamTensors<A: Float> {
@@ -90,6 +98,21 @@ impl<A: Float> ParamTensors<A> {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.tensors.is_empty()
+    }
+
+    /// The params of the sub-module at `prefix` (all of them for `""`), full paths kept.
+    pub(crate) fn under(&self, prefix: &str) -> Vec<(String, Tensor<A>)> {
+        self.tensors
+            .iter()
+            .filter(|(path, _)| is_under(path, prefix))
+            .map(|(path, tensor)| (path.clone(), tensor.clone()))
+            .collect()
+    }
+
+    pub(crate) fn from_tensors(tensors: impl IntoIterator<Item = (String, Tensor<A>)>) -> Self {
+        ParamTensors {
+            tensors: tensors.into_iter().collect(),
+        }
     }
 
     /// These params plus `frozen` ones read as constants: frozen params take part in the

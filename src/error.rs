@@ -122,6 +122,23 @@ pub enum Error {
         path: String,
     },
 
+    /// A recomputed block ([`nn::Remat`](crate::nn::Remat), [`remat`](crate::remat::remat))
+    /// wrote a variable while its forward ran again during backward. A step's updates are
+    /// those of its first forward; the recomputation must not write a second time.
+    ///
+    /// Fix: skip the write when `Scope::is_recomputing()` is true (BatchNorm does), or write
+    /// only when `Scope::is_mutable_collection` allows it.
+    #[error(
+        "cannot update variable \"{path}\" of collection \"{collection}\" while recomputing \
+         a block for its backward pass: the first forward made this step's updates"
+    )]
+    WriteWhileRecomputing {
+        /// The collection written to.
+        collection: String,
+        /// The variable's path inside the collection.
+        path: String,
+    },
+
     /// A module read a variable that the given variables do not hold.
     ///
     /// Fix: create the variables with the same model's `init`; a renamed layer or a changed
@@ -348,6 +365,9 @@ impl Error {
             }
             Error::ImmutableCollection { .. } => {
                 "pass the collection in mutable (e.g. Mutable::only([\"batch_stats\"])), or run the layer in evaluation mode, where it does not write."
+            }
+            Error::WriteWhileRecomputing { .. } => {
+                "skip the write when Scope::is_recomputing() is true (BatchNorm does), or write only when Scope::is_mutable_collection allows it."
             }
             Error::MissingVariable { .. } => {
                 "create the variables with the same model's init; a renamed layer or a changed architecture changes the paths. For a parameter missing inside value_and_grad, check that frozen params were added back with ParamTensors::with_frozen."

@@ -104,7 +104,9 @@ pub use float::Float;
 pub use grads::Grads;
 pub use into_array::IntoArray;
 pub use module::{ApplyOptions, Initializer, Module, ModuleExt, Scope, Variable};
-pub use ops::{ConvOptions, Fusion, Padding, custom_op, mse, one_hot, softmax_cross_entropy};
+pub use ops::{
+    ConvOptions, Fusion, Padding, custom_op, mse, one_hot, remat, softmax_cross_entropy,
+};
 pub use rng::{IntoSeed, SplitMix64};
 pub use tape::{Operand, Tape, TapeEntry};
 pub use tensor::Tensor;

@@ -19,7 +19,8 @@ use crate::float::Float;
 use crate::shape::{broadcast_shape, sum_to_shape};
 
 /// A vector-Jacobian product: given the gradient of the output and which inputs want a
-/// gradient, returns one gradient per input (`None` where not wanted). A returned gradient
+/// gradient, returns one gradient per input (`None` where not wanted), or the error of a
+/// rule that can fail (a recomputed block runs its forward again here). A returned gradient
 /// may have the op's broadcast output shape; the tape sums it back to the input's shape.
 ///
 /// The output's gradient is passed by value: backward has consumed it, so a rule may reuse
@@ -28,7 +29,7 @@ use crate::shape::{broadcast_shape, sum_to_shape};
 /// The closure owns what the op saved for its backward pass (its inputs, its output): `Rc`
 /// so that a backward pass can call it without holding the tape borrowed (a user's VJP may
 /// record on the tape) and then drop it, releasing those values.
-pub(crate) type Vjp<A> = Rc<dyn Fn(ArrayD<A>, &[bool]) -> Vec<Option<ArrayD<A>>>>;
+pub(crate) type Vjp<A> = Rc<dyn Fn(ArrayD<A>, &[bool]) -> Result<Vec<Option<ArrayD<A>>>>>;
 
 pub(crate) enum NodeKind<A: Float> {
     /// A tensor we differentiate with respect to (a parameter), optionally named by its path.
@@ -251,7 +252,7 @@ impl<A: Float> Tape<A> {
             };
             // An intermediate gradient is consumed here and released.
             let g = grads[id].take().expect("checked above");
-            let contributions = vjp(g, &needs);
+            let contributions = vjp(g, &needs)?;
             drop(vjp); // with Saved::Release, the op's saved values go here
             let nodes = self.nodes.borrow();
             let NodeKind::Op { inputs, .. } = &nodes[id].kind else {

@@ -214,6 +214,16 @@ pub(crate) fn record<A: Float>(
     value: impl Into<Arc<ArrayD<A>>>,
     vjp: impl Fn(ArrayD<A>, &[bool]) -> Vec<Option<ArrayD<A>>> + 'static,
 ) -> Result<Tensor<A>> {
+    record_fallible(op, inputs, value, move |g, needs| Ok(vjp(g, needs)))
+}
+
+/// [`record`] for an op whose VJP can fail: its error ends the backward pass.
+pub(crate) fn record_fallible<A: Float>(
+    op: &'static str,
+    inputs: &[&Tensor<A>],
+    value: impl Into<Arc<ArrayD<A>>>,
+    vjp: impl Fn(ArrayD<A>, &[bool]) -> Result<Vec<Option<ArrayD<A>>>> + 'static,
+) -> Result<Tensor<A>> {
     let value = value.into();
     let mut tape: Option<&Tape<A>> = None;
     for t in inputs {

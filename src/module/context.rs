@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ndarray::ArrayD;
 
-use crate::autodiff::ParamTensors;
+use crate::autodiff::{ParamTensors, is_under};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::replicas::ReplicaAxis;
@@ -35,6 +35,9 @@ pub(crate) struct Context<'a, A: Float> {
     pub(crate) written: RefCell<Variables<A>>,
     /// How many times each `stream/path` has drawn an RNG, so repeated draws differ.
     pub(crate) rng_draws: RefCell<BTreeMap<String, u64>>,
+    /// Whether this run is a block's forward run again for its backward pass: nothing may
+    /// be written.
+    pub(crate) recomputing: bool,
 }
 
 impl<'a, A: Float> Context<'a, A> {
@@ -53,7 +56,67 @@ impl<'a, A: Float> Context<'a, A> {
             axes,
             written: RefCell::new(Variables::new()),
             rng_draws: RefCell::new(BTreeMap::new()),
+            recomputing: false,
         }
+    }
+
+    /// Every non-params variable under `prefix` as this run sees it now (written in it,
+    /// else stored), full paths kept: what a block at `prefix` can read.
+    pub(crate) fn view_under(&self, prefix: &str) -> Variables<A> {
+        let mut view = Variables::new();
+        let stored = match &self.phase {
+            Phase::Init { .. } => None,
+            Phase::Apply { variables, .. } => Some(*variables),
+        };
+        let written = self.written.borrow();
+        for source in stored.into_iter().chain([&*written]) {
+            for (name, collection) in source.others() {
+                for (path, value) in collection.iter_shared() {
+                    if is_under(path, prefix) {
+                        view.collection_entry(name)
+                            .insert_shared(path.clone(), Arc::clone(value));
+                    }
+                }
+            }
+        }
+        view
+    }
+
+    /// Keeps what another run of a block wrote, as if this run had written it.
+    pub(crate) fn absorb(&self, writes: Variables<A>) {
+        let mut written = self.written.borrow_mut();
+        for (name, collection) in writes.others() {
+            let target = written.collection_entry(name);
+            for (path, value) in collection.iter_shared() {
+                target.insert_shared(path.clone(), Arc::clone(value));
+            }
+        }
+    }
+
+    /// Whether a module may write `collection` in this run.
+    pub(crate) fn may_write(&self, collection: &str) -> bool {
+        !self.recomputing && (self.is_initializing() || self.mutable.allows(collection))
+    }
+
+    /// Writes `value` at `collection`/`path`, or the error saying why this run may not.
+    pub(crate) fn write(&self, collection: &str, path: &str, value: ArrayD<A>) -> Result<()> {
+        if self.recomputing {
+            return Err(Error::WriteWhileRecomputing {
+                collection: collection.to_string(),
+                path: path.to_string(),
+            });
+        }
+        if !self.may_write(collection) {
+            return Err(Error::ImmutableCollection {
+                collection: collection.to_string(),
+                path: path.to_string(),
+            });
+        }
+        self.written
+            .borrow_mut()
+            .collection_entry(collection)
+            .insert(path.to_string(), value);
+        Ok(())
     }
 
     pub(crate) fn is_initializing(&self) -> bool {

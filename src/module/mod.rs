@@ -3,6 +3,7 @@
 
 pub(crate) mod apply;
 pub(crate) mod context;
+pub(crate) mod remat;
 pub(crate) mod scope;
 pub(crate) mod variable;
 

@@ -110,10 +110,10 @@ fn join(prefix: &str, name: &str) -> String {
 /// What a module sees while it runs: its path, its variables, and whether it is training.
 /// Flax: the module's `self` inside `@nn.compact`.
 pub struct Scope<'a, A: Float> {
-    ctx: &'a Context<'a, A>,
-    path: String,
+    pub(super) ctx: &'a Context<'a, A>,
+    pub(super) path: String,
     /// Per module kind, how many default-named children this scope has made.
-    counters: BTreeMap<&'static str, usize>,
+    pub(super) counters: BTreeMap<&'static str, usize>,
 }
 
 impl<'a, A: Float> Scope<'a, A> {
@@ -249,11 +249,21 @@ impl<'a, A: Float> Scope<'a, A> {
         })
     }
 
-    /// Whether this `apply` may write `collection` (in `init`, every collection). Flax:
+    /// Whether this `apply` may write `collection` (in `init`, every collection; while
+    /// [recomputing](Scope::is_recomputing), none). Flax:
     /// `self.is_mutable_collection(collection)`.
     #[must_use]
     pub fn is_mutable_collection(&self, collection: &str) -> bool {
-        self.is_initializing() || self.ctx.mutable.allows(collection)
+        self.ctx.may_write(collection)
+    }
+
+    /// Whether this run is a recomputation: a block's forward run again during backward
+    /// ([`nn::Remat`](crate::nn::Remat)), with its inputs, params, variables and random
+    /// draws as they were the first time. Nothing may be written then (the first forward
+    /// made the step's updates), so a layer that keeps state skips its update.
+    #[must_use]
+    pub fn is_recomputing(&self) -> bool {
+        self.ctx.recomputing
     }
 
     /// Whether this `apply` names `collection` among its mutable ones ([`Mutable::names`]):
@@ -264,7 +274,7 @@ impl<'a, A: Float> Scope<'a, A> {
     /// [`Mutable::names`]: crate::Mutable::names
     #[must_use]
     pub fn is_asked_for(&self, collection: &str) -> bool {
-        !self.is_initializing() && self.ctx.mutable.names(collection)
+        !self.is_initializing() && !self.ctx.recomputing && self.ctx.mutable.names(collection)
     }
 
     /// Writes `value` at `<collection>/<path>/<name>`, creating the variable if the given
@@ -282,18 +292,7 @@ impl<'a, A: Float> Scope<'a, A> {
             return Err(Error::ReservedCollection { path });
         }
         check_collection_name("Scope::put", collection)?;
-        if !self.is_mutable_collection(collection) {
-            return Err(Error::ImmutableCollection {
-                collection: collection.to_string(),
-                path,
-            });
-        }
-        self.ctx
-            .written
-            .borrow_mut()
-            .collection_entry(collection)
-            .insert(path, value.into_array());
-        Ok(())
+        self.ctx.write(collection, &path, value.into_array())
     }
 
     /// Whether `collection` holds `name` at this scope's path: in `apply`, whether the given

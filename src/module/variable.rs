@@ -52,19 +52,10 @@ impl<A: Float> Variable<'_, A> {
     /// [`Error::VariableShape`], with nothing written.
     pub fn set(&self, value: impl IntoArray<A>) -> Result<()> {
         let value = value.into_array();
-        if !self.is_mutable() {
-            return Err(Error::ImmutableCollection {
-                collection: self.collection.clone(),
-                path: self.path.clone(),
-            });
+        if self.is_mutable() {
+            check_shape(&self.collection, &self.path, &value, self.current().shape())?;
         }
-        check_shape(&self.collection, &self.path, &value, self.current().shape())?;
-        self.ctx
-            .written
-            .borrow_mut()
-            .collection_entry(&self.collection)
-            .insert(self.path.clone(), value);
-        Ok(())
+        self.ctx.write(&self.collection, &self.path, value)
     }
 
     /// [`Variable::set`], refusing a value that holds NaN or an infinity
@@ -101,7 +92,7 @@ impl<A: Float> Variable<'_, A> {
     /// Whether [`Variable::set`] may write.
     #[must_use]
     pub fn is_mutable(&self) -> bool {
-        self.ctx.is_initializing() || self.ctx.mutable.allows(&self.collection)
+        self.ctx.may_write(&self.collection)
     }
 
     /// The collection's name.

@@ -42,7 +42,7 @@ impl<A: Float> Module<A> for Accumulator {
         }
         let sum = scope.variable("state", "sum", &[features], init::zeros())?;
         let updated = sum.value().add(&x.mean_axes(&[0], false)?.detach())?;
-        if !scope.is_initializing() {
+        if !scope.is_initializing() && !scope.is_recomputing() {
             sum.set_finite("Accumulator", updated.value().clone())?;
         }
         x.add(&updated)

@@ -338,8 +338,10 @@ impl BatchNorm {
             var,
             count,
         } = batch;
-        if scope.is_initializing() {
-            return Ok(output); // init creates the statistics; it does not update them
+        if scope.is_initializing() || scope.is_recomputing() {
+            // Init creates the statistics without updating them; a recomputation for the
+            // backward pass runs after the first forward has made this step's update.
+            return Ok(output);
         }
         let moments = Moments { mean, var, count };
         let reporting = scope.is_asked_for(BATCH_MOMENTS);

@@ -1,6 +1,8 @@
 //! `Mlp`: the multi-layer perceptron builder.
 
-use crate::error::Result;
+use std::rc::Rc;
+
+use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::module::scope::{Module, Scope};
 use crate::nn::activation::Activation;
@@ -32,6 +34,10 @@ pub struct Mlp {
     pub activation: Activation,
     /// Dropout rate after each hidden activation, if any.
     pub dropout: Option<f64>,
+    /// Into how many segments the hidden blocks are grouped, each but the last recomputed
+    /// during backward (see [`Sequential::remat_segments`](crate::nn::Sequential::remat_segments)),
+    /// if any.
+    pub remat_segments: Option<usize>,
 }
 
 impl Mlp {
@@ -44,6 +50,7 @@ impl Mlp {
             batch_norm: None,
             activation: Activation::Relu,
             dropout: None,
+            remat_segments: None,
         }
     }
 
@@ -72,6 +79,67 @@ impl Mlp {
     }
 }
 
+impl Mlp {
+    /// Groups the hidden blocks (Dense, BatchNorm, activation, dropout) into `segments`
+    /// consecutive segments, each but the last recomputed during backward: the same
+    /// variables, values and gradients, for less memory and one more forward's time.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] if `segments` is 0.
+    pub fn with_remat_segments(self, segments: usize) -> Result<Self> {
+        if segments == 0 {
+            return Err(Error::invalid(
+                "Mlp::with_remat_segments",
+                &[self.hidden.len()],
+                "at least one segment",
+            ));
+        }
+        Ok(Mlp {
+            remat_segments: Some(segments),
+            ..self
+        })
+    }
+
+    /// The hidden block of `width`: Dense, BatchNorm if any, the activation, dropout if any.
+    fn block<A: Float>(
+        &self,
+        scope: &mut Scope<'_, A>,
+        x: &Tensor<A>,
+        width: usize,
+    ) -> Result<Tensor<A>> {
+        let mut x = scope.call(&Dense::new(width), x)?;
+        match &self.batch_norm {
+            // The ReLU may run inside BatchNorm's fused node: same variables.
+            Some(bn) if self.activation == Activation::Relu => {
+                x = scope.call(&bn.clone().with_relu(), &x)?;
+            }
+            Some(bn) => {
+                x = scope.call(bn, &x)?;
+                x = self.activation.apply(&x);
+            }
+            None => x = self.activation.apply(&x),
+        }
+        if let Some(rate) = self.dropout {
+            x = scope.call(&Dropout::new(rate), &x)?;
+        }
+        Ok(x)
+    }
+
+    fn blocks<A: Float>(
+        &self,
+        scope: &mut Scope<'_, A>,
+        x: &Tensor<A>,
+        widths: &[usize],
+    ) -> Result<Tensor<A>> {
+        let mut x = x.clone();
+        for &width in widths {
+            x = self.block(scope, &x, width)?;
+        }
+        Ok(x)
+    }
+}
+
 impl<A: Float> Module<A> for Mlp {
     type Input = Tensor<A>;
     type Output = Tensor<A>;
@@ -81,23 +149,20 @@ impl<A: Float> Module<A> for Mlp {
     }
 
     fn forward(&self, scope: &mut Scope<'_, A>, x: &Tensor<A>) -> Result<Tensor<A>> {
+        let segments = self.remat_segments.unwrap_or(1);
+        let length = self.hidden.len().div_ceil(segments).max(1);
         let mut x = x.clone();
-        for &width in &self.hidden {
-            x = scope.call(&Dense::new(width), &x)?;
-            match &self.batch_norm {
-                // The ReLU may run inside BatchNorm's fused node: same variables.
-                Some(bn) if self.activation == Activation::Relu => {
-                    x = scope.call(&bn.clone().with_relu(), &x)?;
+        let mut chunks = self.hidden.chunks(length).peekable();
+        while let Some(widths) = chunks.next() {
+            x = match (self.remat_segments, chunks.peek()) {
+                (Some(_), Some(_)) => {
+                    let (model, widths) = (self.clone(), widths.to_vec());
+                    let segment =
+                        move |s: &mut Scope<'_, A>, x: &Tensor<A>| model.blocks(s, x, &widths);
+                    scope.run_recomputed(&x, Rc::new(segment))?
                 }
-                Some(bn) => {
-                    x = scope.call(bn, &x)?;
-                    x = self.activation.apply(&x);
-                }
-                None => x = self.activation.apply(&x),
-            }
-            if let Some(rate) = self.dropout {
-                x = scope.call(&Dropout::new(rate), &x)?;
-            }
+                _ => self.blocks(scope, &x, widths)?,
+            };
         }
         scope.call(&Dense::new(self.outputs), &x)
     }

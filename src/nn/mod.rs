@@ -13,6 +13,7 @@ mod frozen_embed;
 pub mod init;
 mod mlp;
 mod pool;
+mod remat;
 mod sequential;
 
 pub use accumulator::Accumulator;
@@ -25,4 +26,5 @@ pub use embed::Embed;
 pub use frozen_embed::FrozenEmbed;
 pub use mlp::Mlp;
 pub use pool::{Flatten, GlobalAvgPool, Pool, PoolKind};
+pub use remat::Remat;
 pub use sequential::Sequential;

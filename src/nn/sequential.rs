@@ -1,12 +1,15 @@
 //! `Sequential`: layers applied one after another.
 
-use crate::error::Result;
+use std::rc::Rc;
+
+use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::module::scope::{Module, Scope};
 use crate::tensor::Tensor;
 
-/// A boxed tensor-to-tensor module, what a [`Sequential`] holds.
-pub type Layer<A> = Box<dyn Module<A, Input = Tensor<A>, Output = Tensor<A>>>;
+/// A shared tensor-to-tensor module, what a [`Sequential`] holds (shared so that a
+/// recomputed segment can run its layers again during backward).
+pub type Layer<A> = Rc<dyn Module<A, Input = Tensor<A>, Output = Tensor<A>>>;
 
 /// Layers applied in order. Each runs in a child scope with its default name (`Dense_0`,
 /// `BatchNorm_0`, `Dense_1`, …), as in a Flax compact module, so the variable paths are the
@@ -33,6 +36,9 @@ pub type Layer<A> = Box<dyn Module<A, Input = Tensor<A>, Output = Tensor<A>>>;
 /// training; the same values).
 pub struct Sequential<A: Float> {
     layers: Vec<Layer<A>>,
+    /// How many segments to run, all but the last recomputed during backward (`None`: the
+    /// layers run as they are).
+    remat_segments: Option<usize>,
 }
 
 impl<A: Float> Default for Sequential<A> {
@@ -45,7 +51,10 @@ impl<A: Float> Sequential<A> {
     /// No layers (the identity).
     #[must_use]
     pub fn new() -> Self {
-        Sequential { layers: Vec::new() }
+        Sequential {
+            layers: Vec::new(),
+            remat_segments: None,
+        }
     }
 
     /// Appends a layer.
@@ -54,8 +63,35 @@ impl<A: Float> Sequential<A> {
         mut self,
         layer: impl Module<A, Input = Tensor<A>, Output = Tensor<A>> + 'static,
     ) -> Self {
-        self.layers.push(Box::new(layer));
+        self.layers.push(Rc::new(layer));
         self
+    }
+
+    /// The same layers, run in `segments` consecutive segments of equal length (the last
+    /// may be shorter), each but the last recomputed during backward as by
+    /// [`Remat`](crate::nn::Remat): the backward pass keeps only the segments' inputs, plus
+    /// one segment's activations while it is differentiated. About `√n` segments of `n`
+    /// layers minimise that memory for one more forward's time (Chen et al., 2016,
+    /// "Training deep nets with sublinear memory cost"). The last segment is not
+    /// recomputed: its backward comes first, so keeping it costs nothing extra.
+    /// PyTorch: `torch.utils.checkpoint.checkpoint_sequential(layers, segments, x)`.
+    ///
+    /// The variables and their paths do not change; values, gradients and updates are the
+    /// same, bit for bit.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] if `segments` is 0.
+    pub fn remat_segments(mut self, segments: usize) -> Result<Self> {
+        if segments == 0 {
+            return Err(Error::invalid(
+                "Sequential::remat_segments",
+                &[self.layers.len()],
+                "at least one segment",
+            ));
+        }
+        self.remat_segments = Some(segments);
+        Ok(self)
     }
 
     /// The number of layers.
@@ -88,10 +124,33 @@ impl<A: Float> Module<A> for Sequential<A> {
     }
 
     fn forward(&self, scope: &mut Scope<'_, A>, x: &Tensor<A>) -> Result<Tensor<A>> {
+        let Some(segments) = self.remat_segments else {
+            return run_layers(&self.layers, scope, x);
+        };
+        let length = self.layers.len().div_ceil(segments).max(1);
         let mut x = x.clone();
-        for layer in &self.layers {
-            x = scope.call(layer.as_ref(), &x)?;
+        let mut chunks = self.layers.chunks(length).peekable();
+        while let Some(segment) = chunks.next() {
+            x = match chunks.peek() {
+                None => run_layers(segment, scope, &x)?,
+                Some(_) => {
+                    let segment = segment.to_vec();
+                    scope.run_recomputed(&x, Rc::new(move |s, x| run_layers(&segment, s, x)))?
+                }
+            };
         }
         Ok(x)
     }
+}
+
+fn run_layers<A: Float>(
+    layers: &[Layer<A>],
+    scope: &mut Scope<'_, A>,
+    x: &Tensor<A>,
+) -> Result<Tensor<A>> {
+    let mut x = x.clone();
+    for layer in layers {
+        x = scope.call(layer.as_ref(), &x)?;
+    }
+    Ok(x)
 }

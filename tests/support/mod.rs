@@ -7,7 +7,7 @@ use tapegrad::nn::{BatchNorm, Mlp};
 use tapegrad::optim::{Optimizer, Sgd};
 use tapegrad::replicas::{Communicator, ReduceOp, ReplicaAxis, agree_on, begin_step, mean_grads};
 use tapegrad::{
-    ApplyOptions, Grads, ModuleExt, Mutable, Tensor, Variables, softmax_cross_entropy,
+    ApplyOptions, Grads, Module, ModuleExt, Mutable, Tensor, Variables, softmax_cross_entropy,
     value_and_grad_with_aux,
 };
 
@@ -42,7 +42,7 @@ pub struct Outcome {
 /// alone), with gradients averaged over the replicas: the agreement checks first, the loss
 /// joined with `agree_on`, so that a replica that fails anywhere fails them all.
 pub fn step(
-    model: &Mlp,
+    model: &impl Module<f64, Input = Tensor<f64>, Output = Tensor<f64>>,
     variables: &Variables<f64>,
     x: &ArrayD<f64>,
     labels: &[usize],
