@@ -138,7 +138,71 @@ impl Workload {
     }
 }
 
+/// How much of a deep model is recomputed during backward: nothing, every block (each its
+/// own segment), or about `√n` segments of `n` blocks (Chen et al., 2016).
+#[allow(dead_code)] // only step_memory measures recomputation
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recompute {
+    Nothing,
+    EveryBlock,
+    SqrtSegments,
+}
+
+#[allow(dead_code)]
+impl Recompute {
+    pub const ALL: [Recompute; 3] = [Self::Nothing, Self::EveryBlock, Self::SqrtSegments];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Nothing => "none",
+            Self::EveryBlock => "every block",
+            Self::SqrtSegments => "sqrt(n) segments",
+        }
+    }
+
+    /// The segments for `blocks` blocks, `None` for no recomputation.
+    pub fn segments(self, blocks: usize) -> Option<usize> {
+        match self {
+            Self::Nothing => None,
+            Self::EveryBlock => Some(blocks),
+            Self::SqrtSegments => Some((blocks as f64).sqrt().round().max(1.0) as usize),
+        }
+    }
+}
+
+/// The deep MLP of the recomputation table: 32 blocks of Dense(256), BatchNorm and ReLU, on
+/// batches of 1024 rows of M's 64 inputs. (At M's batch of 128 the gradients of a block's
+/// weights are as large as its activations, so there is little for recomputation to save.)
+#[allow(dead_code)]
+pub const DEEP_BLOCKS: usize = 32;
+#[allow(dead_code)]
+pub const DEEP_BATCH: usize = 1024;
+
+impl Workload {
+    /// The deep MLP, recomputed as `recompute` says.
+    #[allow(dead_code)]
+    pub fn deep(recompute: Recompute) -> Self {
+        let mut model = Mlp::new(&[M.hidden; DEEP_BLOCKS], M.classes)
+            .with_batch_norm(BatchNorm::new().momentum(0.9));
+        if let Some(segments) = recompute.segments(DEEP_BLOCKS) {
+            model = model.with_remat_segments(segments).unwrap();
+        }
+        Self::with(model, data(&[DEEP_BATCH, M.d_in], M.classes))
+    }
+}
+
 impl Workload<Sequential<f32>> {
+    /// The CNN workload at `config`, its layers recomputed as `recompute` says.
+    #[allow(dead_code)]
+    pub fn cnn_recomputed(config: CnnConfig, recompute: Recompute) -> Self {
+        let mut model = cnn(config);
+        if let Some(segments) = recompute.segments(model.len()) {
+            model = model.remat_segments(segments).unwrap();
+        }
+        let shape = [config.batch, config.side, config.side, config.in_channels];
+        Self::with(model, data(&shape, config.classes))
+    }
+
     /// The CNN workload at `config`, with its inputs `(B, side, side, C)`.
     #[allow(dead_code)]
     pub fn cnn(config: CnnConfig) -> Self {

@@ -11,12 +11,13 @@ pub struct Common {
     pub lr: f64,
     pub ema: Option<f64>,
     pub accumulate: usize,
+    pub remat: Option<usize>,
 }
 
 /// The problems with the flags every training example has, one line each: an empty run, a
 /// batch larger than the data, a stop outside the run, a learning rate that is not one, an
 /// average's decay outside `[0, 1)`, micro-batches that do not split the batch into pieces
-/// BatchNorm can normalise.
+/// BatchNorm can normalise, no segments to recompute.
 pub fn check_common(flags: &Common, train_rows: usize) -> Vec<String> {
     let Common {
         epochs,
@@ -25,6 +26,7 @@ pub fn check_common(flags: &Common, train_rows: usize) -> Vec<String> {
         lr,
         ema,
         accumulate,
+        remat,
     } = *flags;
     let mut problems = Vec::new();
     if epochs == 0 {
@@ -54,6 +56,9 @@ pub fn check_common(flags: &Common, train_rows: usize) -> Vec<String> {
             "--accumulate {accumulate}: must split --batch-size {batch_size} into micro-batches \
              of at least 2 rows each (BatchNorm needs a batch)"
         ));
+    }
+    if remat == Some(0) {
+        problems.push("--remat 0: recompute the blocks in at least one segment".to_string());
     }
     problems
 }
@@ -132,6 +137,7 @@ mod tests {
             lr,
             ema: None,
             accumulate: 1,
+            remat: None,
         }
     }
 
@@ -141,10 +147,11 @@ mod tests {
         let bad = Common {
             ema: Some(1.0),
             accumulate: 3,
+            remat: Some(0),
             ..flags(0, 2000, Some(50), f64::NAN)
         };
         let problems = check_common(&bad, 1279);
-        assert_eq!(problems.len(), 6, "{problems:?}");
+        assert_eq!(problems.len(), 7, "{problems:?}");
         assert!(problems.iter().any(|p| p.starts_with("--accumulate 3")));
         let whole_batch = Common {
             accumulate: 16,
@@ -157,6 +164,7 @@ mod tests {
             "--stop-after 50",
             "--lr NaN",
             "--ema 1",
+            "--remat 0",
         ] {
             assert!(
                 problems.iter().any(|p| p.starts_with(flag)),

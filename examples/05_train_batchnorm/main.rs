@@ -22,6 +22,7 @@ use clap::{Parser, ValueEnum};
 
 mod checks;
 mod data;
+mod memory;
 mod plot;
 mod step;
 
@@ -85,6 +86,11 @@ struct Args {
     /// micro-batches' moments merged: those of the whole batch.
     #[arg(long, default_value_t = 1)]
     accumulate: usize,
+    /// Recompute the model's hidden blocks in this many segments during backward (all but the last),
+    /// instead of keeping their activations: less memory, one more forward's time, the
+    /// same results bit for bit.
+    #[arg(long)]
+    remat: Option<usize>,
     /// The data file (CSV with a header, the quality in the last column).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/winequality-red.csv"))]
     data: PathBuf,
@@ -100,6 +106,7 @@ impl Args {
             lr: self.lr,
             ema: self.ema,
             accumulate: self.accumulate,
+            remat: self.remat,
         };
         let mut problems = checks::check_common(&common, train_rows);
         if self.hidden == 0 {
@@ -395,8 +402,12 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
     }
 
     let hidden = [args.hidden, args.hidden];
-    let with_bn = Mlp::new(&hidden, 6).with_batch_norm(BatchNorm::new().momentum(0.9));
-    let without_bn = Mlp::new(&hidden, 6);
+    let mut with_bn = Mlp::new(&hidden, 6).with_batch_norm(BatchNorm::new().momentum(0.9));
+    let mut without_bn = Mlp::new(&hidden, 6);
+    if let Some(segments) = args.remat {
+        with_bn = with_bn.with_remat_segments(segments)?;
+        without_bn = without_bn.with_remat_segments(segments)?;
+    }
     let mut stats_in_grads = 0;
     let split = (train_idx, test_idx);
     let checkpoints = (args.resume.as_deref(), args.save.as_deref());
@@ -500,7 +511,11 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
             return Err("the reloaded checkpoint evaluates differently".into());
         }
     }
-    println!("done in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "done in {:.1} s, peak resident memory {:.0} MiB",
+        started.elapsed().as_secs_f64(),
+        memory::peak_resident_mib()
+    );
     if stats_in_grads != 0 {
         return Err("a gradient reached batch_stats".into());
     }

@@ -19,6 +19,8 @@ use clap::Parser;
 #[path = "../05_train_batchnorm/checks.rs"]
 mod checks;
 mod data;
+#[path = "../05_train_batchnorm/memory.rs"]
+mod memory;
 #[path = "../05_train_batchnorm/plot.rs"]
 mod plot;
 #[path = "../05_train_batchnorm/step.rs"]
@@ -75,6 +77,11 @@ struct Args {
     /// micro-batches' moments merged: those of the whole batch.
     #[arg(long, default_value_t = 1)]
     accumulate: usize,
+    /// Recompute the model's layers in this many segments during backward (all but the last),
+    /// instead of keeping their activations: less memory, one more forward's time, the
+    /// same results bit for bit.
+    #[arg(long)]
+    remat: Option<usize>,
     /// After training, write the model as a PyTorch state_dict (`digits_cnn.safetensors`)
     /// and the test images with tapegrad's logits (`digits_cnn_expected.safetensors`) into
     /// this folder, for `scripts/check_pytorch_export.py`.
@@ -95,6 +102,7 @@ impl Args {
             lr: self.lr,
             ema: self.ema,
             accumulate: self.accumulate,
+            remat: self.remat,
         };
         let mut problems = checks::check_common(&common, train_rows);
         if self.channels.contains(&0) {
@@ -190,7 +198,10 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         std::fs::create_dir_all(folder)?;
     }
 
-    let model = model(&args.channels);
+    let mut model = model(&args.channels);
+    if let Some(segments) = args.remat {
+        model = model.remat_segments(segments)?;
+    }
     let (x0, _) = data.batch(&train_idx[..2]);
     let mut vars = model.init(args.seed, &x0)?;
     let batch = args.batch_size as usize;
@@ -328,7 +339,11 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
     if let Some(folder) = &args.export_pytorch {
         export_for_pytorch(&model, &vars, &data, test_idx, folder)?;
     }
-    println!("done in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "done in {:.1} s, peak resident memory {:.0} MiB",
+        started.elapsed().as_secs_f64(),
+        memory::peak_resident_mib()
+    );
     if stats_in_grads != 0 {
         return Err("a gradient reached batch_stats".into());
     }
