@@ -88,6 +88,40 @@ impl<A: Float> ParamTensors<A> {
         self.tensors.keys().map(String::as_str)
     }
 
+    /// Paths and tensors, in path order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor<A>)> {
+        self.tensors.iter().map(|(path, t)| (path.as_str(), t))
+    }
+
+    /// `value` as a leaf of the params' tape, named `name`, though not a param: something to
+    /// differentiate with respect to inside the closure (with [`grad_of`](crate::grad_of)),
+    /// such as the input batch of a gradient penalty. It gets no entry in the gradients the
+    /// closure's caller returns, which are the params'. With no tape (constant params) it is
+    /// a constant.
+    ///
+    /// ```
+    /// use tapegrad::{grad_of, value_and_grad, Params, Tensor};
+    /// use ndarray::arr1;
+    ///
+    /// let params: Params<f64> = [("w", arr1(&[2.0]))].into_iter().collect();
+    /// // L = (w x)², and a penalty on ∂L/∂x = 2 w² x: Σ (∂L/∂x)² = 4 w⁴ x².
+    /// let (value, grads) = value_and_grad(&params, |p| {
+    ///     let x = p.track("x", arr1(&[3.0]));
+    ///     let loss = p.get("w")?.mul(&x)?.square().sum_all();
+    ///     let [dx] = <[_; 1]>::try_from(grad_of(&loss, &[&x])?).unwrap();
+    ///     Ok(dx.square().sum_all())
+    /// })?;
+    /// assert_eq!(value, 4.0 * 16.0 * 9.0);
+    /// assert_eq!(grads.get("w").unwrap()[[0]], 16.0 * 8.0 * 9.0); // 16 w³ x²
+    /// # Ok::<(), tapegrad::Error>(())
+    /// ```
+    pub fn track(&self, name: &str, value: impl crate::into_array::IntoArray<A>) -> Tensor<A> {
+        match self.tape() {
+            Some(tape) => tape.leaf(name, value),
+            None => Tensor::constant(value),
+        }
+    }
+
     /// The number of params.
     #[must_use]
     pub fn len(&self) -> usize {

@@ -296,6 +296,22 @@ pub enum Error {
         detail: &'static str,
     },
 
+    /// A derivative was asked of an op that has no rule for it: a `custom_op` given only its
+    /// VJP can be differentiated once, in reverse mode; a second-order derivative needs its
+    /// VJP as ops, forward mode needs its JVP. Nothing returns a silent zero instead.
+    ///
+    /// Fix: write the op with tapegrad's ops, which have every rule, or give it the missing
+    /// rule (`custom_op_with_rules`).
+    #[error("{op} has no {rule}: a {order} derivative cannot be taken through it")]
+    MissingRule {
+        /// The op.
+        op: &'static str,
+        /// The rule it lacks: "differentiable VJP" or "JVP rule".
+        rule: &'static str,
+        /// The derivative asked for: "second-order" or "forward-mode".
+        order: &'static str,
+    },
+
     /// A backward pass reached a node whose saved values an earlier backward pass released.
     /// As in PyTorch ("Trying to backward through the graph a second time"), a backward pass
     /// frees what each op saved once the op's VJP has run, so that memory falls as it goes.
@@ -396,6 +412,9 @@ impl Error {
             Error::InvalidSetting { .. } => return None,
             Error::InvalidName { .. } => {
                 "name collections with a plain word, \"batch_stats\", \"state\", \"cache\"."
+            }
+            Error::MissingRule { .. } => {
+                "write the op with tapegrad's ops, which have every rule, or give it the missing rule (custom_op_with_rules)."
             }
             Error::BackwardTwice { .. } => {
                 "walk the tape once per forward pass; to walk it several times (one cotangent per output, as a Jacobian does), use Tensor::backward_retaining for all but the last."

@@ -75,16 +75,20 @@ mod float;
 pub mod gradcheck;
 mod grads;
 pub mod guide;
+mod higher_order;
 mod into_array;
 mod kernels;
 mod module;
 pub mod nn;
 mod ops;
 pub mod optim;
+mod record;
+mod recorded;
 pub mod replicas;
 mod rng;
 pub mod runtime;
 mod shape;
+mod tangents;
 mod tape;
 mod tensor;
 #[cfg(feature = "testing")]
@@ -102,11 +106,15 @@ pub use collection::{Collection, Iter, Params};
 pub use error::{Error, Result, Shape};
 pub use float::Float;
 pub use grads::Grads;
+pub use higher_order::{
+    Hessian, hessian, hvp, hvp_reverse_over_reverse, hvp_with_aux, jvp, jvp_with_aux,
+};
 pub use into_array::IntoArray;
 pub use module::{ApplyOptions, Initializer, Module, ModuleExt, Scope, Variable};
 pub use ops::{
     ConvOptions, Fusion, Padding, custom_op, mse, one_hot, remat, softmax_cross_entropy,
 };
+pub use recorded::grad_of;
 pub use rng::{IntoSeed, SplitMix64};
 pub use tape::{Operand, Tape, TapeEntry};
 pub use tensor::Tensor;

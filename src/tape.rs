@@ -18,28 +18,72 @@ use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::shape::{broadcast_shape, sum_to_shape};
 
-/// A vector-Jacobian product: given the gradient of the output and which inputs want a
-/// gradient, returns one gradient per input (`None` where not wanted), or the error of a
-/// rule that can fail (a recomputed block runs its forward again here). A returned gradient
-/// may have the op's broadcast output shape; the tape sums it back to the input's shape.
+/// What the tape keeps of an op to differentiate it, reading the values the op saved (its
+/// inputs, its output, whatever its derivative needs):
 ///
-/// The output's gradient is passed by value: backward has consumed it, so a rule may reuse
-/// its buffer (an elementwise rule multiplies it in place instead of allocating).
+/// * [`Rule::vjp`], the vector-Jacobian product on arrays: given the gradient of the output
+///   and which inputs want a gradient, one gradient per input (`None` where not wanted). A
+///   returned gradient may have the op's broadcast output shape; the tape sums it back to the
+///   input's shape. The output's gradient is passed by value: backward has consumed it, so a
+///   rule may reuse its buffer. This is all a first-order backward pass calls.
+/// * [`Rule::vjp_recorded`], the same product computed by ops, so that a backward pass can be
+///   recorded on the tape and differentiated again (`grad_of`, `hvp`, `hessian`).
+/// * [`Rule::jvp`], the Jacobian-vector product: the output's tangent from the inputs'
+///   tangents (`None` for an input with none, a zero tangent), for forward mode.
 ///
-/// The closure owns what the op saved for its backward pass (its inputs, its output): `Rc`
-/// so that a backward pass can call it without holding the tape borrowed (a user's VJP may
-/// record on the tape) and then drop it, releasing those values.
-pub(crate) type Vjp<A> = Rc<dyn Fn(ArrayD<A>, &[bool]) -> Result<Vec<Option<ArrayD<A>>>>>;
+/// The last two return `None` when the op has no such rule (a `custom_op` given a VJP
+/// alone): the caller turns that into an error naming the op and the order.
+///
+/// The rule is behind an `Rc` so that a backward pass can call it without holding the tape
+/// borrowed (a rule may record on the tape) and then drop it, releasing what it saved.
+pub(crate) trait Rule<A: Float> {
+    fn vjp(&self, g: ArrayD<A>, needs: &[bool]) -> Result<Vec<Option<ArrayD<A>>>>;
+
+    fn vjp_recorded(
+        &self,
+        tape: &Tape<A>,
+        site: &Site<'_>,
+        g: Traced<A>,
+    ) -> Option<Result<Vec<Option<Traced<A>>>>>;
+
+    fn jvp(&self, tangents: &[Option<&ArrayD<A>>]) -> Option<Result<ArrayD<A>>>;
+}
+
+/// A value of the computation as the tape sees it: an array, and its node if it has one
+/// (a tensor without its label; the tape sits below tensors and does not name them).
+pub(crate) struct Traced<A> {
+    pub(crate) value: Arc<ArrayD<A>>,
+    pub(crate) node: Option<usize>,
+}
+
+/// Where an op sits on the tape: its inputs and its own node, for a rule that links the
+/// values it saved back to their nodes.
+pub(crate) struct Site<'a> {
+    pub(crate) inputs: &'a [Operand],
+    pub(crate) node: usize,
+}
+
+pub(crate) type SharedRule<A> = Rc<dyn Rule<A>>;
+
+/// A node as a walk over the tape sees it.
+pub(crate) enum NodeView<A: Float> {
+    Leaf,
+    Op {
+        op: &'static str,
+        inputs: Vec<Operand>,
+        rule: Option<SharedRule<A>>,
+    },
+}
 
 pub(crate) enum NodeKind<A: Float> {
     /// A tensor we differentiate with respect to (a parameter), optionally named by its path.
     Leaf { name: Option<String> },
-    /// The result of an op, with one operand per input of the op. `vjp` is `None` once a
+    /// The result of an op, with one operand per input of the op. `rule` is `None` once a
     /// backward pass has run it and released what it saved.
     Op {
         op: &'static str,
         inputs: Vec<Operand>,
-        vjp: Option<Vjp<A>>,
+        rule: Option<SharedRule<A>>,
     },
 }
 
@@ -197,16 +241,33 @@ impl<A: Float> Tape<A> {
         op: &'static str,
         inputs: Vec<Operand>,
         shape: IxDyn,
-        vjp: Vjp<A>,
+        rule: SharedRule<A>,
     ) -> usize {
         self.push(Node {
             kind: NodeKind::Op {
                 op,
                 inputs,
-                vjp: Some(vjp),
+                rule: Some(rule),
             },
             shape,
         })
+    }
+
+    /// Node `id` as a walk sees it; an op's rule is shared, not taken.
+    pub(crate) fn view(&self, id: usize) -> NodeView<A> {
+        match &self.nodes.borrow()[id].kind {
+            NodeKind::Leaf { .. } => NodeView::Leaf,
+            NodeKind::Op { op, inputs, rule } => NodeView::Op {
+                op,
+                inputs: inputs.clone(),
+                rule: rule.clone(),
+            },
+        }
+    }
+
+    /// The shape of node `id`'s value.
+    pub(crate) fn shape_of(&self, id: usize) -> IxDyn {
+        self.nodes.borrow()[id].shape.clone()
     }
 
     fn push(&self, node: Node<A>) -> usize {
@@ -233,9 +294,9 @@ impl<A: Float> Tape<A> {
         grads[root] = Some(seed);
         let mut needs: Vec<bool> = Vec::new(); // reused: no allocation per node
         for id in (0..=root).rev() {
-            let (op, vjp) = {
+            let (op, rule) = {
                 let mut nodes = self.nodes.borrow_mut();
-                let NodeKind::Op { op, inputs, vjp } = &mut nodes[id].kind else {
+                let NodeKind::Op { op, inputs, rule } = &mut nodes[id].kind else {
                     continue; // a leaf keeps its gradient: that is the result
                 };
                 if grads[id].is_none() {
@@ -244,16 +305,16 @@ impl<A: Float> Tape<A> {
                 let op = *op;
                 needs.clear();
                 needs.extend(inputs.iter().map(|i| i.node().is_some()));
-                let vjp = match saved {
-                    Saved::Release => vjp.take(),
-                    Saved::Retain => vjp.clone(),
+                let rule = match saved {
+                    Saved::Release => rule.take(),
+                    Saved::Retain => rule.clone(),
                 };
-                (op, vjp.ok_or(Error::BackwardTwice { op, node: id })?)
+                (op, rule.ok_or(Error::BackwardTwice { op, node: id })?)
             };
             // An intermediate gradient is consumed here and released.
             let g = grads[id].take().expect("checked above");
-            let contributions = vjp(g, &needs)?;
-            drop(vjp); // with Saved::Release, the op's saved values go here
+            let contributions = rule.vjp(g, &needs)?;
+            drop(rule); // with Saved::Release, the op's saved values go here
             let nodes = self.nodes.borrow();
             let NodeKind::Op { inputs, .. } = &nodes[id].kind else {
                 unreachable!("node {id} was an op a moment ago");

@@ -1,8 +1,6 @@
-//! `Tensor<A>`: a shared array value and, when tracked, its node on a tape; and [`record`],
-//! the one way an op puts its result and its VJP on the tape.
+//! `Tensor<A>`: a shared array value and, when tracked, its node on a tape.
 
 use std::fmt;
-use std::rc::Rc;
 use std::sync::Arc;
 
 use ndarray::{ArrayD, IxDyn};
@@ -10,7 +8,7 @@ use ndarray::{ArrayD, IxDyn};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::into_array::IntoArray;
-use crate::tape::{Operand, Tape};
+use crate::tape::{Operand, Tape, Traced};
 
 /// A value (an `ArrayD<A>`, shared, never copied when a tensor is cloned) and, if tracked,
 /// its node on a [`Tape`].
@@ -84,6 +82,25 @@ impl<A: Float> Tensor<A> {
             value,
             node: None,
             label: None,
+        }
+    }
+
+    /// A traced value of `tape` as a tensor: tracked if it has a node.
+    pub(crate) fn from_traced(tape: &Tape<A>, traced: Traced<A>) -> Self {
+        match traced.node {
+            Some(id) => Self::tracked(traced.value, tape.clone(), id),
+            None => Self::from_shared(traced.value),
+        }
+    }
+
+    /// This tensor as a traced value of `tape`: an error if it is tracked on another tape.
+    pub(crate) fn traced_on(&self, tape: &Tape<A>, op: &'static str) -> Result<Traced<A>> {
+        match &self.node {
+            Some((on, _)) if !on.same_as(tape) => Err(Error::DifferentTapes { op }),
+            _ => Ok(Traced {
+                value: self.shared_value(),
+                node: self.node_id(),
+            }),
         }
     }
 
@@ -196,61 +213,6 @@ impl<A: Float> Tensor<A> {
     pub fn detach(&self) -> Tensor<A> {
         Self::from_shared(self.shared_value())
     }
-}
-
-/// Records the result of an op: `value` is the forward result, `vjp` maps the output's
-/// gradient to one gradient per input. If no input is tracked nothing is recorded and the
-/// result is a constant (the VJP is dropped unused), with no label: a constant computed from
-/// a labelled one must not pass for it (BatchNorm's `1/√(var + ε)` is not the variance), and
-/// deriving a label such as `sqrt(batch_stats/…/var)` would cost a string per op on the
-/// no-tape path, growing with depth. A layer that knows what its constant holds labels it
-/// (`with_label`). Inputs tracked on different tapes are an error.
-///
-/// `value` is an array or a shared one: a VJP that reads the output (ReLU's mask) keeps a
-/// clone of the `Arc` instead of a copy.
-pub(crate) fn record<A: Float>(
-    op: &'static str,
-    inputs: &[&Tensor<A>],
-    value: impl Into<Arc<ArrayD<A>>>,
-    vjp: impl Fn(ArrayD<A>, &[bool]) -> Vec<Option<ArrayD<A>>> + 'static,
-) -> Result<Tensor<A>> {
-    record_fallible(op, inputs, value, move |g, needs| Ok(vjp(g, needs)))
-}
-
-/// [`record`] for an op whose VJP can fail: its error ends the backward pass.
-pub(crate) fn record_fallible<A: Float>(
-    op: &'static str,
-    inputs: &[&Tensor<A>],
-    value: impl Into<Arc<ArrayD<A>>>,
-    vjp: impl Fn(ArrayD<A>, &[bool]) -> Result<Vec<Option<ArrayD<A>>>> + 'static,
-) -> Result<Tensor<A>> {
-    let value = value.into();
-    let mut tape: Option<&Tape<A>> = None;
-    for t in inputs {
-        if let Some((other, _)) = t.node() {
-            match tape {
-                Some(first) if !first.same_as(other) => return Err(Error::DifferentTapes { op }),
-                _ => tape = Some(other),
-            }
-        }
-    }
-    let Some(tape) = tape else {
-        return Ok(Tensor::from_shared(value));
-    };
-    let operands = inputs.iter().map(|t| t.operand()).collect();
-    let id = tape.push_op(op, operands, value.raw_dim(), Rc::new(vjp));
-    Ok(Tensor::tracked(value, tape.clone(), id))
-}
-
-/// [`record`] for an op of one input, whose VJP returns that input's gradient. One input
-/// cannot come from two tapes, so this cannot fail.
-pub(crate) fn record_one<A: Float>(
-    op: &'static str,
-    input: &Tensor<A>,
-    value: impl Into<Arc<ArrayD<A>>>,
-    vjp: impl Fn(ArrayD<A>) -> ArrayD<A> + 'static,
-) -> Tensor<A> {
-    record(op, &[input], value, move |g, _| vec![Some(vjp(g))]).expect("one input cannot mix tapes")
 }
 
 // Defined here rather than in tape.rs so that the tape knows nothing of tensors: tape.rs

@@ -34,8 +34,10 @@ fn chapters() -> Vec<(String, String)> {
 /// The op names a source file hands to the tape: the string literal after each of the
 /// call or definition forms that name an op.
 fn recorded_ops(source: &str) -> Vec<String> {
-    const MARKERS: [&str; 7] = [
+    const MARKERS: [&str; 9] = [
         "record(",
+        "scale(",
+        "record_rules(",
         "record_one(",
         "unary(",
         "choose(",

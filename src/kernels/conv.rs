@@ -273,6 +273,22 @@ pub(crate) struct Saved<A> {
     kernels: Vec<Arc<ArrayD<A>>>,
 }
 
+impl<A: Float> Saved<A> {
+    /// What [`backward`] reads, made from an input and a `(kh·kw·C_g, O)` kernel matrix
+    /// without running the forward product: for the products of a recorded backward pass,
+    /// which ask for one of the two gradients only (the input's reads only the kernel, the
+    /// kernel's only the input).
+    pub(crate) fn of(geo: Geometry, input: Arc<ArrayD<A>>, kernel: Array2<A>) -> Self {
+        let k = Arc::new(kernel.into_dyn());
+        let kernels = (0..geo.groups).map(|g| group_kernel(&k, &geo, g)).collect();
+        Saved {
+            geo,
+            input,
+            kernels,
+        }
+    }
+}
+
 /// The convolution of `input` (standard layout, NHWC) with `kernel`, the `(kh·kw·C_g, O)`
 /// matrix of the HWIO kernel, followed by the bias as one more row if `bias`: for each group
 /// and each block of output positions, `Y_b = P_b · K_g`. Returns `Y (positions, O)` and

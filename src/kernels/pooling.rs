@@ -105,6 +105,30 @@ pub(crate) fn max_pool_backward<A: Float>(
     }
 }
 
+/// The values of `ts` (NHWC `shape`, standard layout) at the winners of
+/// [`max_pool_forward`], in the output's order: max pooling's JVP, and the transpose of
+/// [`max_pool_backward`] (what a recorded backward pass differentiates it by). One thread:
+/// higher-order passes are not on the training step's path.
+pub(crate) fn max_pool_gather<A: Float>(
+    shape: &[usize],
+    axes: [WindowAxis; 2],
+    won: &[u32],
+    ts: &[A],
+) -> Vec<A> {
+    let channels = shape[3];
+    let mut out = vec![A::zero(); won.len()];
+    for_each_window(shape[0], axes, channels, |o, window| {
+        window.for_each_tap(|index, tap| {
+            for c in 0..channels {
+                if won[o + c] == index {
+                    out[o + c] = ts[tap + c];
+                }
+            }
+        });
+    });
+    out
+}
+
 /// Average pooling of `xs` (NHWC `shape`, standard layout) with `axes`: the sum of each
 /// window times `scale` (`1 / window size`: padding counts as zeros).
 pub(crate) fn avg_pool_forward<A: Float>(

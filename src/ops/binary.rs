@@ -5,10 +5,14 @@
 
 use ndarray::{ArrayD, IxDyn, Zip};
 
+use std::sync::Arc;
+
 use crate::error::Result;
 use crate::float::Float;
+use crate::ops::tangent::sum_broadcast;
+use crate::record::{Primal, RecordedGrads, Rules, record_rules};
 use crate::shape::broadcast_shape;
-use crate::tensor::{Tensor, record};
+use crate::tensor::Tensor;
 
 /// `f` applied to the broadcast of `a` and `b`.
 fn zip_broadcast<A: Float>(
@@ -27,12 +31,72 @@ fn zip_broadcast<A: Float>(
 
 /// The VJP of `a + b`: the gradient passes through to both, moved rather than copied where
 /// only one input wants it.
-fn pass_through<A: Float>(g: ArrayD<A>, needs: &[bool]) -> Vec<Option<ArrayD<A>>> {
+fn pass_through<A: Float, S>(_: &S, g: ArrayD<A>, needs: &[bool]) -> Vec<Option<ArrayD<A>>> {
     match (needs[0], needs[1]) {
         (true, true) => vec![Some(g.clone()), Some(g)],
         (true, false) => vec![Some(g), None],
         (false, true) => vec![None, Some(g)],
         (false, false) => vec![None, None],
+    }
+}
+
+/// What a binary op saves: both inputs and the output's shape.
+struct Operands<A> {
+    a: Arc<ArrayD<A>>,
+    b: Arc<ArrayD<A>>,
+    shape: Vec<usize>,
+}
+
+impl<A: Float> Operands<A> {
+    fn of(a: &Tensor<A>, b: &Tensor<A>, value: &ArrayD<A>) -> Self {
+        Operands {
+            a: a.shared_value(),
+            b: b.shared_value(),
+            shape: value.shape().to_vec(),
+        }
+    }
+
+    /// The output's tangent: the sum of `da(ta)` and `db(tb)` for the inputs with a tangent.
+    fn tangent(
+        &self,
+        tangents: &[Option<&ArrayD<A>>],
+        da: impl Fn(&ArrayD<A>) -> ArrayD<A>,
+        db: impl Fn(&ArrayD<A>) -> ArrayD<A>,
+    ) -> ArrayD<A> {
+        let terms = [tangents[0].map(da), tangents[1].map(db)];
+        sum_broadcast(&self.shape, terms.into_iter().flatten())
+    }
+}
+
+/// The recorded VJP of an op whose gradients are `g` times a fixed factor per input.
+fn scaled<A: Float>(
+    g: &Tensor<A>,
+    p: &Primal<'_, A>,
+    factors: [&ArrayD<A>; 2],
+) -> RecordedGrads<A> {
+    (0..2)
+        .map(|i| {
+            p.needs(i)
+                .then(|| g.mul(&Tensor::constant(factors[i])))
+                .transpose()
+        })
+        .collect()
+}
+
+/// The rules of an op whose output is `share · a + (1 − share) · b` for a constant `share`
+/// (of the output's shape): `maximum`, `minimum`, `select`.
+fn shared_between<A: Float>(share: ArrayD<A>) -> impl crate::tape::Rule<A> {
+    let other = share.mapv(|s| A::one() - s);
+    Rules {
+        saved: [share, other],
+        vjp: |[a, b]: &[ArrayD<A>; 2], g: ArrayD<A>, needs: &[bool]| {
+            vec![needs[0].then(|| &g * a), needs[1].then(|| &g * b)]
+        },
+        recorded: |[a, b]: &[ArrayD<A>; 2], g: &Tensor<A>, p: &Primal<'_, A>| scaled(g, p, [a, b]),
+        jvp: |[a, b]: &[ArrayD<A>; 2], t: &[Option<&ArrayD<A>>]| {
+            let terms = [t[0].map(|ta| ta * a), t[1].map(|tb| tb * b)];
+            Ok(sum_broadcast(a.shape(), terms.into_iter().flatten()))
+        },
     }
 }
 
@@ -57,7 +121,20 @@ impl<A: Float> Tensor<A> {
     /// tracked on different tapes; nothing is recorded.
     pub fn add(&self, other: &Tensor<A>) -> Result<Tensor<A>> {
         let value = zip_broadcast("add", self.value(), other.value(), |x, y| x + y)?;
-        record("add", &[self, other], value, pass_through)
+        let rules = Rules {
+            saved: Operands::of(self, other, &value),
+            vjp: pass_through,
+            recorded: |_: &Operands<A>, g: &Tensor<A>, p: &Primal<'_, A>| {
+                Ok(vec![
+                    p.needs(0).then(|| g.clone()),
+                    p.needs(1).then(|| g.clone()),
+                ])
+            },
+            jvp: |s: &Operands<A>, t: &[Option<&ArrayD<A>>]| {
+                Ok(s.tangent(t, ArrayD::clone, ArrayD::clone))
+            },
+        };
+        record_rules("add", &[self, other], value, rules)
     }
 
     /// `self - other`, broadcasting.
@@ -69,12 +146,25 @@ impl<A: Float> Tensor<A> {
     /// tracked on different tapes; nothing is recorded.
     pub fn sub(&self, other: &Tensor<A>) -> Result<Tensor<A>> {
         let value = zip_broadcast("sub", self.value(), other.value(), |x, y| x - y)?;
-        record("sub", &[self, other], value, |g, needs| {
-            vec![
-                needs[0].then(|| g.clone()),
-                needs[1].then(|| g.mapv(|x| -x)),
-            ]
-        })
+        let rules = Rules {
+            saved: Operands::of(self, other, &value),
+            vjp: |_: &Operands<A>, g: ArrayD<A>, needs: &[bool]| {
+                vec![
+                    needs[0].then(|| g.clone()),
+                    needs[1].then(|| g.mapv(|x| -x)),
+                ]
+            },
+            recorded: |_: &Operands<A>, g: &Tensor<A>, p: &Primal<'_, A>| {
+                Ok(vec![
+                    p.needs(0).then(|| g.clone()),
+                    p.needs(1).then(|| g.neg()),
+                ])
+            },
+            jvp: |s: &Operands<A>, t: &[Option<&ArrayD<A>>]| {
+                Ok(s.tangent(t, ArrayD::clone, |tb| tb.mapv(|x| -x)))
+            },
+        };
+        record_rules("sub", &[self, other], value, rules)
     }
 
     /// `self * other` elementwise, broadcasting.
@@ -86,19 +176,30 @@ impl<A: Float> Tensor<A> {
     /// tracked on different tapes; nothing is recorded.
     pub fn mul(&self, other: &Tensor<A>) -> Result<Tensor<A>> {
         let value = zip_broadcast("mul", self.value(), other.value(), |x, y| x * y)?;
-        let (a, b) = (self.shared_value(), other.shared_value());
-        record("mul", &[self, other], value, move |mut g, needs| {
-            // d(ab)/da = b, d(ab)/db = a. The last gradient reuses g's buffer.
-            let ga = needs[0].then(|| {
-                if needs[1] {
-                    &g * &*b
-                } else {
-                    std::mem::take(&mut g) * &*b
-                }
-            });
-            let gb = needs[1].then(|| g * &*a);
-            vec![ga, gb]
-        })
+        let rules = Rules {
+            saved: Operands::of(self, other, &value),
+            vjp: |s: &Operands<A>, mut g: ArrayD<A>, needs: &[bool]| {
+                // d(ab)/da = b, d(ab)/db = a. The last gradient reuses g's buffer.
+                let ga = needs[0].then(|| {
+                    if needs[1] {
+                        &g * &*s.b
+                    } else {
+                        std::mem::take(&mut g) * &*s.b
+                    }
+                });
+                let gb = needs[1].then(|| g * &*s.a);
+                vec![ga, gb]
+            },
+            recorded: |s: &Operands<A>, g: &Tensor<A>, p: &Primal<'_, A>| {
+                let ga = p.needs(0).then(|| g.mul(&p.input(1, &s.b))).transpose()?;
+                let gb = p.needs(1).then(|| g.mul(&p.input(0, &s.a))).transpose()?;
+                Ok(vec![ga, gb])
+            },
+            jvp: |s: &Operands<A>, t: &[Option<&ArrayD<A>>]| {
+                Ok(s.tangent(t, |ta| ta * &*s.b, |tb| &*s.a * tb))
+            },
+        };
+        record_rules("mul", &[self, other], value, rules)
     }
 
     /// `self / other` elementwise, broadcasting.
@@ -110,17 +211,34 @@ impl<A: Float> Tensor<A> {
     /// tracked on different tapes; nothing is recorded.
     pub fn div(&self, other: &Tensor<A>) -> Result<Tensor<A>> {
         let value = zip_broadcast("div", self.value(), other.value(), |x, y| x / y)?;
-        let (a, b) = (self.shared_value(), other.shared_value());
-        record("div", &[self, other], value, move |g, needs| {
-            // d(a/b)/da = 1/b, d(a/b)/db = -a/b^2.
-            let ga = needs[0].then(|| &g / &*b);
-            let gb = needs[1].then(|| {
-                let mut gb = &(g * &*a) / &(&*b * &*b);
-                gb.mapv_inplace(|x| -x);
-                gb
-            });
-            vec![ga, gb]
-        })
+        let rules = Rules {
+            saved: Operands::of(self, other, &value),
+            vjp: |s: &Operands<A>, g: ArrayD<A>, needs: &[bool]| {
+                // d(a/b)/da = 1/b, d(a/b)/db = -a/b^2.
+                let ga = needs[0].then(|| &g / &*s.b);
+                let gb = needs[1].then(|| {
+                    let mut gb = &(g * &*s.a) / &(&*s.b * &*s.b);
+                    gb.mapv_inplace(|x| -x);
+                    gb
+                });
+                vec![ga, gb]
+            },
+            recorded: |s: &Operands<A>, g: &Tensor<A>, p: &Primal<'_, A>| {
+                let b = p.input(1, &s.b);
+                let ga = p.needs(0).then(|| g.div(&b)).transpose()?;
+                let gb = match p.needs(1) {
+                    true => Some(g.mul(&p.input(0, &s.a))?.div(&b.square())?.neg()),
+                    false => None,
+                };
+                Ok(vec![ga, gb])
+            },
+            jvp: |s: &Operands<A>, t: &[Option<&ArrayD<A>>]| {
+                let da = |ta: &ArrayD<A>| ta / &*s.b;
+                let db = |tb: &ArrayD<A>| (&(tb * &*s.a) / &(&*s.b * &*s.b)).mapv(|x| -x);
+                Ok(s.tangent(t, da, db))
+            },
+        };
+        record_rules("div", &[self, other], value, rules)
     }
 
     /// Elementwise maximum, broadcasting; NaN if either side is NaN (PyTorch, JAX). At a tie
@@ -165,23 +283,16 @@ impl<A: Float> Tensor<A> {
                 x
             }
         })?;
-        let (a, b) = (self.shared_value(), other.shared_value());
-        record(op, &[self, other], value, move |g, needs| {
-            let share_of_a = zip_broadcast(op, &a, &b, |x, y| {
-                if prefer(x, y) {
-                    A::one()
-                } else if prefer(y, x) {
-                    A::zero()
-                } else {
-                    A::of(0.5)
-                }
-            })
-            .expect("shapes checked in forward");
-            vec![
-                needs[0].then(|| &g * &share_of_a),
-                needs[1].then(|| &g * &share_of_a.mapv(|s| A::one() - s)),
-            ]
-        })
+        let share_of_a = zip_broadcast(op, self.value(), other.value(), |x, y| {
+            if prefer(x, y) {
+                A::one()
+            } else if prefer(y, x) {
+                A::zero()
+            } else {
+                A::of(0.5)
+            }
+        })?;
+        record_rules(op, &[self, other], value, shared_between(share_of_a))
     }
 
     /// `mask ? on_true : on_false` elementwise, broadcasting all three. `mask` is read as a
@@ -217,12 +328,12 @@ impl<A: Float> Tensor<A> {
             .and(&t)
             .and(&f)
             .map_collect(|&m, &x, &y| if m != A::zero() { x } else { y });
-        record("select", &[on_true, on_false], value, move |g, needs| {
-            vec![
-                needs[0].then(|| &g * &chosen),
-                needs[1].then(|| &g * &chosen.mapv(|m| A::one() - m)),
-            ]
-        })
+        record_rules(
+            "select",
+            &[on_true, on_false],
+            value,
+            shared_between(chosen),
+        )
     }
 
     /// `1.0` where `self > other`, else `0.0`: a constant mask (comparisons have no

@@ -5,8 +5,10 @@ use ndarray::ArrayD;
 
 use crate::error::Result;
 use crate::float::Float;
+use crate::ops::tangent::only;
+use crate::record::{Primal, Rules, record_one};
 use crate::replicas::{Communicator, ReduceOp, ReplicaAxis};
-use crate::tensor::{Tensor, record_one};
+use crate::tensor::Tensor;
 
 /// `array` summed element-wise over every replica of `communicator` (in f64).
 fn all_reduce_sum<A: Float>(
@@ -36,22 +38,24 @@ impl<A: Float> Tensor<A> {
     /// [`Error::ReplicasDisagree`](crate::Error::ReplicasDisagree) if the replicas' tensors
     /// have different numbers of elements; nothing is recorded.
     pub fn psum(&self, axis: &ReplicaAxis) -> Result<Tensor<A>> {
-        let communicator = axis.shared_communicator();
-        let value = all_reduce_sum(&*communicator, self.value())?;
-        Ok(record_one("psum", self, value, move |g| {
-            // The forward reduction agreed on this length on every replica, and the
-            // gradient has the output's shape: the backward reduction cannot disagree.
-            all_reduce_sum(&*communicator, &g).expect("replicas agreed in the forward pass")
-        }))
+        let value = all_reduce_sum(axis.communicator(), self.value())?;
+        // The forward reduction agreed on this length on every replica, and a gradient or a
+        // tangent has the same shape: the later reductions cannot disagree.
+        let agreed = "replicas agreed in the forward pass";
+        let rules = Rules {
+            saved: axis.clone(),
+            vjp: move |axis: &ReplicaAxis, g: ArrayD<A>, _: &[bool]| {
+                all_reduce_sum(axis.communicator(), &g).expect(agreed)
+            },
+            recorded: |axis: &ReplicaAxis, g: &Tensor<A>, _: &Primal<'_, A>| g.psum(axis),
+            jvp: |axis: &ReplicaAxis, t: &[Option<&ArrayD<A>>]| {
+                all_reduce_sum(axis.communicator(), only(t))
+            },
+        };
+        Ok(record_one("psum", self, value, rules))
     }
 }
 
-/// `local` summed over every replica of `axis`: how many values a statistic over the global
-/// batch is over, when this replica holds `local` of them.
-///
-/// # Errors
-///
-/// The communicator's, if the replicas disagree or one is gone.
 pub(crate) fn global_count(axis: &ReplicaAxis, local: f64) -> Result<f64> {
     let mut global = [local];
     axis.communicator().all_reduce(&mut global, ReduceOp::Sum)?;

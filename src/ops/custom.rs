@@ -4,8 +4,8 @@ use ndarray::ArrayD;
 
 use crate::error::Result;
 use crate::float::Float;
+use crate::record::record;
 use crate::tensor::Tensor;
-use crate::tensor::record;
 
 /// Records a user-defined op: `value` is its forward result, computed by the caller from the
 /// inputs' values; `vjp(g, needs)` returns, for each input `i` with `needs[i]`, the gradient

@@ -8,7 +8,11 @@ use crate::kernels::gemm::{self, matrix};
 use crate::kernels::sums::column_sums;
 use crate::ops::fusion::Fusion;
 use crate::shape::element_count;
-use crate::tensor::{Tensor, record};
+use std::sync::Arc;
+
+use crate::ops::tangent::sum_broadcast;
+use crate::record::{Primal, Rules, record_rules};
+use crate::tensor::Tensor;
 
 fn as_matrix<'a, A: Float>(a: &'a ArrayD<A>, op: &'static str) -> Result<ArrayView2<'a, A>> {
     a.view()
@@ -47,11 +51,28 @@ impl<A: Float> Tensor<A> {
         }
         element_count::<A>("matmul", &[a.nrows(), b.ncols()])?;
         let value = gemm::forward(self.shared_value(), other.shared_value(), None).into_dyn();
-        let (a, b) = (self.shared_value(), other.shared_value());
-        record("matmul", &[self, other], value, move |g, needs| {
-            let (da, db) = gemm::backward(g, a.clone(), b.clone(), (needs[0], needs[1]));
-            vec![da.map(|d| d.into_dyn()), db.map(|d| d.into_dyn())]
-        })
+        let rules = Rules {
+            saved: [self.shared_value(), other.shared_value()],
+            vjp: |[a, b]: &[Arc<ArrayD<A>>; 2], g: ArrayD<A>, needs: &[bool]| {
+                let (da, db) = gemm::backward(g, a.clone(), b.clone(), (needs[0], needs[1]));
+                vec![da.map(|d| d.into_dyn()), db.map(|d| d.into_dyn())]
+            },
+            recorded: |[a, b]: &[Arc<ArrayD<A>>; 2], g: &Tensor<A>, p: &Primal<'_, A>| {
+                let da = p
+                    .needs(0)
+                    .then(|| g.matmul(&p.input(1, b).transpose()?))
+                    .transpose()?;
+                let db = p
+                    .needs(1)
+                    .then(|| p.input(0, a).transpose()?.matmul(g))
+                    .transpose()?;
+                Ok(vec![da, db])
+            },
+            jvp: |[a, b]: &[Arc<ArrayD<A>>; 2], t: &[Option<&ArrayD<A>>]| {
+                Ok(product_tangent(a, b, t[0], t[1], None))
+            },
+        };
+        record_rules("matmul", &[self, other], value, rules)
     }
 
     /// The affine map `x · kernel + bias` of a `(n, in)` input, a `(in, out)` kernel and an
@@ -99,16 +120,48 @@ impl<A: Float> Tensor<A> {
             kernel.shared_value(),
             Some(bias.shared_value()),
         );
-        let (x, w) = (self.shared_value(), kernel.shared_value());
-        record(
-            "linear",
-            &[self, kernel, bias],
-            value.into_dyn(),
-            move |g, needs| {
+        let rules = Rules {
+            saved: [self.shared_value(), kernel.shared_value()],
+            vjp: |[x, w]: &[Arc<ArrayD<A>>; 2], g: ArrayD<A>, needs: &[bool]| {
                 let db = needs[2].then(|| column_sums(matrix(&g)).into_dyn());
                 let (dx, dw) = gemm::backward(g, x.clone(), w.clone(), (needs[0], needs[1]));
                 vec![dx.map(|d| d.into_dyn()), dw.map(|d| d.into_dyn()), db]
             },
-        )
+            recorded: |[x, w]: &[Arc<ArrayD<A>>; 2], g: &Tensor<A>, p: &Primal<'_, A>| {
+                let dx = p
+                    .needs(0)
+                    .then(|| g.matmul(&p.input(1, w).transpose()?))
+                    .transpose()?;
+                let dw = p
+                    .needs(1)
+                    .then(|| p.input(0, x).transpose()?.matmul(g))
+                    .transpose()?;
+                let db = p.needs(2).then(|| g.sum_axes(&[0], false)).transpose()?;
+                Ok(vec![dx, dw, db])
+            },
+            jvp: |[x, w]: &[Arc<ArrayD<A>>; 2], t: &[Option<&ArrayD<A>>]| {
+                Ok(product_tangent(x, w, t[0], t[1], t[2]))
+            },
+        };
+        record_rules("linear", &[self, kernel, bias], value.into_dyn(), rules)
     }
+}
+
+/// The tangent of `a · b (+ bias)`: `ta · b + a · tb (+ tbias)`, a missing tangent zero.
+fn product_tangent<A: Float>(
+    a: &Arc<ArrayD<A>>,
+    b: &Arc<ArrayD<A>>,
+    ta: Option<&ArrayD<A>>,
+    tb: Option<&ArrayD<A>>,
+    tbias: Option<&ArrayD<A>>,
+) -> ArrayD<A> {
+    let product = |x: &Arc<ArrayD<A>>, y: &Arc<ArrayD<A>>| {
+        gemm::forward(Arc::clone(x), Arc::clone(y), None).into_dyn()
+    };
+    let terms = [
+        ta.map(|ta| product(&Arc::new(ta.clone()), b)),
+        tb.map(|tb| product(a, &Arc::new(tb.clone()))),
+        tbias.cloned(),
+    ];
+    sum_broadcast(&[a.shape()[0], b.shape()[1]], terms.into_iter().flatten())
 }

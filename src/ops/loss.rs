@@ -5,7 +5,14 @@ use crate::float::Float;
 use crate::kernels::{cross_entropy, gemm::matrix};
 use crate::ops::fusion::Fusion;
 use crate::ops::shape_ops::one_hot;
-use crate::tensor::{Tensor, record};
+use std::sync::Arc;
+
+use ndarray::{Array2, ArrayD};
+
+use crate::ops::tangent::only;
+use crate::record::{Primal, Rules, record_one};
+use crate::recorded::vjp_by_definition;
+use crate::tensor::Tensor;
 
 /// Mean softmax cross-entropy of `logits (batch, classes)` against integer `labels`:
 /// `(1/B) Σ_b [logsumexp(logits[b]) - logits[b, labels[b]]]`, defined as
@@ -59,19 +66,67 @@ pub fn softmax_cross_entropy<A: Float>(logits: &Tensor<A>, labels: &[usize]) -> 
         // The same, in one node: the softmax is kept from the forward pass for the VJP
         // `(softmax(z) − onehot(y)) / B`.
         let (total, probabilities) = cross_entropy::forward(matrix(logits.value()), labels);
-        let loss = ndarray::ArrayD::from_elem(vec![], total * inv_batch);
-        let labels = labels.to_vec();
-        return record(OP, &[logits], loss, move |g, _| {
-            let scale = g.iter().next().copied().unwrap_or_else(A::zero) * inv_batch;
-            let dz = cross_entropy::backward(&probabilities, &labels, scale);
-            vec![Some(dz.into_dyn())]
-        });
+        let loss = ArrayD::from_elem(vec![], total * inv_batch);
+        let rules = Rules {
+            saved: Picked {
+                probabilities,
+                labels: labels.to_vec(),
+                inv_batch,
+                logits: logits.shared_value(),
+            },
+            vjp: |s: &Picked<A>, g: ArrayD<A>, _: &[bool]| {
+                let scale = g.iter().next().copied().unwrap_or_else(A::zero) * s.inv_batch;
+                cross_entropy::backward(&s.probabilities, &s.labels, scale).into_dyn()
+            },
+            recorded: |s: &Picked<A>, g: &Tensor<A>, p: &Primal<'_, A>| {
+                let logits = [p.input(0, &s.logits)];
+                let definition = |t: &[Tensor<A>]| definition(&t[0], &s.labels, s.inv_batch);
+                let [dz] = <[_; 1]>::try_from(vjp_by_definition(p, &logits, g, definition)?)
+                    .expect("one input");
+                Ok(dz.unwrap_or_else(|| Tensor::constant(ArrayD::zeros(s.logits.shape()))))
+            },
+            jvp: |s: &Picked<A>, t: &[Option<&ArrayD<A>>]| Ok(s.tangent(only(t))),
+        };
+        return Ok(record_one(OP, logits, loss, rules));
     }
+    definition(logits, labels, inv_batch)
+}
+
+/// The definition: `−Σ log_softmax(z) · onehot(y) / B`.
+fn definition<A: Float>(logits: &Tensor<A>, labels: &[usize], inv_batch: A) -> Result<Tensor<A>> {
+    let classes = logits.shape()[1];
     let picked = logits
         .log_softmax(1)?
         .mul(&one_hot(labels, classes)?)?
         .sum_all();
     Ok(picked.mul_scalar(-inv_batch))
+}
+
+/// What the fused node keeps: the softmax, the labels, `1/B`, and the logits for the
+/// recorded VJP, which runs the definition on them.
+struct Picked<A> {
+    probabilities: Array2<A>,
+    labels: Vec<usize>,
+    inv_batch: A,
+    logits: Arc<ArrayD<A>>,
+}
+
+impl<A: Float> Picked<A> {
+    /// The loss's tangent for the logits' `t`: `Σ_b (⟨softmax_b, t_b⟩ − t_b[y_b]) / B`.
+    fn tangent(&self, t: &ArrayD<A>) -> ArrayD<A> {
+        let t = matrix(t);
+        let mut total = A::zero();
+        for ((p, t), &label) in self
+            .probabilities
+            .rows()
+            .into_iter()
+            .zip(t.rows())
+            .zip(&self.labels)
+        {
+            total += p.dot(&t) - t[label];
+        }
+        ArrayD::from_elem(vec![], total * self.inv_batch)
+    }
 }
 
 /// Mean squared error `mean((prediction - target)^2)` of two tensors of one shape.

@@ -16,6 +16,7 @@ mod pool;
 mod reduce;
 pub(crate) mod remat;
 pub(crate) mod shape_ops;
+mod tangent;
 mod unary;
 pub(crate) mod window;
 

@@ -16,7 +16,12 @@ use crate::ops::collective::global_count;
 use crate::ops::fusion::Fusion;
 use crate::replicas::ReplicaAxis;
 use crate::shape::standard_layout_shared;
-use crate::tensor::{Tensor, record};
+use std::sync::Arc;
+
+use crate::record::{Primal, Rules, record_rules};
+use crate::recorded::vjp_by_definition;
+use crate::tangents::jvp_by_definition;
+use crate::tensor::Tensor;
 
 /// How to normalise: the feature axis (checked in range), epsilon, the replica axis whose
 /// global batch the statistics are of (if any), and whether a ReLU follows.
@@ -112,9 +117,29 @@ fn fused<A: Float>(
         true => "batch_norm_relu",
         false => "batch_norm",
     };
-    let output = record(op, &[x, scale, bias], output, move |g, needs| {
-        batch_norm::backward(&saved, g, [needs[0], needs[1], needs[2]]).into()
-    })?;
+    let fused = Fused {
+        kernel: saved,
+        inputs: [x.shared_value(), scale.shared_value(), bias.shared_value()],
+        axis: how.axis,
+        epsilon: how.epsilon,
+        relu: how.relu,
+        count,
+    };
+    let rules = Rules {
+        saved: fused,
+        vjp: |f: &Fused<A>, g: ArrayD<A>, needs: &[bool]| {
+            batch_norm::backward(&f.kernel, g, [needs[0], needs[1], needs[2]]).into()
+        },
+        recorded: |f: &Fused<A>, g: &Tensor<A>, p: &Primal<'_, A>| {
+            let inputs: Vec<Tensor<A>> = (0..3).map(|i| p.input(i, &f.inputs[i])).collect();
+            vjp_by_definition(p, &inputs, g, |t| f.definition(t))
+        },
+        jvp: |f: &Fused<A>, t: &[Option<&ArrayD<A>>]| {
+            let values: Vec<&Arc<ArrayD<A>>> = f.inputs.iter().collect();
+            jvp_by_definition(&values, t, |t| f.definition(t))
+        },
+    };
+    let output = record_rules(op, &[x, scale, bias], output, rules)?;
     let vector = |v: Vec<A>| Array1::from(v).into_dyn();
     Ok(Normalized {
         output,
@@ -122,6 +147,30 @@ fn fused<A: Float>(
         var: vector(statistics.var),
         count,
     })
+}
+
+/// What the fused node keeps: the kernel's saved state for its VJP, and for the higher
+/// orders, which run the definition, its inputs and settings.
+struct Fused<A: Float> {
+    kernel: batch_norm::Saved<A>,
+    inputs: [Arc<ArrayD<A>>; 3],
+    axis: usize,
+    epsilon: f64,
+    relu: bool,
+    count: f64,
+}
+
+impl<A: Float> Fused<A> {
+    /// The definition's output for `[x, scale, bias]` (one replica: the fused node has none).
+    fn definition(&self, inputs: &[Tensor<A>]) -> Result<Tensor<A>> {
+        let how = Normalization {
+            axis: self.axis,
+            epsilon: self.epsilon,
+            replicas: None,
+            relu: self.relu,
+        };
+        Ok(definition(&inputs[0], &inputs[1], &inputs[2], &how, self.count)?.output)
+    }
 }
 
 /// The definition. Statistics over every axis but the features, the variance biased (divided

@@ -1,14 +1,19 @@
 //! Max and average pooling over NHWC inputs: their checks and their nodes on the tape; the
 //! loops, forward and backward, are in src/kernels/pooling.rs.
 
+use std::rc::Rc;
+
 use ndarray::{ArrayD, IxDyn};
 
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::pooling;
+use crate::kernels::window::WindowAxis;
+use crate::ops::tangent::only;
 use crate::ops::window::{Padding, require_nhwc, window_axes};
+use crate::record::{Primal, Rules, record_one};
 use crate::shape::{element_count, standard_layout, standard_layout_shared};
-use crate::tensor::{Tensor, record_one};
+use crate::tensor::Tensor;
 
 impl<A: Float> Tensor<A> {
     /// Max pooling of an NHWC input with a `window`, `strides` and `padding` (padding never
@@ -51,12 +56,21 @@ impl<A: Float> Tensor<A> {
         let (values, won) = pooling::max_pool_forward(xs, &shape, axes);
         let out_shape = pooling::output_shape(&shape, axes);
         let value = ArrayD::from_shape_vec(IxDyn(&out_shape), values).expect("the output's shape");
-        Ok(record_one("max_pool", self, value, move |g| {
-            let g = standard_layout(g);
-            let gs = g.as_slice().expect("standard layout");
-            let dx = pooling::max_pool_backward(&shape, axes, &won, gs);
-            ArrayD::from_shape_vec(IxDyn(&shape), dx).expect("the input's shape")
-        }))
+        let routing = Rc::new(MaxRouting {
+            shape,
+            out_shape,
+            axes,
+            won,
+        });
+        let rules = Rules {
+            saved: routing,
+            vjp: |r: &Rc<MaxRouting>, g: ArrayD<A>, _: &[bool]| r.scatter(g),
+            recorded: |r: &Rc<MaxRouting>, g: &Tensor<A>, _: &Primal<'_, A>| {
+                Ok(MaxRouting::scatter_op(r, g))
+            },
+            jvp: |r: &Rc<MaxRouting>, t: &[Option<&ArrayD<A>>]| Ok(r.gather(only(t))),
+        };
+        Ok(record_one("max_pool", self, value, rules))
     }
 
     /// Average pooling of an NHWC input: the mean over each window, padding counted as
@@ -98,11 +112,130 @@ impl<A: Float> Tensor<A> {
         let values = pooling::avg_pool_forward(xs, &shape, axes, scale);
         let out_shape = pooling::output_shape(&shape, axes);
         let value = ArrayD::from_shape_vec(IxDyn(&out_shape), values).expect("the output's shape");
-        Ok(record_one("avg_pool", self, value, move |g| {
-            let g = standard_layout(g);
-            let gs = g.as_slice().expect("standard layout");
-            let dx = pooling::avg_pool_backward(&shape, axes, gs, scale);
-            ArrayD::from_shape_vec(IxDyn(&shape), dx).expect("the input's shape")
-        }))
+        let averaging = Rc::new(Averaging { shape, axes, scale });
+        let rules = Rules {
+            saved: averaging,
+            vjp: |a: &Rc<Averaging<A>>, g: ArrayD<A>, _: &[bool]| a.spread(g),
+            recorded: |a: &Rc<Averaging<A>>, g: &Tensor<A>, _: &Primal<'_, A>| {
+                Ok(Averaging::spread_op(a, g))
+            },
+            jvp: |a: &Rc<Averaging<A>>, t: &[Option<&ArrayD<A>>]| Ok(a.average(only(t))),
+        };
+        Ok(record_one("avg_pool", self, value, rules))
+    }
+}
+
+/// Where max pooling's windows took their values: what its rules route along.
+struct MaxRouting {
+    shape: Vec<usize>,
+    out_shape: Vec<usize>,
+    axes: [WindowAxis; 2],
+    won: Vec<u32>,
+}
+
+impl MaxRouting {
+    /// The output's gradient sent to the winners: the VJP, in the input's shape.
+    fn scatter<A: Float>(&self, g: ArrayD<A>) -> ArrayD<A> {
+        let g = standard_layout(g);
+        let gs = g.as_slice().expect("standard layout");
+        let dx = pooling::max_pool_backward(&self.shape, self.axes, &self.won, gs);
+        ArrayD::from_shape_vec(IxDyn(&self.shape), dx).expect("the input's shape")
+    }
+
+    /// The values at the winners: the JVP, in the output's shape.
+    fn gather<A: Float>(&self, t: &ArrayD<A>) -> ArrayD<A> {
+        let t = standard_layout(t.clone());
+        let ts = t.as_slice().expect("standard layout");
+        let out = pooling::max_pool_gather(&self.shape, self.axes, &self.won, ts);
+        ArrayD::from_shape_vec(IxDyn(&self.out_shape), out).expect("the output's shape")
+    }
+
+    /// [`MaxRouting::scatter`] as an op, linear in `g`, whose VJP and JVP are the gather.
+    fn scatter_op<A: Float>(routing: &Rc<MaxRouting>, g: &Tensor<A>) -> Tensor<A> {
+        let rules = Rules {
+            saved: Rc::clone(routing),
+            vjp: |r: &Rc<MaxRouting>, h: ArrayD<A>, _: &[bool]| r.gather(&h),
+            recorded: |r: &Rc<MaxRouting>, h: &Tensor<A>, _: &Primal<'_, A>| {
+                Ok(MaxRouting::gather_op(r, h))
+            },
+            jvp: |r: &Rc<MaxRouting>, t: &[Option<&ArrayD<A>>]| Ok(r.scatter(only(t).clone())),
+        };
+        record_one(
+            "max_pool_scatter",
+            g,
+            routing.scatter(g.value().clone()),
+            rules,
+        )
+    }
+
+    /// [`MaxRouting::gather`] as an op, whose VJP and JVP are the scatter.
+    fn gather_op<A: Float>(routing: &Rc<MaxRouting>, h: &Tensor<A>) -> Tensor<A> {
+        let rules = Rules {
+            saved: Rc::clone(routing),
+            vjp: |r: &Rc<MaxRouting>, g: ArrayD<A>, _: &[bool]| r.scatter(g),
+            recorded: |r: &Rc<MaxRouting>, g: &Tensor<A>, _: &Primal<'_, A>| {
+                Ok(MaxRouting::scatter_op(r, g))
+            },
+            jvp: |r: &Rc<MaxRouting>, t: &[Option<&ArrayD<A>>]| Ok(r.gather(only(t))),
+        };
+        record_one("max_pool_gather", h, routing.gather(h.value()), rules)
+    }
+}
+
+/// Average pooling's windows and `1 / taps`: a linear map whose transpose spreads each
+/// output's gradient over its window.
+struct Averaging<A> {
+    shape: Vec<usize>,
+    axes: [WindowAxis; 2],
+    scale: A,
+}
+
+impl<A: Float> Averaging<A> {
+    /// The forward map, in the output's shape: the JVP (the map is linear).
+    fn average(&self, t: &ArrayD<A>) -> ArrayD<A> {
+        let t = standard_layout(t.clone());
+        let ts = t.as_slice().expect("standard layout");
+        let values = pooling::avg_pool_forward(ts, &self.shape, self.axes, self.scale);
+        let out_shape = pooling::output_shape(&self.shape, self.axes);
+        ArrayD::from_shape_vec(IxDyn(&out_shape), values).expect("the output's shape")
+    }
+
+    /// The transpose, in the input's shape: the VJP.
+    fn spread(&self, g: ArrayD<A>) -> ArrayD<A> {
+        let g = standard_layout(g);
+        let gs = g.as_slice().expect("standard layout");
+        let dx = pooling::avg_pool_backward(&self.shape, self.axes, gs, self.scale);
+        ArrayD::from_shape_vec(IxDyn(&self.shape), dx).expect("the input's shape")
+    }
+
+    /// [`Averaging::spread`] as an op, whose VJP and JVP are the average.
+    fn spread_op(averaging: &Rc<Averaging<A>>, g: &Tensor<A>) -> Tensor<A> {
+        let rules = Rules {
+            saved: Rc::clone(averaging),
+            vjp: |a: &Rc<Averaging<A>>, h: ArrayD<A>, _: &[bool]| a.average(&h),
+            recorded: |a: &Rc<Averaging<A>>, h: &Tensor<A>, _: &Primal<'_, A>| {
+                Ok(Averaging::average_op(a, h))
+            },
+            jvp: |a: &Rc<Averaging<A>>, t: &[Option<&ArrayD<A>>]| Ok(a.spread(only(t).clone())),
+        };
+        record_one(
+            "avg_pool_spread",
+            g,
+            averaging.spread(g.value().clone()),
+            rules,
+        )
+    }
+
+    /// [`Averaging::average`] as an op, whose VJP and JVP are the spread.
+    fn average_op(averaging: &Rc<Averaging<A>>, h: &Tensor<A>) -> Tensor<A> {
+        let rules = Rules {
+            saved: Rc::clone(averaging),
+            vjp: |a: &Rc<Averaging<A>>, g: ArrayD<A>, _: &[bool]| a.spread(g),
+            recorded: |a: &Rc<Averaging<A>>, g: &Tensor<A>, _: &Primal<'_, A>| {
+                Ok(Averaging::spread_op(a, g))
+            },
+            jvp: |a: &Rc<Averaging<A>>, t: &[Option<&ArrayD<A>>]| Ok(a.average(only(t))),
+        };
+        record_one("avg_pool", h, averaging.average(h.value()), rules)
     }
 }

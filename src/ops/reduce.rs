@@ -4,9 +4,10 @@ use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn, Zip};
 
 use crate::error::{Error, Result};
 use crate::float::{Float, nan_max};
+use crate::ops::tangent::only;
+use crate::record::{Primal, Rules, record_one};
 use crate::shape::{check_axes, keep_dims_shape, reshaped};
 use crate::tensor::Tensor;
-use crate::tensor::record_one;
 
 /// The gradient of a reduction's output, given back the reduced axes as size 1 and then
 /// broadcast to the input's shape.
@@ -37,6 +38,30 @@ fn reduce_axes<A: Float>(
     reduced
 }
 
+/// A reduction's axes and shapes, what its rules need.
+struct Reduced {
+    axes: Vec<usize>,
+    keep_shape: Vec<usize>,
+    input_shape: Vec<usize>,
+    keep_dims: bool,
+}
+
+impl Reduced {
+    /// `t` summed over the axes, in the output's shape.
+    fn sum<A: Float>(&self, t: &ArrayD<A>) -> ArrayD<A> {
+        let sum = reduce_axes(t, &self.axes, |v, axis| v.sum_axis(axis));
+        match self.keep_dims {
+            true => reshaped(sum, &self.keep_shape),
+            false => sum,
+        }
+    }
+
+    /// The output's gradient spread back over the input's shape, as ops.
+    fn spread_tensor<A: Float>(&self, g: &Tensor<A>) -> Result<Tensor<A>> {
+        g.reshape(&self.keep_shape)?.broadcast_to(&self.input_shape)
+    }
+}
+
 impl<A: Float> Tensor<A> {
     /// Sum over `axes`; with `keep_dims` the reduced axes stay as size 1.
     /// PyTorch: `x.sum(dim=axes, keepdim=keep_dims)`.
@@ -61,20 +86,49 @@ impl<A: Float> Tensor<A> {
         if keep_dims {
             value = reshaped(value, &keep_shape);
         }
-        let input_shape = self.shape().to_vec();
-        Ok(record_one("sum", self, value, move |g| {
-            spread(&g, &keep_shape, &input_shape)
-        }))
+        let rules = Rules {
+            saved: Reduced {
+                axes,
+                keep_shape,
+                input_shape: self.shape().to_vec(),
+                keep_dims,
+            },
+            vjp: |s: &Reduced, g: ArrayD<A>, _: &[bool]| spread(&g, &s.keep_shape, &s.input_shape),
+            recorded: |s: &Reduced, g: &Tensor<A>, _: &Primal<'_, A>| s.spread_tensor(g),
+            jvp: |s: &Reduced, t: &[Option<&ArrayD<A>>]| Ok(s.sum(only(t))),
+        };
+        Ok(record_one("sum", self, value, rules))
     }
 
     /// Sum of all elements, as a 0-d tensor.
     #[must_use]
     pub fn sum_all(&self) -> Tensor<A> {
         let value = ArrayD::from_elem(IxDyn(&[]), self.value().sum());
-        let input_shape = self.shape().to_vec();
-        record_one("sum", self, value, move |g| {
-            ArrayD::from_elem(IxDyn(&input_shape), g.sum())
-        })
+        let rules = Rules {
+            saved: self.shape().to_vec(),
+            vjp: |shape: &Vec<usize>, g: ArrayD<A>, _: &[bool]| {
+                ArrayD::from_elem(IxDyn(shape), g.sum())
+            },
+            recorded: |shape: &Vec<usize>, g: &Tensor<A>, _: &Primal<'_, A>| g.broadcast_to(shape),
+            jvp: |_: &Vec<usize>, t: &[Option<&ArrayD<A>>]| {
+                Ok(ArrayD::from_elem(IxDyn(&[]), only(t).sum()))
+            },
+        };
+        record_one("sum", self, value, rules)
+    }
+
+    /// Summed down to `shape`, which this tensor's shape is a broadcast of: the sum over the
+    /// leading axes `shape` lacks and over the axes where it has 1. Broadcasting's adjoint,
+    /// as ops: where a recorded backward pass sums a gradient back to its input's shape.
+    pub(crate) fn sum_to(&self, shape: &[usize]) -> Result<Tensor<A>> {
+        if self.shape() == shape {
+            return Ok(self.clone());
+        }
+        let lead = self.ndim() - shape.len();
+        let axes: Vec<usize> = (0..self.ndim())
+            .filter(|&a| a < lead || (shape[a - lead] == 1 && self.shape()[a] != 1))
+            .collect();
+        self.sum_axes(&axes, true)?.reshape(shape)
     }
 
     /// Mean over `axes` (composed: a sum times `1/n`).
@@ -121,18 +175,34 @@ impl<A: Float> Tensor<A> {
         if keep_dims {
             value = max_keep.clone();
         }
-        let x = self.shared_value();
-        Ok(record_one("max", self, value, move |g| {
-            let max = max_keep
-                .broadcast(x.raw_dim())
-                .expect("keep-dims shape broadcasts");
-            let is_max = Zip::from(&*x)
-                .and(&max)
-                .map_collect(|&x, &m| if x == m { A::one() } else { A::zero() });
-            let ties = reduce_axes(&is_max, &axes, |v, axis| v.sum_axis(axis));
-            let share = &spread(&g, &keep_shape, x.shape()) / &reshaped(ties, &keep_shape);
-            is_max * share
-        }))
+        // Each position's share of its slice's gradient: 1/ties at a maximum, 0 elsewhere.
+        let max = max_keep
+            .broadcast(self.value().raw_dim())
+            .expect("keep-dims shape broadcasts");
+        let is_max = Zip::from(self.value())
+            .and(&max)
+            .map_collect(|&x, &m| if x == m { A::one() } else { A::zero() });
+        let ties = reduce_axes(&is_max, &axes, |v, axis| v.sum_axis(axis));
+        let share = is_max / &reshaped(ties, &keep_shape);
+        let reduced = Reduced {
+            axes,
+            keep_shape,
+            input_shape: self.shape().to_vec(),
+            keep_dims,
+        };
+        let rules = Rules {
+            saved: (reduced, share),
+            vjp: |(s, share): &(Reduced, ArrayD<A>), g: ArrayD<A>, _: &[bool]| {
+                spread(&g, &s.keep_shape, &s.input_shape) * share
+            },
+            recorded: |(s, share): &(Reduced, ArrayD<A>), g: &Tensor<A>, _: &Primal<'_, A>| {
+                s.spread_tensor(g)?.mul(&Tensor::constant(share))
+            },
+            jvp: |(s, share): &(Reduced, ArrayD<A>), t: &[Option<&ArrayD<A>>]| {
+                Ok(s.sum(&(only(t) * share)))
+            },
+        };
+        Ok(record_one("max", self, value, rules))
     }
 }
 

@@ -16,8 +16,12 @@ use ndarray::ArrayD;
 
 use crate::error::{Error, Result};
 use crate::float::Float;
+use crate::record::{Primal, record_rules, run_recorded};
+use crate::recorded::vjp_by_definition;
+use crate::tangents::jvp_by_definition;
+use crate::tape::{Rule, Site, Traced};
 use crate::tape::{Saved, Tape};
-use crate::tensor::{Tensor, record_fallible};
+use crate::tensor::Tensor;
 
 /// `f(inputs)`, recomputed during backward instead of keeping what its ops would save.
 /// JAX: `jax.checkpoint(f)(*inputs)`; PyTorch: `torch.utils.checkpoint.checkpoint(f, *inputs)`.
@@ -80,11 +84,52 @@ pub(crate) fn recompute_later<A: Float>(
              so that it is saved and recomputed with the rest",
         ));
     }
-    let values: Vec<Arc<ArrayD<A>>> = inputs.iter().map(|t| t.shared_value()).collect();
-    let shape = output.shape().to_vec();
-    record_fallible("remat", inputs, output.shared_value(), move |g, needs| {
+    let recomputed = Recomputed {
+        values: inputs.iter().map(|t| t.shared_value()).collect(),
+        shape: output.shape().to_vec(),
+        again,
+    };
+    record_rules("remat", inputs, output.shared_value(), recomputed)
+}
+
+/// A recomputed block: its inputs' values, its output's shape, and the block.
+struct Recomputed<A, F> {
+    values: Vec<Arc<ArrayD<A>>>,
+    shape: Vec<usize>,
+    again: F,
+}
+
+impl<A, F> Recomputed<A, F>
+where
+    A: Float,
+    F: Fn(&[Tensor<A>]) -> Result<Tensor<A>>,
+{
+    /// The block run again, its output checked against the first run's shape.
+    fn run(&self, inputs: &[Tensor<A>]) -> Result<Tensor<A>> {
+        let output = (self.again)(inputs)?;
+        if output.shape() != self.shape.as_slice() {
+            return Err(Error::incompatible(
+                "remat",
+                &self.shape,
+                output.shape(),
+                "the block, run again for its backward pass, returned another shape",
+            ));
+        }
+        Ok(output)
+    }
+}
+
+impl<A, F> Rule<A> for Recomputed<A, F>
+where
+    A: Float,
+    F: Fn(&[Tensor<A>]) -> Result<Tensor<A>>,
+{
+    /// The block run again on a fresh tape, the inputs that want a gradient its leaves, and
+    /// that tape walked back from `g`.
+    fn vjp(&self, g: ArrayD<A>, needs: &[bool]) -> Result<Vec<Option<ArrayD<A>>>> {
         let tape = Tape::new();
-        let tensors: Vec<Tensor<A>> = values
+        let tensors: Vec<Tensor<A>> = self
+            .values
             .iter()
             .zip(needs)
             .map(|(value, &need)| match need {
@@ -92,15 +137,7 @@ pub(crate) fn recompute_later<A: Float>(
                 false => Tensor::from_shared(Arc::clone(value)),
             })
             .collect();
-        let output = again(&tensors)?;
-        if output.shape() != shape.as_slice() {
-            return Err(Error::incompatible(
-                "remat",
-                &shape,
-                output.shape(),
-                "the block, run again for its backward pass, returned another shape",
-            ));
-        }
+        let output = self.run(&tensors)?;
         let root = match output.node() {
             None => return Ok(vec![None; tensors.len()]), // no dependence on the inputs
             Some((on, id)) if on.same_as(&tape) => id,
@@ -111,5 +148,26 @@ pub(crate) fn recompute_later<A: Float>(
             .iter()
             .map(|t| t.node_id().and_then(|id| slots[id].take()))
             .collect())
-    })
+    }
+
+    /// The block run again on the tape itself, its inputs linked to their nodes, and
+    /// differentiated as recorded ops.
+    fn vjp_recorded(
+        &self,
+        tape: &Tape<A>,
+        site: &Site<'_>,
+        g: Traced<A>,
+    ) -> Option<Result<Vec<Option<Traced<A>>>>> {
+        Some(run_recorded(tape, site, g, |g, primal: &Primal<'_, A>| {
+            let inputs: Vec<Tensor<A>> = (0..self.values.len())
+                .map(|i| primal.input(i, &self.values[i]))
+                .collect();
+            vjp_by_definition(primal, &inputs, g, |t| self.run(t))
+        }))
+    }
+
+    fn jvp(&self, tangents: &[Option<&ArrayD<A>>]) -> Option<Result<ArrayD<A>>> {
+        let values: Vec<&Arc<ArrayD<A>>> = self.values.iter().collect();
+        Some(jvp_by_definition(&values, tangents, |t| self.run(t)))
+    }
 }

@@ -5,9 +5,10 @@ use ndarray::{ArrayD, Axis, IxDyn, Slice};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::into_array::IntoArray;
+use crate::ops::tangent::only;
+use crate::record::{Primal, Rules, record_one, record_rules};
 use crate::shape::{broadcast_shape, element_count, reshaped};
 use crate::tensor::Tensor;
-use crate::tensor::{record, record_one};
 
 impl<A: Float> Tensor<A> {
     /// The same elements (row-major order) in a new shape with the same element count.
@@ -30,10 +31,19 @@ impl<A: Float> Tensor<A> {
             ));
         }
         let value = reshaped(self.value().clone(), shape);
-        let input_shape = self.shape().to_vec();
-        Ok(record_one("reshape", self, value, move |g| {
-            reshaped(g, &input_shape)
-        }))
+        let rules = Rules {
+            saved: (self.shape().to_vec(), shape.to_vec()),
+            vjp: |(input, _): &(Vec<usize>, Vec<usize>), g: ArrayD<A>, _: &[bool]| {
+                reshaped(g, input)
+            },
+            recorded: |(input, _): &(Vec<usize>, Vec<usize>), g: &Tensor<A>, _: &Primal<'_, A>| {
+                g.reshape(input)
+            },
+            jvp: |(_, output): &(Vec<usize>, Vec<usize>), t: &[Option<&ArrayD<A>>]| {
+                Ok(reshaped(only(t).clone(), output))
+            },
+        };
+        Ok(record_one("reshape", self, value, rules))
     }
 
     /// Reorders the axes: output axis `i` is input axis `axes[i]`.
@@ -60,9 +70,19 @@ impl<A: Float> Tensor<A> {
             inverse[a] = i;
         }
         let value = self.value().clone().permuted_axes(IxDyn(axes));
-        Ok(record_one("permute", self, value, move |g| {
-            g.permuted_axes(IxDyn(&inverse))
-        }))
+        let rules = Rules {
+            saved: (axes.to_vec(), inverse),
+            vjp: |(_, inverse): &(Vec<usize>, Vec<usize>), g: ArrayD<A>, _: &[bool]| {
+                g.permuted_axes(IxDyn(inverse))
+            },
+            recorded: |(_, inverse): &(Vec<usize>, Vec<usize>),
+                       g: &Tensor<A>,
+                       _: &Primal<'_, A>| { g.permute(inverse) },
+            jvp: |(axes, _): &(Vec<usize>, Vec<usize>), t: &[Option<&ArrayD<A>>]| {
+                Ok(only(t).clone().permuted_axes(IxDyn(axes)))
+            },
+        };
+        Ok(record_one("permute", self, value, rules))
     }
 
     /// Reverses the axes (the matrix transpose for 2-D).
@@ -96,7 +116,16 @@ impl<A: Float> Tensor<A> {
             .broadcast(IxDyn(shape))
             .expect("checked broadcastable")
             .to_owned();
-        Ok(record_one("broadcast_to", self, value, |g| g))
+        let rules = Rules {
+            saved: shape.to_vec(),
+            // The tape sums the gradient back to the input's shape.
+            vjp: |_: &Vec<usize>, g: ArrayD<A>, _: &[bool]| g,
+            recorded: |_: &Vec<usize>, g: &Tensor<A>, _: &Primal<'_, A>| Ok(g.clone()),
+            jvp: |shape: &Vec<usize>, t: &[Option<&ArrayD<A>>]| {
+                Ok(only(t).broadcast(IxDyn(shape)).expect("checked").to_owned())
+            },
+        };
+        Ok(record_one("broadcast_to", self, value, rules))
     }
 
     /// Joins tensors along `axis`; all other dimensions must agree.
@@ -133,19 +162,48 @@ impl<A: Float> Tensor<A> {
         }
         let views: Vec<_> = tensors.iter().map(|t| t.value().view()).collect();
         let value = ndarray::concatenate(Axis(axis), &views).expect("shapes checked");
-        let sizes: Vec<usize> = tensors.iter().map(|t| t.shape()[axis]).collect();
-        record("concat", tensors, value, move |g, needs| {
-            let mut start = 0;
-            sizes
-                .iter()
-                .zip(needs)
-                .map(|(&n, &need)| {
-                    let part = Slice::from(start..start + n);
-                    start += n;
-                    need.then(|| g.slice_axis(Axis(axis), part).to_owned())
-                })
-                .collect()
-        })
+        let shapes: Vec<Vec<usize>> = tensors.iter().map(|t| t.shape().to_vec()).collect();
+        let rules = Rules {
+            saved: (axis, shapes),
+            vjp: |(axis, shapes): &(usize, Vec<Vec<usize>>), g: ArrayD<A>, needs: &[bool]| {
+                let mut start = 0;
+                shapes
+                    .iter()
+                    .zip(needs)
+                    .map(|(shape, &need)| {
+                        let part = Slice::from(start..start + shape[*axis]);
+                        start += shape[*axis];
+                        need.then(|| g.slice_axis(Axis(*axis), part).to_owned())
+                    })
+                    .collect()
+            },
+            recorded: |(axis, shapes): &(usize, Vec<Vec<usize>>),
+                       g: &Tensor<A>,
+                       p: &Primal<'_, A>| {
+                let mut start = 0;
+                let mut grads = Vec::with_capacity(shapes.len());
+                for (i, shape) in shapes.iter().enumerate() {
+                    let end = start + shape[*axis];
+                    grads.push(
+                        p.needs(i)
+                            .then(|| g.slice_axis(*axis, start, end))
+                            .transpose()?,
+                    );
+                    start = end;
+                }
+                Ok(grads)
+            },
+            jvp: |(axis, shapes): &(usize, Vec<Vec<usize>>), t: &[Option<&ArrayD<A>>]| {
+                let parts: Vec<ArrayD<A>> = shapes
+                    .iter()
+                    .zip(t)
+                    .map(|(shape, t)| t.cloned().unwrap_or_else(|| ArrayD::zeros(IxDyn(shape))))
+                    .collect();
+                let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+                Ok(ndarray::concatenate(Axis(*axis), &views).expect("shapes checked"))
+            },
+        };
+        record_rules("concat", tensors, value, rules)
     }
 
     /// Elements `start..end` along `axis`. The VJP places the gradient back into zeros.
@@ -164,12 +222,33 @@ impl<A: Float> Tensor<A> {
         }
         let range = Slice::from(start..end);
         let value = self.value().slice_axis(Axis(axis), range).to_owned();
-        let input_shape = self.shape().to_vec();
-        Ok(record_one("slice", self, value, move |g| {
-            let mut full = ArrayD::zeros(IxDyn(&input_shape));
-            full.slice_axis_mut(Axis(axis), range).assign(&g);
-            full
-        }))
+        let rules = Rules {
+            saved: (axis, start, end, self.shape().to_vec()),
+            vjp: |&(axis, start, end, ref shape): &Slicing, g: ArrayD<A>, _: &[bool]| {
+                let mut full = ArrayD::zeros(IxDyn(shape));
+                full.slice_axis_mut(Axis(axis), Slice::from(start..end))
+                    .assign(&g);
+                full
+            },
+            recorded: |&(axis, start, end, ref shape): &Slicing,
+                       g: &Tensor<A>,
+                       _: &Primal<'_, A>| {
+                // Zeros before and after, as constants: the gradient is placed between them.
+                let zeros = |n: usize| {
+                    let mut part = shape.clone();
+                    part[axis] = n;
+                    Tensor::constant(ArrayD::zeros(IxDyn(&part)))
+                };
+                let (before, after) = (zeros(start), zeros(shape[axis] - end));
+                Tensor::concat(&[&before, g, &after], axis)
+            },
+            jvp: |&(axis, start, end, _): &Slicing, t: &[Option<&ArrayD<A>>]| {
+                Ok(only(t)
+                    .slice_axis(Axis(axis), Slice::from(start..end))
+                    .to_owned())
+            },
+        };
+        Ok(record_one("slice", self, value, rules))
     }
 
     /// Rows of a 2-D table `(n, d)` picked by integer `ids` of any shape: the result has
@@ -215,15 +294,63 @@ impl<A: Float> Tensor<A> {
         let mut out_shape = ids.shape().to_vec();
         out_shape.push(width);
         let value = reshaped(picked, &out_shape);
-        Ok(record_one("gather_rows", self, value, move |g| {
-            let g = reshaped(g, &[flat_ids.len(), width]);
-            let mut table = ArrayD::zeros(IxDyn(&[rows, width]));
-            for (&id, row) in flat_ids.iter().zip(g.outer_iter()) {
-                let mut target = table.index_axis_mut(Axis(0), id);
-                target += &row;
-            }
-            table
-        }))
+        let rules = Rules {
+            saved: Rows {
+                ids: flat_ids,
+                rows,
+                width,
+                out_shape,
+            },
+            vjp: |r: &Rows, g: ArrayD<A>, _: &[bool]| r.scatter(&g),
+            recorded: |r: &Rows, g: &Tensor<A>, _: &Primal<'_, A>| Ok(r.scatter_rows(g)),
+            jvp: |r: &Rows, t: &[Option<&ArrayD<A>>]| Ok(r.gather(only(t))),
+        };
+        Ok(record_one("gather_rows", self, value, rules))
+    }
+}
+
+type Slicing = (usize, usize, usize, Vec<usize>);
+
+/// Rows picked from a table `(rows, width)` by `ids`, and the picked tensor's shape.
+#[derive(Clone)]
+struct Rows {
+    ids: Vec<usize>,
+    rows: usize,
+    width: usize,
+    out_shape: Vec<usize>,
+}
+
+impl Rows {
+    /// The picked rows of `table`, in the output's shape.
+    fn gather<A: Float>(&self, table: &ArrayD<A>) -> ArrayD<A> {
+        reshaped(table.select(Axis(0), &self.ids), &self.out_shape)
+    }
+
+    /// Each picked row's gradient added into its row of a zero table: the transpose of
+    /// [`Rows::gather`].
+    fn scatter<A: Float>(&self, g: &ArrayD<A>) -> ArrayD<A> {
+        let g = reshaped(g.clone(), &[self.ids.len(), self.width]);
+        let mut table = ArrayD::zeros(IxDyn(&[self.rows, self.width]));
+        for (&id, row) in self.ids.iter().zip(g.outer_iter()) {
+            let mut target = table.index_axis_mut(Axis(0), id);
+            target += &row;
+        }
+        table
+    }
+
+    /// [`Rows::scatter`] as an op, whose VJP is the gather: what the recorded backward pass
+    /// of `gather_rows` runs.
+    fn scatter_rows<A: Float>(&self, g: &Tensor<A>) -> Tensor<A> {
+        let rules = Rules {
+            saved: self.clone(),
+            vjp: |r: &Rows, g: ArrayD<A>, _: &[bool]| r.gather(&g),
+            recorded: |r: &Rows, g: &Tensor<A>, _: &Primal<'_, A>| {
+                g.gather_rows(ndarray::Array1::from(r.ids.clone()))?
+                    .reshape(&r.out_shape)
+            },
+            jvp: |r: &Rows, t: &[Option<&ArrayD<A>>]| Ok(r.scatter(only(t))),
+        };
+        record_one("scatter_rows", g, self.scatter(g.value()), rules)
     }
 }
 

@@ -69,11 +69,6 @@ impl ReplicaAxis {
     pub fn communicator(&self) -> &dyn Communicator {
         &*self.communicator
     }
-
-    /// The communicator, shared (for a VJP that reduces in the backward pass).
-    pub(crate) fn shared_communicator(&self) -> Rc<dyn Communicator> {
-        Rc::clone(&self.communicator)
-    }
 }
 
 /// Two axes are the same if they have the same name and the same communicator object.
