@@ -154,8 +154,10 @@ fn unary_table() -> Vec<UnaryRow> {
     ]
 }
 
+/// Every derivative of every row: gradients, tangents, the transpose identity between them,
+/// and Hessian-vector products both ways (JAX's `check_grads(order=2, modes=["fwd", "rev"])`).
 fn options() -> GradCheckOptions {
-    GradCheckOptions::default()
+    GradCheckOptions::second_order()
 }
 
 fn check_one(

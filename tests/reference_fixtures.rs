@@ -4,10 +4,7 @@
 //! The format is described in the benchmark workload (section 9); every recorded array is
 //! matched to `1e-10 · max(1, max|value|)`.
 
-use std::collections::BTreeMap;
-
 use ndarray::ArrayD;
-use serde_json::Value;
 use tapegrad::nn::{Activation, BatchNorm, Conv, Dense, GlobalAvgPool, Mlp, Pool, Sequential};
 use tapegrad::optim::{Optimizer, Sgd};
 use tapegrad::{
@@ -15,79 +12,9 @@ use tapegrad::{
     softmax_cross_entropy, value_and_grad, value_and_grad_with_aux,
 };
 
-struct Fixture {
-    arrays: BTreeMap<String, ArrayD<f64>>,
-    steps: usize,
-}
-
-fn flatten(value: &Value, out: &mut Vec<f64>) {
-    match value {
-        Value::Array(items) => items.iter().for_each(|v| flatten(v, out)),
-        Value::Number(n) => out.push(n.as_f64().expect("a number")),
-        other => panic!("unexpected {other}"),
-    }
-}
-
-fn load(name: &str) -> Fixture {
-    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let mut arrays = BTreeMap::new();
-    for (key, entry) in json["arrays"].as_object().unwrap() {
-        let shape: Vec<usize> = entry["shape"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d.as_u64().unwrap() as usize)
-            .collect();
-        let mut data = Vec::new();
-        flatten(&entry["data"], &mut data);
-        arrays.insert(key.clone(), ArrayD::from_shape_vec(shape, data).unwrap());
-    }
-    Fixture {
-        arrays,
-        steps: json["meta"]["steps"].as_u64().unwrap() as usize,
-    }
-}
-
-impl Fixture {
-    fn get(&self, key: &str) -> &ArrayD<f64> {
-        self.arrays
-            .get(key)
-            .unwrap_or_else(|| panic!("fixture has no {key}"))
-    }
-
-    fn labels(&self) -> Vec<usize> {
-        self.get("inputs/labels")
-            .iter()
-            .map(|&v| v as usize)
-            .collect()
-    }
-
-    /// The initial variables: every `params/`, `batch_stats/` and `state/` array.
-    fn variables(&self) -> Variables<f64> {
-        let mut vars = Variables::new();
-        for (key, value) in &self.arrays {
-            if let Some((collection, path)) = key.split_once('/')
-                && ["params", "batch_stats", "state"].contains(&collection)
-            {
-                vars.insert(collection, path, value.clone()).unwrap();
-            }
-        }
-        vars
-    }
-
-    /// Asserts `actual` matches the recorded `key` to 1e-10, scaled.
-    fn check(&self, key: &str, actual: &ArrayD<f64>) {
-        let expected = self.get(key);
-        assert_eq!(actual.shape(), expected.shape(), "{key}");
-        let scale = expected.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-        let worst = actual
-            .iter()
-            .zip(expected)
-            .fold(0.0f64, |m, (a, e)| m.max((a - e).abs()));
-        assert!(worst <= 1e-10 * scale, "{key}: worst difference {worst:e}");
-    }
-}
+#[allow(dead_code)] // shared with the second-order replay, which uses the rest
+mod fixture_file;
+use fixture_file::{Fixture, load};
 
 fn mlp() -> Mlp {
     Mlp::new(&[7, 7], 3).with_batch_norm(BatchNorm::new().momentum(0.9).epsilon(1e-5))
@@ -126,7 +53,7 @@ fn replay<M: Module<f64, Output = Tensor<f64>>>(fixture: &Fixture, model: &M, in
     let initial_state = vars.collection("state").cloned();
     let mut sgd = Sgd::new(0.1).momentum(0.9);
     let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
-    for step in 1..=fixture.steps {
+    for step in 1..=fixture.steps() {
         let key = |name: &str| format!("step_{step}/{name}");
         let (loss, (logits, updates), grads) = value_and_grad_with_aux(vars.params(), |p| {
             let (logits, updates) = model.apply_tracked(p, &vars, input, &train)?;

@@ -1,5 +1,7 @@
 //! A public gradient checker: reverse-mode gradients against central finite differences,
-//! in `f64`.
+//! in `f64`, and on request forward mode and second order, as JAX's
+//! `check_grads(f, args, order=2, modes=["fwd", "rev"])` checks them
+//! ([`GradCheckOptions::second_order`]; the checks are in `higher.rs`).
 //!
 //! For each param the checker compares the tape's gradient with
 //! `(f(p + eps·d) - f(p - eps·d)) / 2eps`:
@@ -39,6 +41,8 @@ use crate::tape::Tape;
 use crate::tensor::Tensor;
 use crate::variables::Variables;
 
+mod higher;
+
 /// How [`check_grads`] checks.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GradCheckOptions {
@@ -55,6 +59,28 @@ pub struct GradCheckOptions {
     pub directions: usize,
     /// Seed of the random cotangent and directions.
     pub seed: u64,
+    /// The highest order checked: 1 (gradients), or 2 (Hessian-vector products as well).
+    pub order: usize,
+    /// Whether to check reverse mode: gradients, and at order 2 Hessian-vector products by
+    /// reverse-over-reverse.
+    pub reverse: bool,
+    /// Whether to check forward mode: Jacobian-vector products against finite differences
+    /// and, with reverse mode, against the gradients (`⟨c, J t⟩ = ⟨Jᵀ c, t⟩`); at order 2,
+    /// Hessian-vector products by forward-over-reverse.
+    pub forward: bool,
+}
+
+impl GradCheckOptions {
+    /// Every check: order 2, forward and reverse modes. JAX:
+    /// `check_grads(f, args, order=2, modes=["fwd", "rev"])`.
+    #[must_use]
+    pub fn second_order() -> Self {
+        GradCheckOptions {
+            order: 2,
+            forward: true,
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for GradCheckOptions {
@@ -66,6 +92,9 @@ impl Default for GradCheckOptions {
             full_jacobian_max: 4096,
             directions: 4,
             seed: 0,
+            order: 1,
+            reverse: true,
+            forward: false,
         }
     }
 }
@@ -79,11 +108,29 @@ pub enum CheckMode {
     Directional,
 }
 
+/// What a check compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Derivative {
+    /// Reverse-mode gradients (VJPs) against finite differences.
+    Gradient,
+    /// Forward-mode tangents (JVPs) against finite differences.
+    Tangent,
+    /// Forward against reverse mode: `⟨c, J t⟩` against `⟨Jᵀ c, t⟩`.
+    Transpose,
+    /// Hessian-vector products by forward-over-reverse against finite differences of the
+    /// gradient.
+    HvpForwardOverReverse,
+    /// Hessian-vector products by reverse-over-reverse against the same.
+    HvpReverseOverReverse,
+}
+
 /// The result for one param.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParamCheck {
     /// The param's path.
     pub path: String,
+    /// What was compared.
+    pub derivative: Derivative,
     /// How it was checked.
     pub mode: CheckMode,
     /// How many comparisons were made.
@@ -127,18 +174,26 @@ impl fmt::Display for GradCheckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:<32} {:<9} {:>8} {:>12} {:>12}  result",
-            "param", "mode", "compared", "max abs err", "max rel err"
+            "{:<32} {:<10} {:<9} {:>8} {:>12} {:>12}  result",
+            "param", "derivative", "mode", "compared", "max abs err", "max rel err"
         )?;
         for p in &self.params {
             let mode = match p.mode {
                 CheckMode::FullJacobian => "jacobian",
                 CheckMode::Directional => "direction",
             };
+            let derivative = match p.derivative {
+                Derivative::Gradient => "gradient",
+                Derivative::Tangent => "tangent",
+                Derivative::Transpose => "transpose",
+                Derivative::HvpForwardOverReverse => "hvp (f/r)",
+                Derivative::HvpReverseOverReverse => "hvp (r/r)",
+            };
             writeln!(
                 f,
-                "{:<32} {:<9} {:>8} {:>12.3e} {:>12.3e}  {}",
+                "{:<32} {:<10} {:<9} {:>8} {:>12.3e} {:>12.3e}  {}",
                 p.path,
+                derivative,
                 mode,
                 p.compared,
                 p.max_abs_error,
@@ -198,8 +253,13 @@ impl Tally {
     }
 
     fn finish(self, path: &str, mode: CheckMode) -> ParamCheck {
+        self.finish_as(path, Derivative::Gradient, mode)
+    }
+
+    fn finish_as(self, path: &str, derivative: Derivative, mode: CheckMode) -> ParamCheck {
         ParamCheck {
             path: path.to_string(),
+            derivative,
             mode,
             compared: self.compared,
             max_abs_error: self.max_abs,
@@ -275,7 +335,7 @@ where
     let eps = options.eps;
 
     let mut report = Vec::new();
-    for path in params.paths() {
+    for path in params.paths().filter(|_| options.reverse) {
         let leaf = leaves.get(path)?;
         let size = leaf.len();
         let mut tally = Tally::new(options);
@@ -315,6 +375,12 @@ where
             CheckMode::Directional
         };
         report.push(tally.finish(path, mode));
+    }
+    if options.forward {
+        report.extend(higher::forward_mode(params, &f, options, &mut rng)?);
+    }
+    if options.order >= 2 {
+        report.extend(higher::second_order(params, &f, options, &mut rng)?);
     }
     Ok(GradCheckReport {
         params: report,
