@@ -1,5 +1,6 @@
 //! Column sums of a matrix along its contiguous rows: the bias's gradient of the fused
-//! linear op and of a convolution whose kernel's gradient is not wanted.
+//! linear op and of a convolution whose kernel's gradient is not wanted; and the sum over
+//! one axis, not the last, of an array in standard layout (the reductions of the ops).
 
 use ndarray::{Array1, ArrayView2, Axis};
 
@@ -24,4 +25,29 @@ pub(crate) fn column_sums<A: Float>(g: ArrayView2<'_, A>) -> Array1<A> {
         );
     }
     Array1::from(sums)
+}
+
+/// The sum over the middle axis of `values`, an `(outer, n, inner)` array in standard
+/// layout: `(outer, inner)`. Each output adds its `n` inputs in order, from zero, exactly as
+/// ndarray's `sum_axis` does over an axis that is not the innermost (so the values are the
+/// same bit for bit), but along contiguous rows instead of one strided view per index.
+pub(crate) fn sum_middle_axis<A: Float>(values: &[A], [outer, n, inner]: [usize; 3]) -> Vec<A> {
+    let mut sums = vec![A::zero(); outer * inner];
+    if inner == 0 {
+        return sums;
+    }
+    simd::vectorized(
+        #[inline(always)]
+        || {
+            for (block, out) in values
+                .chunks_exact(n * inner)
+                .zip(sums.chunks_exact_mut(inner))
+            {
+                for row in block.chunks_exact(inner) {
+                    rows::add(out, row);
+                }
+            }
+        },
+    );
+    sums
 }

@@ -9,24 +9,15 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::float::Float;
+use crate::ops::broadcast::zip_broadcast;
 use crate::ops::tangent::sum_broadcast;
 use crate::record::{Primal, RecordedGrads, Rules, record_rules};
 use crate::shape::broadcast_shape;
 use crate::tensor::Tensor;
 
-/// `f` applied to the broadcast of `a` and `b`.
-fn zip_broadcast<A: Float>(
-    op: &'static str,
-    a: &ArrayD<A>,
-    b: &ArrayD<A>,
-    f: impl Fn(A, A) -> A,
-) -> Result<ArrayD<A>> {
-    let shape = IxDyn(&broadcast_shape(op, a.shape(), b.shape())?);
-    // Both views broadcast to `shape`, which `broadcast_shape` has just validated.
-    let (Some(a), Some(b)) = (a.broadcast(shape.clone()), b.broadcast(shape)) else {
-        unreachable!("{op}: shapes were checked broadcastable");
-    };
-    Ok(Zip::from(&a).and(&b).map_collect(|&x, &y| f(x, y)))
+/// `a · b`, broadcasting.
+fn times<A: Float>(a: &ArrayD<A>, b: &ArrayD<A>) -> ArrayD<A> {
+    zip_broadcast("mul", a, b, |x, y| x * y).expect("shapes checked in the forward pass")
 }
 
 /// The VJP of `a + b`: the gradient passes through to both, moved rather than copied where
@@ -94,7 +85,7 @@ fn shared_between<A: Float>(share: ArrayD<A>) -> impl crate::tape::Rule<A> {
         },
         recorded: |[a, b]: &[ArrayD<A>; 2], g: &Tensor<A>, p: &Primal<'_, A>| scaled(g, p, [a, b]),
         jvp: |[a, b]: &[ArrayD<A>; 2], t: &[Option<&ArrayD<A>>]| {
-            let terms = [t[0].map(|ta| ta * a), t[1].map(|tb| tb * b)];
+            let terms = [t[0].map(|ta| times(ta, a)), t[1].map(|tb| times(tb, b))];
             Ok(sum_broadcast(a.shape(), terms.into_iter().flatten()))
         },
     }
@@ -196,7 +187,7 @@ impl<A: Float> Tensor<A> {
                 Ok(vec![ga, gb])
             },
             jvp: |s: &Operands<A>, t: &[Option<&ArrayD<A>>]| {
-                Ok(s.tangent(t, |ta| ta * &*s.b, |tb| &*s.a * tb))
+                Ok(s.tangent(t, |ta| times(ta, &s.b), |tb| times(&s.a, tb)))
             },
         };
         record_rules("mul", &[self, other], value, rules)
@@ -233,8 +224,14 @@ impl<A: Float> Tensor<A> {
                 Ok(vec![ga, gb])
             },
             jvp: |s: &Operands<A>, t: &[Option<&ArrayD<A>>]| {
-                let da = |ta: &ArrayD<A>| ta / &*s.b;
-                let db = |tb: &ArrayD<A>| (&(tb * &*s.a) / &(&*s.b * &*s.b)).mapv(|x| -x);
+                let quotient = |x: &ArrayD<A>, y: &ArrayD<A>| {
+                    zip_broadcast("div", x, y, |x, y| x / y).expect("shapes checked")
+                };
+                let da = |ta: &ArrayD<A>| quotient(ta, &s.b);
+                let db = |tb: &ArrayD<A>| {
+                    let b_squared = s.b.mapv(|b| -(b * b));
+                    quotient(&times(tb, &s.a), &b_squared)
+                };
                 Ok(s.tangent(t, da, db))
             },
         };

@@ -11,7 +11,6 @@ use ndarray::{Array2, ArrayD};
 
 use crate::ops::tangent::only;
 use crate::record::{Primal, Rules, record_one};
-use crate::recorded::vjp_by_definition;
 use crate::tensor::Tensor;
 
 /// Mean softmax cross-entropy of `logits (batch, classes)` against integer `labels`:
@@ -79,11 +78,11 @@ pub fn softmax_cross_entropy<A: Float>(logits: &Tensor<A>, labels: &[usize]) -> 
                 cross_entropy::backward(&s.probabilities, &s.labels, scale).into_dyn()
             },
             recorded: |s: &Picked<A>, g: &Tensor<A>, p: &Primal<'_, A>| {
-                let logits = [p.input(0, &s.logits)];
-                let definition = |t: &[Tensor<A>]| definition(&t[0], &s.labels, s.inv_batch);
-                let [dz] = <[_; 1]>::try_from(vjp_by_definition(p, &logits, g, definition)?)
-                    .expect("one input");
-                Ok(dz.unwrap_or_else(|| Tensor::constant(ArrayD::zeros(s.logits.shape()))))
+                // (softmax(z) − onehot(y)) · g / B, the softmax as ops of the logits.
+                let z = p.input(0, &s.logits);
+                let onehot = one_hot(&s.labels, z.shape()[1])?;
+                let dz = z.softmax(1)?.sub(&onehot)?.mul(g)?.mul_scalar(s.inv_batch);
+                Ok(dz)
             },
             jvp: |s: &Picked<A>, t: &[Option<&ArrayD<A>>]| Ok(s.tangent(only(t))),
         };
@@ -102,8 +101,8 @@ fn definition<A: Float>(logits: &Tensor<A>, labels: &[usize], inv_batch: A) -> R
     Ok(picked.mul_scalar(-inv_batch))
 }
 
-/// What the fused node keeps: the softmax, the labels, `1/B`, and the logits for the
-/// recorded VJP, which runs the definition on them.
+/// What the fused node keeps: the softmax, the labels, `1/B`, and the logits, of which the
+/// recorded VJP computes the softmax again as ops.
 struct Picked<A> {
     probabilities: Array2<A>,
     labels: Vec<usize>,

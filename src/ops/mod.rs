@@ -3,6 +3,7 @@
 //! losses and [`one_hot`], which are free functions.
 
 mod binary;
+pub(crate) mod broadcast;
 pub(crate) mod collective;
 mod composite;
 mod conv;

@@ -7,7 +7,7 @@
 //! node (`batch_norm_relu` with the ReLU) computes the same with a closed-form VJP, its
 //! loops in `src/kernels/batch_norm.rs`.
 
-use ndarray::{Array1, ArrayD};
+use ndarray::{Array1, Array2, ArrayD};
 
 use crate::error::{Error, Result};
 use crate::float::Float;
@@ -19,8 +19,6 @@ use crate::shape::standard_layout_shared;
 use std::sync::Arc;
 
 use crate::record::{Primal, Rules, record_rules};
-use crate::recorded::vjp_by_definition;
-use crate::tangents::jvp_by_definition;
 use crate::tensor::Tensor;
 
 /// How to normalise: the feature axis (checked in range), epsilon, the replica axis whose
@@ -120,24 +118,16 @@ fn fused<A: Float>(
     let fused = Fused {
         kernel: saved,
         inputs: [x.shared_value(), scale.shared_value(), bias.shared_value()],
-        axis: how.axis,
+        relu_output: how.relu.then(|| Arc::clone(&output)),
         epsilon: how.epsilon,
-        relu: how.relu,
-        count,
     };
     let rules = Rules {
         saved: fused,
         vjp: |f: &Fused<A>, g: ArrayD<A>, needs: &[bool]| {
             batch_norm::backward(&f.kernel, g, [needs[0], needs[1], needs[2]]).into()
         },
-        recorded: |f: &Fused<A>, g: &Tensor<A>, p: &Primal<'_, A>| {
-            let inputs: Vec<Tensor<A>> = (0..3).map(|i| p.input(i, &f.inputs[i])).collect();
-            vjp_by_definition(p, &inputs, g, |t| f.definition(t))
-        },
-        jvp: |f: &Fused<A>, t: &[Option<&ArrayD<A>>]| {
-            let values: Vec<&Arc<ArrayD<A>>> = f.inputs.iter().collect();
-            jvp_by_definition(&values, t, |t| f.definition(t))
-        },
+        recorded: |f: &Fused<A>, g: &Tensor<A>, p: &Primal<'_, A>| f.vjp_as_ops(g, p),
+        jvp: |f: &Fused<A>, t: &[Option<&ArrayD<A>>]| Ok(f.tangent(t)),
     };
     let output = record_rules(op, &[x, scale, bias], output, rules)?;
     let vector = |v: Vec<A>| Array1::from(v).into_dyn();
@@ -149,28 +139,111 @@ fn fused<A: Float>(
     })
 }
 
-/// What the fused node keeps: the kernel's saved state for its VJP, and for the higher
-/// orders, which run the definition, its inputs and settings.
+/// What the fused node keeps: the kernel's saved state for its VJP; and for the higher
+/// orders its inputs (the same arrays the kernel holds), the output after the ReLU if there
+/// is one (its mask), and epsilon. The higher-order rules are the closed forms of chapter 6,
+/// features on the last axis of a standard-layout input, one replica (the fused node's
+/// conditions).
 struct Fused<A: Float> {
     kernel: batch_norm::Saved<A>,
     inputs: [Arc<ArrayD<A>>; 3],
-    axis: usize,
+    relu_output: Option<Arc<ArrayD<A>>>,
     epsilon: f64,
-    relu: bool,
-    count: f64,
 }
 
 impl<A: Float> Fused<A> {
-    /// The definition's output for `[x, scale, bias]` (one replica: the fused node has none).
-    fn definition(&self, inputs: &[Tensor<A>]) -> Result<Tensor<A>> {
-        let how = Normalization {
-            axis: self.axis,
-            epsilon: self.epsilon,
-            replicas: None,
-            relu: self.relu,
-        };
-        Ok(definition(&inputs[0], &inputs[1], &inputs[2], &how, self.count)?.output)
+    /// `[x̂ ⊙ 1/σ]`: the batch's normalised input and `1/√(σ² + ε)` per feature, as ops of
+    /// the input tensor `x` (the statistics over every axis but the last).
+    fn normalized(&self, x: &Tensor<A>) -> Result<[Tensor<A>; 2]> {
+        let axes: Vec<usize> = (0..x.ndim() - 1).collect();
+        let centred = x.sub(&x.mean_axes(&axes, true)?)?;
+        let variance = centred.square().mean_axes(&axes, true)?;
+        let inv_std = variance.add_scalar(A::of(self.epsilon)).sqrt().recip();
+        Ok([centred.mul(&inv_std)?, inv_std])
     }
+
+    /// The VJP as ops: with `g_y` the gradient before the ReLU, `dβ = Σ g_y`,
+    /// `dγ = Σ g_y x̂` and `dx = (ĝ − mean ĝ − x̂ mean(ĝ x̂)) / σ` with `ĝ = γ g_y`.
+    fn vjp_as_ops(&self, g: &Tensor<A>, p: &Primal<'_, A>) -> Result<Vec<Option<Tensor<A>>>> {
+        let x = p.input(0, &self.inputs[0]);
+        let axes: Vec<usize> = (0..x.ndim() - 1).collect();
+        let [normalized, inv_std] = self.normalized(&x)?;
+        let gy = match &self.relu_output {
+            Some(out) => g.mul(&Tensor::constant(out.mapv(positive)))?,
+            None => g.clone(),
+        };
+        let dx = match p.needs(0) {
+            true => {
+                let gn = gy.mul(&p.input(1, &self.inputs[1]))?;
+                let along = normalized.mul(&gn.mul(&normalized)?.mean_axes(&axes, true)?)?;
+                Some(
+                    gn.sub(&gn.mean_axes(&axes, true)?)?
+                        .sub(&along)?
+                        .mul(&inv_std)?,
+                )
+            }
+            false => None,
+        };
+        let dscale = match p.needs(1) {
+            true => Some(gy.mul(&normalized)?.sum_axes(&axes, false)?),
+            false => None,
+        };
+        let dbias = p.needs(2).then(|| gy.sum_axes(&axes, false)).transpose()?;
+        Ok(vec![dx, dscale, dbias])
+    }
+
+    /// The JVP: `ty = γ tx̂ + x̂ tγ + tβ` (then the ReLU's mask), with
+    /// `tx̂ = (tx − mean tx) / σ − x̂ mean(x̂ (tx − mean tx)) / σ`, the variance's tangent
+    /// through the statistics.
+    fn tangent(&self, t: &[Option<&ArrayD<A>>]) -> ArrayD<A> {
+        let x = rows(&self.inputs[0]);
+        let (n, features) = x.dim();
+        let mean_of = |a: &Array2<A>| a.sum_axis(ndarray::Axis(0)) * A::of(1.0 / n.max(1) as f64);
+        let centred = &x - &mean_of(&x);
+        let inv_std =
+            mean_of(&centred.mapv(|v| v * v)).mapv(|v| (v + A::of(self.epsilon)).sqrt().recip());
+        let normalized = &centred * &inv_std;
+        let mut ty = Array2::zeros((n, features));
+        if let Some(tx) = t[0] {
+            let tx = rows(tx);
+            let tc = &tx - &mean_of(&tx);
+            let along = mean_of(&(&normalized * &tc));
+            let txhat = (&tc - &(&normalized * &along)) * &inv_std;
+            ty += &(txhat * &vector(&self.inputs[1]));
+        }
+        if let Some(tscale) = t[1] {
+            ty += &(&normalized * &vector(tscale));
+        }
+        if let Some(tbias) = t[2] {
+            ty += &vector(tbias);
+        }
+        let mut ty = ty
+            .into_dyn()
+            .into_shape_with_order(self.inputs[0].shape())
+            .expect("x's shape");
+        if let Some(out) = &self.relu_output {
+            ty.zip_mut_with(out, |t, &o| *t *= positive(o));
+        }
+        ty
+    }
+}
+
+fn positive<A: Float>(v: A) -> A {
+    if v > A::zero() { A::one() } else { A::zero() }
+}
+
+/// An input with features on its last axis as `(rows, features)`, in standard layout.
+fn rows<A: Float>(x: &ArrayD<A>) -> Array2<A> {
+    let features = x.shape().last().copied().unwrap_or(1);
+    let n = x.len() / features.max(1);
+    x.as_standard_layout()
+        .into_owned()
+        .into_shape_with_order((n, features))
+        .expect("rows of features")
+}
+
+fn vector<A: Float>(v: &ArrayD<A>) -> ndarray::Array1<A> {
+    v.iter().copied().collect()
 }
 
 /// The definition. Statistics over every axis but the features, the variance biased (divided

@@ -4,6 +4,7 @@ use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn, Zip};
 
 use crate::error::{Error, Result};
 use crate::float::{Float, nan_max};
+use crate::kernels::sums;
 use crate::ops::tangent::only;
 use crate::record::{Primal, Rules, record_one};
 use crate::shape::{check_axes, keep_dims_shape, reshaped};
@@ -38,6 +39,25 @@ fn reduce_axes<A: Float>(
     reduced
 }
 
+/// `value`'s sum over `axis`, the same values as ndarray's `sum_axis`: along contiguous rows
+/// when the axis is not the innermost of a standard-layout array (a batch's statistics and a
+/// bias's gradient are sums over the rows), where `sum_axis` would add one strided view per
+/// index, paying for a dynamic-rank view each time.
+fn sum_along<A: Float>(value: ArrayViewD<'_, A>, axis: Axis) -> ArrayD<A> {
+    let shape = value.shape();
+    match value.as_slice() {
+        Some(values) if axis.index() + 1 < shape.len() => {
+            let outer = shape[..axis.index()].iter().product();
+            let inner = shape[axis.index() + 1..].iter().product();
+            let sums = sums::sum_middle_axis(values, [outer, shape[axis.index()], inner]);
+            let mut out_shape = shape.to_vec();
+            out_shape.remove(axis.index());
+            ArrayD::from_shape_vec(out_shape, sums).expect("the reduced shape")
+        }
+        _ => value.sum_axis(axis),
+    }
+}
+
 /// A reduction's axes and shapes, what its rules need.
 struct Reduced {
     axes: Vec<usize>,
@@ -49,7 +69,7 @@ struct Reduced {
 impl Reduced {
     /// `t` summed over the axes, in the output's shape.
     fn sum<A: Float>(&self, t: &ArrayD<A>) -> ArrayD<A> {
-        let sum = reduce_axes(t, &self.axes, |v, axis| v.sum_axis(axis));
+        let sum = reduce_axes(t, &self.axes, sum_along);
         match self.keep_dims {
             true => reshaped(sum, &self.keep_shape),
             false => sum,
@@ -82,7 +102,7 @@ impl<A: Float> Tensor<A> {
     pub fn sum_axes(&self, axes: &[usize], keep_dims: bool) -> Result<Tensor<A>> {
         let axes = check_axes("sum", self.shape(), axes)?;
         let keep_shape = keep_dims_shape(self.shape(), &axes);
-        let mut value = reduce_axes(self.value(), &axes, |v, axis| v.sum_axis(axis));
+        let mut value = reduce_axes(self.value(), &axes, sum_along);
         if keep_dims {
             value = reshaped(value, &keep_shape);
         }
@@ -182,7 +202,7 @@ impl<A: Float> Tensor<A> {
         let is_max = Zip::from(self.value())
             .and(&max)
             .map_collect(|&x, &m| if x == m { A::one() } else { A::zero() });
-        let ties = reduce_axes(&is_max, &axes, |v, axis| v.sum_axis(axis));
+        let ties = reduce_axes(&is_max, &axes, sum_along);
         let share = is_max / &reshaped(ties, &keep_shape);
         let reduced = Reduced {
             axes,

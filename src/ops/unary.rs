@@ -19,14 +19,22 @@ struct Elementwise<A, D> {
 }
 
 impl<A: Float, D: Fn(A, A) -> A> Elementwise<A, D> {
-    /// `t * df(x, y)`, in `t`'s buffer: the VJP of the incoming gradient, and the JVP of a
-    /// tangent (the Jacobian is diagonal, so both are the same product).
+    /// `g * df(x, y)`, in `g`'s buffer: the VJP (the Jacobian is diagonal, so the VJP and
+    /// the JVP are the same product).
     fn times_derivative(&self, mut t: ArrayD<A>) -> ArrayD<A> {
         Zip::from(&mut t)
             .and(&*self.x)
             .and(&*self.y)
             .for_each(|t, &x, &y| *t *= (self.df)(x, y));
         t
+    }
+
+    /// `t * df(x, y)` in a new array: the JVP, which must not write the tangent it reads.
+    fn tangent(&self, t: &ArrayD<A>) -> ArrayD<A> {
+        Zip::from(t)
+            .and(&*self.x)
+            .and(&*self.y)
+            .map_collect(|&t, &x, &y| t * (self.df)(x, y))
     }
 }
 
@@ -54,9 +62,7 @@ impl<A: Float> Tensor<A> {
             recorded: move |s: &Elementwise<A, _>, g: &Tensor<A>, p: &Primal<'_, A>| {
                 g.mul(&derivative(&p.input(0, &s.x), &p.output(&s.y)))
             },
-            jvp: |s: &Elementwise<A, _>, t: &[Option<&ArrayD<A>>]| {
-                Ok(s.times_derivative(only(t).clone()))
-            },
+            jvp: |s: &Elementwise<A, _>, t: &[Option<&ArrayD<A>>]| Ok(s.tangent(only(t))),
         };
         record_one(op, self, y, rules)
     }
