@@ -20,7 +20,8 @@
 //! 10. [Checking gradients](ch10_checking_gradients): central differences, cotangents, buffers held fixed.
 //! 11. [Property testing a model](ch11_property_testing): with the crate's strategies.
 //! 12. [Exercises](ch12_exercises): on the engine and on collections, whose solutions are tests.
-//! 13. [Training loops that update state once](ch13_state_updated_once): accumulation over micro-batches, two forwards in a step, averaged weights.
+//! 13. [Training loops that update state once](ch13_state_updated_once): accumulation over micro-batches, recomputation, two forwards in a step, averaged weights.
+//! 14. [Derivatives of derivatives](ch14_higher_orders): forward mode, a tape that records its own backward pass, Hessian-vector products, buffers at every order.
 
 #[doc = include_str!(concat!(env!("OUT_DIR"), "/guide/00-start-here.md"))]
 pub mod ch00_start_here {}
@@ -91,3 +92,6 @@ mod tests {
 
 #[doc = include_str!(concat!(env!("OUT_DIR"), "/guide/13-state-updated-once.md"))]
 pub mod ch13_state_updated_once {}
+
+#[doc = include_str!(concat!(env!("OUT_DIR"), "/guide/14-higher-orders.md"))]
+pub mod ch14_higher_orders {}
