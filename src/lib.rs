@@ -112,7 +112,8 @@ pub use higher_order::{
 pub use into_array::IntoArray;
 pub use module::{ApplyOptions, Initializer, Module, ModuleExt, Scope, Variable};
 pub use ops::{
-    ConvOptions, Fusion, Padding, custom_op, mse, one_hot, remat, softmax_cross_entropy,
+    ConvOptions, Fusion, Padding, custom_op, custom_op_with_rules, mse, one_hot, remat,
+    softmax_cross_entropy,
 };
 pub use recorded::grad_of;
 pub use rng::{IntoSeed, SplitMix64};

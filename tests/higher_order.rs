@@ -175,12 +175,16 @@ proptest! {
         let v: Params<f64> = variables.params().iter().map(|(p, a)| (p.to_string(), a.mapv(|_| rng.normal()))).collect();
         let forward = hvp(variables.params(), &v, loss).unwrap();
         let reverse = hvp_reverse_over_reverse(variables.params(), &v, loss).unwrap();
+        // The fused nodes' closed forms against their definitions, at second order.
+        let composite = Fusion::Off.run(|| hvp(variables.params(), &v, loss)).unwrap();
         // The Hessian times v, a third way.
         let flat_v: Vec<f64> = v.iter().flat_map(|(_, a)| a.iter().copied().collect::<Vec<_>>()).collect();
         let hv = h.matrix.dot(&ndarray::Array1::from(flat_v));
         let flat = |g: &tapegrad::Grads<f64>| g.iter().flat_map(|(_, a)| a.iter().copied().collect::<Vec<_>>()).collect::<Vec<_>>();
-        for ((f, r), m) in flat(&forward).iter().zip(flat(&reverse)).zip(hv.iter()) {
+        let together = flat(&forward).into_iter().zip(flat(&reverse)).zip(flat(&composite));
+        for (((f, r), c), m) in together.zip(hv.iter()) {
             prop_assert!((f - r).abs() <= 1e-12 * largest, "forward {f} reverse {r}");
+            prop_assert!((f - c).abs() <= 1e-12 * largest, "fused {f} composite {c}");
             prop_assert!((f - m).abs() <= 1e-12 * largest * 10.0, "forward {f} matrix {m}");
         }
     }

@@ -22,7 +22,7 @@ mod unary;
 pub(crate) mod window;
 
 pub use conv::ConvOptions;
-pub use custom::custom_op;
+pub use custom::{custom_op, custom_op_with_rules};
 pub use fusion::Fusion;
 pub use loss::{mse, softmax_cross_entropy};
 pub use remat::remat;
