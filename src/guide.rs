@@ -11,6 +11,7 @@
 //! 1. [A tape by hand](ch01_a_tape_by_hand): a Wengert list, reverse mode, finite differences.
 //! 2. [Build the engine](ch02_build_the_engine): a tape in a hundred lines, then the same ideas in `src/tape.rs`; the primitive table.
 //! 3. [Ops and their VJPs](ch03_ops_and_vjps): recording an op, broadcasting, accumulation, composites.
+//! 3b. [Build the collections](ch03b_build_the_collections): collections, a scope, plain-value writes, `init`, `apply`, `merge` on the toy tape; the bug they prevent.
 //! 4. [Modules and scopes](ch04_modules_and_scopes): `Module`, `Scope`, `init`, `apply`, gradients with respect to params.
 //! 5. [Parameters and buffers](ch05_params_and_buffers): PyTorch, Flax, NNX, Equinox and tapegrad; the eval tape.
 //! 6. [BatchNorm with running statistics](ch06_batchnorm): modes, the training tape, conventions.
@@ -34,6 +35,9 @@ pub mod ch02_build_the_engine {}
 
 #[doc = include_str!(concat!(env!("OUT_DIR"), "/guide/03-ops-and-vjps.md"))]
 pub mod ch03_ops_and_vjps {}
+
+#[doc = include_str!(concat!(env!("OUT_DIR"), "/guide/03b-build-the-collections.md"))]
+pub mod ch03b_build_the_collections {}
 
 #[doc = include_str!(concat!(env!("OUT_DIR"), "/guide/04-modules-and-scopes.md"))]
 pub mod ch04_modules_and_scopes {}
