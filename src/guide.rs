@@ -11,7 +11,7 @@
 //! 1. [A tape by hand](ch01_a_tape_by_hand): a Wengert list, reverse mode, finite differences.
 //! 2. [Build the engine](ch02_build_the_engine): a tape in a hundred lines, then the same ideas in `src/tape.rs`; the primitive table.
 //! 3. [Ops and their VJPs](ch03_ops_and_vjps): recording an op, broadcasting, accumulation, composites.
-//! 3b. [Build the collections](ch03b_build_the_collections): collections, a scope, plain-value writes, `init`, `apply`, `merge` on the toy tape; the bug they prevent.
+//!    Then [build the collections](ch03b_build_the_collections): collections, a scope, plain-value writes, `init`, `apply`, `merge` on the toy tape; the bug they prevent.
 //! 4. [Modules and scopes](ch04_modules_and_scopes): `Module`, `Scope`, `init`, `apply`, gradients with respect to params.
 //! 5. [Parameters and buffers](ch05_params_and_buffers): PyTorch, Flax, NNX, Equinox and tapegrad; the eval tape.
 //! 6. [BatchNorm with running statistics](ch06_batchnorm): modes, the training tape, conventions.
@@ -20,9 +20,10 @@
 //! 9. [Data parallelism and BatchNorm](ch09_data_parallel): per-replica and cross-replica statistics, replicas in process and over MPI.
 //! 10. [Checking gradients](ch10_checking_gradients): central differences, cotangents, buffers held fixed.
 //! 11. [Property testing a model](ch11_property_testing): with the crate's strategies.
-//! 12. [Exercises](ch12_exercises): on the engine and on collections, whose solutions are tests.
+//! 12. [Exercises](ch12_exercises): on the engine, collections, convolutions and replicas, and a capstone; their solutions are tests.
 //! 13. [Training loops that update state once](ch13_state_updated_once): accumulation over micro-batches, recomputation, two forwards in a step, averaged weights.
 //! 14. [Derivatives of derivatives](ch14_higher_orders): forward mode, a tape that records its own backward pass, Hessian-vector products, buffers at every order.
+//! 15. [Solutions to the exercises](ch15_solutions): what each solution test does, and why.
 
 #[doc = include_str!(concat!(env!("OUT_DIR"), "/guide/00-start-here.md"))]
 pub mod ch00_start_here {}
@@ -99,3 +100,6 @@ pub mod ch13_state_updated_once {}
 
 #[doc = include_str!(concat!(env!("OUT_DIR"), "/guide/14-higher-orders.md"))]
 pub mod ch14_higher_orders {}
+
+#[doc = include_str!(concat!(env!("OUT_DIR"), "/guide/15-solutions.md"))]
+pub mod ch15_solutions {}

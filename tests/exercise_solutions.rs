@@ -294,3 +294,303 @@ fn exercise_6_sum_to_shape_is_the_gradient_of_a_broadcast() {
         assert!(gap < 1e-12, "{shape:?}: {gap:e}");
     }
 }
+
+// Exercise 7: BatchNorm's backward as a `custom_op`, over the rows of an `(N, F)` input,
+// `dx = (γ/σ)(g − mean g − x̂ mean(g x̂))`. The means are over N rows: a `1/(N − 1)` in their
+// place is off by a factor `N/(N − 1)`, about `1/N` relative, which PyTorch's gradcheck
+// tolerance (rtol 1e-3) cannot see once N passes a thousand, and 1e-7 can (with a
+// finite-difference step large enough that its rounding stays below that).
+fn batch_norm_op(x: &Tensor<f64>, rows_in_mean: f64) -> Result<Tensor<f64>> {
+    let input = x
+        .value()
+        .clone()
+        .into_dimensionality::<ndarray::Ix2>()
+        .unwrap();
+    let centred = &input - &input.mean_axis(Axis(0)).unwrap();
+    let inv_std = centred
+        .mapv(|v| v * v)
+        .mean_axis(Axis(0))
+        .unwrap()
+        .mapv(|v| 1.0 / (v + 1e-5).sqrt());
+    let normalized = &centred * &inv_std;
+    let forward = normalized.clone().into_dyn();
+    custom_op("batch_norm_by_hand", &[x], forward, move |g, _| {
+        let g = g.clone().into_dimensionality::<ndarray::Ix2>().unwrap();
+        let mean = |a: &ndarray::Array2<f64>| a.sum_axis(Axis(0)) / rows_in_mean;
+        let along = mean(&(&g * &normalized));
+        let dx = (&g - &mean(&g) - &normalized * &along) * &inv_std;
+        vec![Some(dx.into_dyn())]
+    })
+}
+
+#[test]
+fn exercise_7_only_a_tight_tolerance_tells_n_from_n_minus_1() {
+    let (rows, features) = (1500, 1);
+    let x = ndarray::Array2::from_shape_fn((rows, features), |(i, j)| {
+        ((i * 7 + j * 3) as f64 * 0.37).sin() + 0.1 * j as f64
+    });
+    let params: Params<f64> = [("x", x.into_dyn())].into_iter().collect();
+    // A weighted sum of the output: a plain sum would cancel (each column of x̂ sums to 0).
+    let weights = Tensor::constant(ndarray::Array2::from_shape_fn(
+        (rows, features),
+        |(i, j)| ((i + 3 * j) as f64 * 0.11).cos(),
+    ));
+    let check = |rows_in_mean: f64, options: &GradCheckOptions| {
+        let report = check_grads(
+            &params,
+            |p| {
+                Ok(batch_norm_op(p.get("x")?, rows_in_mean)?
+                    .mul(&weights)?
+                    .sum_all())
+            },
+            options,
+        )
+        .unwrap();
+        report.passed()
+    };
+    let loose = GradCheckOptions::default();
+    // A larger step: the check needs the numeric side accurate to 1e-7, and a step of 1e-6
+    // leaves rounding of 1e-5 relative in a loss over 1,500 rows.
+    let tight = GradCheckOptions {
+        eps: 1e-4,
+        rtol: 1e-7,
+        atol: 1e-9,
+        ..GradCheckOptions::default()
+    };
+    let n = rows as f64;
+    assert!(
+        check(n, &loose) && check(n, &tight),
+        "the right backward passes both"
+    );
+    assert!(
+        check(n - 1.0, &loose),
+        "rtol 1e-3 cannot see the factor N/(N-1)"
+    );
+    assert!(!check(n - 1.0, &tight), "rtol 1e-7 can");
+}
+
+// Exercise 8: keep an embedding table fixed, as a frozen param or as a buffer. Both leave it
+// unchanged and give it no gradient entry; the difference is where it lives: among the
+// params (saved there, trainable again by dropping it from the frozen set) or in `state`
+// (a constant by construction, as PyTorch's `register_buffer`).
+#[test]
+fn exercise_8_a_frozen_param_and_a_buffer_both_stay_put_in_their_own_collections() {
+    use tapegrad::nn::{Embed, FrozenEmbed};
+    use tapegrad::optim::{Optimizer, Sgd};
+    use tapegrad::{ParamTensors, softmax_cross_entropy};
+
+    struct Classifier {
+        frozen_as_buffer: bool,
+    }
+    impl Module<f64> for Classifier {
+        type Input = ndarray::ArrayD<usize>;
+        type Output = Tensor<f64>;
+        fn kind(&self) -> &'static str {
+            "Classifier"
+        }
+        fn forward(
+            &self,
+            scope: &mut Scope<'_, f64>,
+            ids: &ndarray::ArrayD<usize>,
+        ) -> Result<Tensor<f64>> {
+            let rows = match self.frozen_as_buffer {
+                true => scope.call(&FrozenEmbed::new(5, 3), ids)?,
+                false => scope.call(&Embed::new(5, 3), ids)?,
+            };
+            scope.call(&Dense::new(2), &rows.reshape(&[ids.len(), 3])?)
+        }
+    }
+    let ids = ndarray::ArrayD::from_shape_vec(vec![4], vec![0, 3, 1, 3]).unwrap();
+    let labels = [0, 1, 1, 0];
+    for frozen_as_buffer in [false, true] {
+        let model = Classifier { frozen_as_buffer };
+        let mut variables = model.init(0, &ids).unwrap();
+        let table_path = match frozen_as_buffer {
+            true => "state/FrozenEmbed_0/embedding",
+            false => "params/Embed_0/embedding",
+        };
+        let table = variables.get(table_path).unwrap().clone();
+        let mut sgd = Sgd::new(0.5);
+        for _ in 0..3 {
+            // The frozen param is split off and read as a constant.
+            let (frozen, trainable) = variables
+                .params()
+                .partition(|path| path.starts_with("Embed_0"));
+            let (_, grads) = value_and_grad(&trainable, |p: &ParamTensors<f64>| {
+                let all = p.with_frozen(&frozen)?;
+                let (logits, _) =
+                    model.apply_tracked(&all, &variables, &ids, &ApplyOptions::eval())?;
+                softmax_cross_entropy(&logits, &labels)
+            })
+            .unwrap();
+            assert!(
+                grads.paths().all(|p| !p.contains("mbed")),
+                "no entry for the table"
+            );
+            let mut updated = trainable.clone();
+            sgd.update(&mut updated, &grads).unwrap();
+            variables = variables
+                .clone()
+                .with_params(updated.merged(&frozen).unwrap());
+        }
+        assert_eq!(
+            variables.get(table_path).unwrap(),
+            &table,
+            "the table did not move"
+        );
+        assert_ne!(variables.get("params/Dense_0/kernel"), None);
+    }
+}
+
+// Exercise 9: a convolution by im2col, with tapegrad's ops: each output position's window
+// (a VALID 2×2 window, stride 1) gathered into a row of patches by slicing, then one matrix
+// product with the kernel as a `(kh·kw·C, O)` matrix. Its gradients are the convolution's.
+fn conv_by_im2col(x: &Tensor<f64>, kernel: &Tensor<f64>) -> Result<Tensor<f64>> {
+    let (b, h, w, c) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
+    let (kh, kw, o) = (kernel.shape()[0], kernel.shape()[1], kernel.shape()[3]);
+    let (oh, ow) = (h - kh + 1, w - kw + 1);
+    let mut taps = Vec::new();
+    for i in 0..kh {
+        for j in 0..kw {
+            // The input shifted by the tap (i, j): every output position's value of that tap.
+            let tap = x.slice_axis(1, i, i + oh)?.slice_axis(2, j, j + ow)?;
+            taps.push(tap.reshape(&[b * oh * ow, c])?);
+        }
+    }
+    let patches = Tensor::concat(&taps.iter().collect::<Vec<_>>(), 1)?; // (B·OH·OW, kh·kw·C)
+    let matrix = kernel.reshape(&[kh * kw * c, o])?;
+    patches.matmul(&matrix)?.reshape(&[b, oh, ow, o])
+}
+
+#[test]
+fn exercise_9_a_convolution_by_im2col_has_the_convolutions_gradients() {
+    let x = ndarray::ArrayD::from_shape_fn(vec![2, 4, 5, 3], |i| {
+        ((i[0] * 60 + i[1] * 15 + i[2] * 3 + i[3]) as f64 * 0.3).sin()
+    });
+    let k = ndarray::ArrayD::from_shape_fn(vec![2, 2, 3, 4], |i| {
+        ((i[0] * 24 + i[1] * 12 + i[2] * 4 + i[3]) as f64 * 0.7).cos()
+    });
+    let valid = tapegrad::ConvOptions {
+        padding: tapegrad::Padding::Valid,
+        ..Default::default()
+    };
+    let weights = ndarray::ArrayD::from_shape_fn(vec![2, 3, 4, 4], |i| {
+        (i[1] * 16 + i[2] * 4 + i[3] + i[0]) as f64 * 0.05
+    });
+    let run = |by_hand: bool| {
+        let tape = tapegrad::Tape::<f64>::new();
+        let (tx, tk) = (tape.leaf("x", &x), tape.leaf("k", &k));
+        let y = match by_hand {
+            true => conv_by_im2col(&tx, &tk).unwrap(),
+            false => tx.conv2d(&tk, &valid).unwrap(),
+        };
+        let loss = y.mul(&Tensor::constant(&weights)).unwrap().sum_all();
+        let grads = loss.backward().unwrap();
+        [
+            y.value().clone(),
+            grads.wrt(&tx).unwrap(),
+            grads.wrt(&tk).unwrap(),
+        ]
+    };
+    let (mine, theirs) = (run(true), run(false));
+    for (a, b) in mine.iter().zip(&theirs) {
+        assert_eq!(a.shape(), b.shape());
+        let gap = a
+            .iter()
+            .zip(b)
+            .fold(0.0f64, |m, (p, q)| m.max((p - q).abs()));
+        assert!(gap < 1e-12, "{gap:e}");
+    }
+}
+
+// The capstone: in evaluation mode the running statistics change the loss, yet the gradients
+// have an entry for every param and none for them. A property over random batches and
+// random shifts of the running mean, which fails for a layer that lets them through.
+proptest! {
+    #![proptest_config(tapegrad::testing::config(32))]
+
+    #[test]
+    fn capstone_running_statistics_move_the_loss_but_never_get_a_gradient(
+        x in tapegrad::testing::arrays::<f64>(vec![6, 3], -2.0..2.0),
+        shift in 0.1..2.0f64,
+    ) {
+        let model = tapegrad::nn::Mlp::new(&[4], 3).with_batch_norm(BatchNorm::new());
+        let x = Tensor::constant(&x);
+        let variables = model.init(0, &x).unwrap();
+        let mut shifted = variables.clone();
+        let mean = shifted.get("batch_stats/BatchNorm_0/mean").unwrap().mapv(|m| m + shift);
+        shifted.insert("batch_stats", "BatchNorm_0/mean", mean).unwrap();
+        let loss = |vars: &tapegrad::Variables<f64>| {
+            value_and_grad(vars.params(), |p| {
+                let (logits, _) = model.apply_tracked(p, vars, &x, &ApplyOptions::eval())?;
+                tapegrad::softmax_cross_entropy(&logits, &[0, 1, 2, 0, 1, 2])
+            })
+            .unwrap()
+        };
+        let ((before, grads), (after, _)) = (loss(&variables), loss(&shifted));
+        prop_assert_ne!(before, after, "the statistics are in the loss");
+        let keys: Vec<&str> = grads.paths().collect();
+        prop_assert_eq!(keys, variables.params().paths().collect::<Vec<_>>());
+    }
+}
+
+// Exercise 10: `psum`'s VJP, checked by finite differences over two replicas. Replica `r`
+// holds `x_r` and computes `⟨c_r, psum(x)⟩`; the loss is the sum over replicas. Moving `x_0`
+// moves every replica's `psum`, so `∂L/∂x_0 = Σ_r c_r`: the VJP must all-reduce the gradient,
+// which a VJP returning `c_0` alone would not.
+#[test]
+fn exercise_10_psums_vjp_is_the_sum_of_every_replicas_cotangent() {
+    use std::rc::Rc;
+    use tapegrad::replicas::{Communicator, InProcess, ReduceOp, ReplicaAxis};
+
+    let xs = [arr1(&[0.5, -1.0, 2.0]), arr1(&[1.5, 0.25, -0.75])];
+    let cs = [arr1(&[1.0, 2.0, 3.0]), arr1(&[-0.5, 0.5, 4.0])];
+    // Every replica's loss summed, and replica 0's gradient, for the inputs `xs`.
+    let run = |xs: [Array1<f64>; 2]| -> (f64, Array1<f64>) {
+        std::thread::scope(|threads| {
+            let handles: Vec<_> = InProcess::group(2)
+                .into_iter()
+                .enumerate()
+                .map(|(r, communicator)| {
+                    let (x, c) = (xs[r].clone(), cs[r].clone());
+                    threads.spawn(move || {
+                        let communicator: Rc<dyn Communicator> = Rc::new(communicator);
+                        let axis = ReplicaAxis::new("replicas", Rc::clone(&communicator));
+                        let tape = tapegrad::Tape::new();
+                        let leaf = tape.leaf("x", x);
+                        let loss = leaf
+                            .psum(&axis)
+                            .unwrap()
+                            .mul(&Tensor::constant(c))
+                            .unwrap()
+                            .sum_all();
+                        let mut total = [loss.item().unwrap()];
+                        communicator.all_reduce(&mut total, ReduceOp::Sum).unwrap();
+                        let gradient = loss.backward().unwrap().wrt(&leaf).unwrap();
+                        (
+                            total[0],
+                            gradient.into_dimensionality::<ndarray::Ix1>().unwrap(),
+                        )
+                    })
+                })
+                .collect();
+            let mut results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+            results.swap_remove(0)
+        })
+    };
+    let (_, analytic) = run(xs.clone());
+    let h = 1e-6;
+    for i in 0..3 {
+        let mut plus = xs.clone();
+        plus[0][i] += h;
+        let mut minus = xs.clone();
+        minus[0][i] -= h;
+        let numeric = (run(plus).0 - run(minus).0) / (2.0 * h);
+        assert!(
+            (analytic[i] - numeric).abs() < 1e-8,
+            "{i}: {} vs {numeric}",
+            analytic[i]
+        );
+        assert!((analytic[i] - (cs[0][i] + cs[1][i])).abs() < 1e-12);
+    }
+}
