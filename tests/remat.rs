@@ -308,8 +308,9 @@ fn the_tape_keeps_one_node_per_recomputed_segment() {
             .map(|e| e.op)
             .collect::<Vec<_>>()
     };
-    let plain = ops_recorded(&model);
-    let segmented = ops_recorded(&model.clone().with_remat_segments(3).unwrap());
+    // The fused nodes, whatever TAPEGRAD_FUSION says: the count below is theirs.
+    let plain = Fusion::On.run(|| ops_recorded(&model));
+    let segmented = Fusion::On.run(|| ops_recorded(&model.clone().with_remat_segments(3).unwrap()));
     // Six blocks of Dense and BatchNorm-ReLU, two of which, the last segment, stay on the
     // tape; the four others are two "remat" nodes; then the output Dense.
     assert_eq!(plain.len(), 6 * 2 + 1, "{plain:?}");
