@@ -1,10 +1,16 @@
-//! Graphviz export of a tape: params (leaves), constants and op nodes drawn distinctly.
+//! Graphviz export of a tape: params (leaves), constants and op nodes drawn distinctly; and
+//! the backward pass over it, each gradient on the edge it flows along.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use ndarray::{ArrayD, Dimension};
+
+use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::tape::{Operand, Tape, TapeEntry};
+use crate::shape::sum_to_shape;
+use crate::tape::{NodeView, Operand, Tape, TapeEntry};
+use crate::tensor::Tensor;
 
 /// The DOT attributes of each kind of vertex.
 const LEAF_STYLE: &str = "shape=box, style=\"filled,bold\", fillcolor=\"#b7e4b7\"";
@@ -91,6 +97,140 @@ impl<A: Float> Tape<A> {
         out.push_str(&edges);
         out.push_str("}\n");
         out
+    }
+}
+
+impl<A: Float> Tape<A> {
+    /// The backward pass from `output` (one element) as a Graphviz `digraph`: the tape's
+    /// vertices as [`Tape::to_dot`] draws them, its forward edges in light grey, and for
+    /// every edge a gradient flowed back along, a red edge the other way labelled with the
+    /// size (the Euclidean norm) of what flowed. Each leaf shows the size of its whole
+    /// gradient, the sum of its edges: where two contributions cancel (a bias before
+    /// BatchNorm), the edges are large and the sum is round-off. Constants have a forward
+    /// edge and no red one: nothing flows into a constant. The pass runs the recorded VJPs
+    /// without releasing them, so the tape can still be walked.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let w = tape.leaf("w", ndarray::arr1(&[1.0, 2.0]));
+    /// let x = Tensor::constant(ndarray::arr1(&[3.0, 4.0])).with_label("x");
+    /// let loss = w.mul(&x)?.sum_all();
+    /// let dot = tape.to_dot_backward(&loss)?;
+    /// assert!(dot.contains("n1 -> n0 [color=\"#c0392b\", fontcolor=\"#c0392b\", label=\"5\"]")); // |x| = 5
+    /// assert!(loss.backward().is_ok()); // not released
+    /// # Ok::<(), tapegrad::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotScalar`] for an output of more than one element, [`Error::DifferentTapes`]
+    /// for one from another tape, [`Error::BackwardTwice`] if a backward pass released the
+    /// tape.
+    pub fn to_dot_backward(&self, output: &Tensor<A>) -> Result<String> {
+        if output.len() != 1 {
+            return Err(Error::NotScalar {
+                op: "to_dot_backward",
+                shape: output.shape().into(),
+            });
+        }
+        let root = match output.node() {
+            Some((tape, id)) if tape.same_as(self) => id,
+            Some(_) => {
+                return Err(Error::DifferentTapes {
+                    op: "to_dot_backward",
+                });
+            }
+            None => return Ok(self.to_dot()),
+        };
+        let flows = self.flows(root, ArrayD::ones(output.shape()))?;
+        let forward = self.to_dot();
+        let mut out = forward
+            .trim_end()
+            .trim_end_matches('}')
+            .lines()
+            .map(
+                |line| match line.contains("->") && !line.contains("dashed") {
+                    true => line.replace(';', " [color=\"#bbbbbb\"];"),
+                    false => line.to_string(),
+                },
+            )
+            .collect::<Vec<_>>()
+            .join("\n");
+        out.push('\n');
+        for ((from, to), size) in &flows.edges {
+            let _ = writeln!(
+                out,
+                "  n{from} -> n{to} [color=\"#c0392b\", fontcolor=\"#c0392b\", label=\"{}\"];",
+                short(*size)
+            );
+        }
+        for (leaf, size) in &flows.leaves {
+            let _ = writeln!(
+                out,
+                "  n{leaf} [xlabel=\"∇ {}\", fontcolor=\"#1e5a1e\"];",
+                short(*size)
+            );
+        }
+        out.push_str("}\n");
+        Ok(out)
+    }
+
+    /// The backward pass from `root`, keeping the size of every contribution by edge
+    /// `(node, input)` and of every leaf's total.
+    fn flows(&self, root: usize, seed: ArrayD<A>) -> Result<Flows> {
+        let mut grads: Vec<Option<ArrayD<A>>> = vec![None; root + 1];
+        grads[root] = Some(seed);
+        let mut flows = Flows::default();
+        for id in (0..=root).rev() {
+            let NodeView::Op { op, inputs, rule } = self.view(id) else {
+                if let Some(g) = &grads[id] {
+                    flows.leaves.insert(id, norm(g));
+                }
+                continue;
+            };
+            let Some(g) = grads[id].take() else { continue };
+            let rule = rule.ok_or(Error::BackwardTwice { op, node: id })?;
+            let needs: Vec<bool> = inputs.iter().map(|i| i.node().is_some()).collect();
+            for (input, c) in inputs.iter().zip(rule.vjp(g, &needs)?) {
+                let (Some(parent), Some(c)) = (input.node(), c) else {
+                    continue;
+                };
+                let c = sum_to_shape(c, self.shape_of(parent).slice());
+                *flows.edges.entry((id, parent)).or_insert(0.0) += norm(&c);
+                grads[parent] = Some(match grads[parent].take() {
+                    Some(existing) => existing + &c,
+                    None => c,
+                });
+            }
+        }
+        Ok(flows)
+    }
+}
+
+/// The sizes a backward pass moved: by edge `(node, input)`, and by leaf.
+#[derive(Default)]
+struct Flows {
+    edges: BTreeMap<(usize, usize), f64>,
+    leaves: BTreeMap<usize, f64>,
+}
+
+fn norm<A: Float>(a: &ArrayD<A>) -> f64 {
+    a.iter()
+        .map(|v| v.as_f64() * v.as_f64())
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// Three significant digits, in scientific notation below 0.001.
+fn short(size: f64) -> String {
+    if size != 0.0 && size.abs() < 1e-3 {
+        format!("{size:.1e}")
+    } else {
+        format!("{:.3}", size)
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
     }
 }
 

@@ -8,7 +8,9 @@
 use std::path::{Path, PathBuf};
 
 use tapegrad::nn::{BatchNorm, Mlp};
-use tapegrad::{ApplyOptions, Fusion, ModuleExt, Mutable, Tape, Tensor, value_and_grad};
+use tapegrad::{
+    ApplyOptions, Fusion, ModuleExt, Mutable, ParamTensors, Tape, Tensor, value_and_grad,
+};
 
 /// The model of chapters 3 and 4: Dense → BatchNorm → ReLU → Dense, on 4 rows of 2 features.
 fn recorded_tape(options: &ApplyOptions, fusion: Fusion) -> Tape<f64> {
@@ -30,18 +32,47 @@ fn recorded_tape(options: &ApplyOptions, fusion: Fusion) -> Tape<f64> {
     tape.expect("params are tracked")
 }
 
-/// Each picture: its file name in `docs/img/` and the tape it shows.
-fn pictures() -> Vec<(&'static str, Tape<f64>)> {
+/// The same model's backward pass, drawn with `Tape::to_dot_backward`.
+fn backward_picture(options: &ApplyOptions, fusion: Fusion) -> String {
+    let model = Mlp::new(&[3], 2).with_batch_norm(BatchNorm::new().momentum(0.9));
+    let x = Tensor::from_vec(&[4, 2], vec![0.5, -1.0, 2.0, 0.1, -0.3, 0.8, 1.5, -2.0])
+        .unwrap()
+        .with_label("x");
+    let variables = model.init(0, &x).unwrap();
+    fusion.run(|| {
+        let tape = Tape::new();
+        let params = ParamTensors::leaves(variables.params(), &tape);
+        let (logits, _) = model
+            .apply_tracked(&params, &variables, &x, options)
+            .unwrap();
+        let loss = tapegrad::softmax_cross_entropy(&logits, &[0, 1, 1, 0]).unwrap();
+        tape.to_dot_backward(&loss).unwrap()
+    })
+}
+
+/// Each picture: its file name in `docs/img/` and its DOT text.
+fn pictures() -> Vec<(&'static str, String)> {
     let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
     vec![
         (
             "bn_eval_tape",
-            recorded_tape(&ApplyOptions::eval(), Fusion::On),
+            recorded_tape(&ApplyOptions::eval(), Fusion::On).to_dot(),
         ),
-        ("bn_train_tape_fused", recorded_tape(&train, Fusion::On)),
+        (
+            "bn_train_tape_fused",
+            recorded_tape(&train, Fusion::On).to_dot(),
+        ),
         (
             "bn_train_tape_composite",
-            recorded_tape(&train, Fusion::Off),
+            recorded_tape(&train, Fusion::Off).to_dot(),
+        ),
+        (
+            "bn_train_backward_composite",
+            backward_picture(&train, Fusion::Off),
+        ),
+        (
+            "bn_eval_backward",
+            backward_picture(&ApplyOptions::eval(), Fusion::On),
         ),
     ]
 }
@@ -70,8 +101,7 @@ fn svg_text(label: &str) -> String {
 #[test]
 fn the_committed_dot_files_are_what_the_code_records() {
     let update = std::env::var_os("TAPEGRAD_UPDATE_PICTURES").is_some();
-    for (name, tape) in pictures() {
-        let dot = tape.to_dot();
+    for (name, dot) in pictures() {
         let path = image(name, "dot");
         if update {
             std::fs::write(&path, &dot).unwrap();
@@ -110,7 +140,7 @@ fn each_committed_svg_is_drawn_from_its_dot() {
 
 #[test]
 fn the_pictures_differ_where_the_guide_says_they_do() {
-    let pictures = pictures();
+    let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
     let ops = |tape: &Tape<f64>| -> Vec<&'static str> {
         tape.entries()
             .iter()
@@ -118,9 +148,9 @@ fn the_pictures_differ_where_the_guide_says_they_do() {
             .filter(|&op| op != "leaf")
             .collect()
     };
-    let [(_, eval), (_, fused), (_, composite)] = &pictures[..] else {
-        unreachable!()
-    };
+    let eval = &recorded_tape(&ApplyOptions::eval(), Fusion::On);
+    let fused = &recorded_tape(&train, Fusion::On);
+    let composite = &recorded_tape(&train, Fusion::Off);
     // Evaluation: the statistics are constants; training, fused: one batch_norm_relu node.
     assert!(!ops(eval).iter().any(|op| op.starts_with("batch_norm")));
     assert!(ops(fused).contains(&"batch_norm_relu"));
@@ -131,4 +161,50 @@ fn the_pictures_differ_where_the_guide_says_they_do() {
             .all(|op| !op.contains("batch_norm") && *op != "linear")
     );
     assert!(ops(composite).len() > 2 * ops(fused).len());
+}
+
+/// The backward pictures show what chapter 6 says: in training mode the bias before
+/// BatchNorm receives round-off (BatchNorm's input gradient sums to zero over the batch, and
+/// the bias's gradient is that sum), while the kernel beside it receives an ordinary
+/// gradient; in evaluation mode the running statistics, constants, receive no edge.
+#[test]
+fn the_backward_pictures_show_the_cancellation_and_the_constants() {
+    let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
+    let composite = backward_picture(&train, Fusion::Off);
+    let total = |name: &str| {
+        let vertex = vertex_of(&composite, name);
+        composite
+            .lines()
+            .find(|l| l.contains("xlabel") && l.starts_with(&format!("  {vertex} ")))
+            .expect("a leaf has a total")
+            .to_string()
+    };
+    assert!(
+        total("Dense_0/bias").contains("e-1"),
+        "round-off: {}",
+        total("Dense_0/bias")
+    );
+    assert!(
+        !total("Dense_0/kernel").contains("e-"),
+        "ordinary: {}",
+        total("Dense_0/kernel")
+    );
+
+    let eval = backward_picture(&ApplyOptions::eval(), Fusion::On);
+    assert!(eval.contains("batch_stats/BatchNorm_0/mean"));
+    for line in eval.lines().filter(|l| l.contains("#c0392b")) {
+        assert!(
+            line.trim_start().starts_with('n') && line.contains("-> n"),
+            "a gradient into a constant: {line}"
+        );
+    }
+}
+
+/// The vertex (`nN`) whose label begins with `name`.
+fn vertex_of(dot: &str, name: &str) -> String {
+    dot.lines()
+        .find(|l| l.contains(&format!("[label=\"{name}\\n")))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("a vertex of that name")
+        .to_string()
 }
