@@ -1,5 +1,6 @@
 //! Keeping freed memory in the process, for training loops whose steps allocate and free the
-//! same large arrays every time ([`retain_freed_memory`]).
+//! same large arrays every time ([`retain_freed_memory`]); and the process's peak memory, for
+//! programs that report it ([`peak_resident_mib`]).
 
 /// Asks the C allocator to keep the memory of freed arrays for the next ones, instead of
 /// handing it back to the operating system: for the whole process, from now on. Returns
@@ -45,4 +46,21 @@ pub fn retain_freed_memory() -> bool {
     {
         false
     }
+}
+
+/// The process's peak resident set size in MiB (`VmHWM` in `/proc/self/status`), or `None`
+/// where the system does not report it: what the examples and benchmarks print beside their
+/// times, as the peer scripts do.
+///
+/// ```
+/// let peak = tapegrad::runtime::peak_resident_mib();
+/// assert_eq!(peak.is_some(), cfg!(target_os = "linux"));
+/// assert!(peak.is_none_or(|mib| mib > 0.0));
+/// ```
+#[must_use]
+pub fn peak_resident_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }

@@ -58,7 +58,7 @@
 //! that a training loop does not fault in its activations afresh every step: a choice for
 //! the program, which tapegrad's examples and benchmarks make.
 
-pub use crate::allocator::retain_freed_memory;
+pub use crate::allocator::{peak_resident_mib, retain_freed_memory};
 pub use crate::kernels::path::KernelPath;
 pub use crate::kernels::threads::{max_threads, num_threads, set_num_threads};
 

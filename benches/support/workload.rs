@@ -259,16 +259,10 @@ impl<M: Module<f32, Input = Tensor<f32>, Output = Tensor<f32>>> Workload<M> {
     }
 }
 
-/// The process's peak resident size (VmHWM in /proc/self/status), in MiB; 0 where unknown.
+/// The process's peak resident size (VmHWM), in MiB; 0 where unknown.
 #[allow(dead_code)]
 pub fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-            line.split_whitespace().nth(1)?.parse::<f64>().ok()
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
+    tapegrad::runtime::peak_resident_mib().unwrap_or(0.0)
 }
 
 /// The sizes named on the command line (cargo bench passes `--bench` too: flags are

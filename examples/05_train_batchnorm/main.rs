@@ -22,7 +22,7 @@ use clap::{Parser, ValueEnum};
 
 mod checks;
 mod data;
-mod memory;
+mod exit;
 mod plot;
 mod step;
 
@@ -365,13 +365,7 @@ fn main() -> std::process::ExitCode {
     // Keep freed arrays' memory for the next step instead of faulting it in again
     // (`runtime::retain_freed_memory`: a program's choice, so the program makes it).
     tapegrad::runtime::retain_freed_memory();
-    match run(Args::parse()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    exit::report(run(Args::parse()))
 }
 
 fn run(args: Args) -> Result<(), Box<dyn Error>> {
@@ -514,7 +508,7 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
     println!(
         "done in {:.1} s, peak resident memory {:.0} MiB",
         started.elapsed().as_secs_f64(),
-        memory::peak_resident_mib()
+        tapegrad::runtime::peak_resident_mib().unwrap_or(0.0)
     );
     if stats_in_grads != 0 {
         return Err("a gradient reached batch_stats".into());

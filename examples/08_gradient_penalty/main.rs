@@ -29,6 +29,8 @@ use tapegrad::{
 
 #[path = "../06_train_cnn/data.rs"]
 mod data;
+#[path = "../05_train_batchnorm/exit.rs"]
+mod exit;
 use data::Digits;
 
 /// A gradient penalty on the digits, with BatchNorm.
@@ -66,13 +68,7 @@ struct Scores {
 
 fn main() -> std::process::ExitCode {
     tapegrad::runtime::retain_freed_memory();
-    match run(Args::parse()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    exit::report(run(Args::parse()))
 }
 
 fn run(args: Args) -> Result<(), Box<dyn Error>> {

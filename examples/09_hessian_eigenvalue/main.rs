@@ -27,6 +27,8 @@ use tapegrad::{
 
 #[path = "../05_train_batchnorm/data.rs"]
 mod data;
+#[path = "../05_train_batchnorm/exit.rs"]
+mod exit;
 use data::Data;
 
 /// The dominant Hessian eigenvalue of an MLP with BatchNorm on the wine data.
@@ -54,13 +56,7 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     tapegrad::runtime::retain_freed_memory();
-    match run(Args::parse()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    exit::report(run(Args::parse()))
 }
 
 fn run(args: Args) -> Result<(), Box<dyn Error>> {
