@@ -135,20 +135,70 @@ fn imported_items(code: &str) -> BTreeSet<String> {
     items
 }
 
+/// Method names a chapter may call without naming them: the standard library's and
+/// ndarray's common ones, which some of tapegrad's types share.
+const COMMON_METHODS: [&str; 41] = [
+    "abs",
+    "all",
+    "apply",
+    "as_slice",
+    "cast",
+    "clone",
+    "collect",
+    "contains",
+    "default",
+    "entry",
+    "exp",
+    "fill",
+    "first",
+    "from",
+    "get",
+    "get_mut",
+    "init",
+    "insert",
+    "into_iter",
+    "is_empty",
+    "item",
+    "iter",
+    "keys",
+    "last",
+    "len",
+    "ln",
+    "map",
+    "max",
+    "mean",
+    "min",
+    "name",
+    "new",
+    "paths",
+    "push",
+    "read",
+    "remove",
+    "run",
+    "set",
+    "shape",
+    "sqrt",
+    "sum",
+];
+
 #[test]
-fn every_item_a_chapter_imports_was_named_in_its_prose_or_before() {
-    let mut taught = String::new();
+fn every_item_a_chapter_imports_or_calls_was_named_in_its_prose_or_before() {
+    let crate_fns = public_fns(&root().join("src"));
+    let mut taught = BTreeSet::new();
     let mut problems = Vec::new();
     for (name, text) in chapters()
         .into_iter()
         .filter(|(name, _)| !name.starts_with("00"))
     {
         let (code, prose) = split_code_and_prose(&text);
-        taught.push_str(&prose);
-        for item in imported_items(&code) {
+        taught.extend(named_in_prose(&prose));
+        let used = imported_items(&code)
+            .into_iter()
+            .chain(called_methods(&code, &crate_fns));
+        for item in used {
             if !taught.contains(&item) {
                 problems.push(format!(
-                    "{name} uses `{item}` before any chapter's prose names it"
+                    "{name} uses `{item}` before any chapter's prose names it in backticks"
                 ));
             }
         }
@@ -156,16 +206,82 @@ fn every_item_a_chapter_imports_was_named_in_its_prose_or_before() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+/// The identifiers inside the prose's backticks: `` `Tape::leaf` `` names `Tape` and `leaf`.
+/// A word of the running text (`reads`) names nothing.
+fn named_in_prose(prose: &str) -> BTreeSet<String> {
+    prose
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .flat_map(identifiers)
+        .collect()
+}
+
+fn identifiers(text: &str) -> Vec<String> {
+    text.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with(|c: char| c.is_alphabetic() || c == '_'))
+        .map(String::from)
+        .collect()
+}
+
+/// The methods of tapegrad a chapter's code calls: each `.name(` whose `name` the crate
+/// defines with `pub fn`, less the common names and the functions the chapter defines.
+fn called_methods(code: &str, crate_fns: &BTreeSet<String>) -> BTreeSet<String> {
+    let own: BTreeSet<String> = code
+        .match_indices("fn ")
+        .filter_map(|(at, _)| identifiers(&code[at + 3..]).into_iter().next())
+        .collect();
+    code.match_indices('.')
+        .filter_map(|(at, _)| {
+            let rest = &code[at + 1..];
+            let name = rest
+                .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .next()?;
+            rest[name.len()..]
+                .starts_with('(')
+                .then(|| name.to_string())
+        })
+        .filter(|name| crate_fns.contains(name))
+        .filter(|name| !COMMON_METHODS.contains(&name.as_str()) && !own.contains(name))
+        .collect()
+}
+
+/// Every `pub fn` name in the Rust files under `dir`.
+fn public_fns(dir: &std::path::Path) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            names.extend(public_fns(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let source = fs::read_to_string(&path).unwrap();
+            for (at, _) in source.match_indices("pub fn ") {
+                if let Some(name) = identifiers(&source[at + 7..]).into_iter().next() {
+                    names.insert(name);
+                }
+            }
+        }
+    }
+    names
+}
+
 #[test]
 fn the_scanners_see_what_they_should() {
     let (code, prose) = split_code_and_prose(
-        "Use `Tape`.\n```rust\nuse tapegrad::{Tape, nn::{Dense, Mlp as M}};\n```\n",
+        "Use `Tape`; it reads.\n```rust\nuse tapegrad::{Tape, nn::{Dense, Mlp as M}};\nlet y = x.sum_all().clone();\nfn own() {}\nx.own();\n```\n",
     );
     assert_eq!(
         imported_items(&code),
         ["Dense", "Mlp", "Tape"].map(String::from).into()
     );
     assert!(prose.contains("Tape") && !prose.contains("Dense"));
+    let named = named_in_prose(&prose);
+    assert!(named.contains("Tape") && !named.contains("reads") && !named.contains("it"));
+    let crate_fns: BTreeSet<String> = ["sum_all", "clone", "own"].map(String::from).into();
+    assert_eq!(
+        called_methods(&code, &crate_fns),
+        ["sum_all".to_string()].into()
+    );
     let ops =
         recorded_ops("record_one(\"sum\", x); self.unary(\n \"powi\", f); let s = \"Not an op\";");
     assert_eq!(ops, ["sum", "powi"]);
