@@ -10,6 +10,11 @@
 //! * [`value_and_grad`] differentiates a closure with respect to [`Params`] only, and returns
 //!   [`Grads`] keyed exactly like them.
 //! * [`gradcheck`] checks any gradient against central finite differences.
+//! * A backward pass can be recorded and differentiated again ([`grad_of`]), and tangents
+//!   swept forward: [`jvp`], [`hvp`], [`hessian`], with buffers constants at every order.
+//! * A block can be recomputed during backward instead of kept ([`remat`],
+//!   [`nn::Remat`]), and training loops that run several forwards a step update the state
+//!   once ([`accumulate`], [`average`]).
 //!
 //! ```
 //! use tapegrad::{value_and_grad, Params, Tensor};
