@@ -24,7 +24,10 @@ impl<A: Float> Tensor<A> {
             return Ok(sum.log());
         }
         // Taken from the detached value: nothing about the shift is recorded on the tape.
-        let max = self.detach().max_axes(&[axis], true)?;
+        let max = self
+            .detach()
+            .max_axes(&[axis], true)?
+            .with_label("max (a constant shift)");
         let lse = self
             .sub(&max)?
             .exp()

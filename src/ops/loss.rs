@@ -96,7 +96,7 @@ fn definition<A: Float>(logits: &Tensor<A>, labels: &[usize], inv_batch: A) -> R
     let classes = logits.shape()[1];
     let picked = logits
         .log_softmax(1)?
-        .mul(&one_hot(labels, classes)?)?
+        .mul(&one_hot(labels, classes)?.with_label("onehot(labels)"))?
         .sum_all();
     Ok(picked.mul_scalar(-inv_batch))
 }
