@@ -142,8 +142,9 @@ fn report_thread_count_for_the_parent() {
 
 /// Bad values of the three environment variables are each warned about once, naming the
 /// variable and the value, and the run goes on with the default; a thread count above
-/// `max_threads` is one of them, and `set_num_threads` refuses it.
-#[test]
+/// `max_threads` is one of them, and `set_num_threads` refuses it. Part of the one test
+/// below: a second test of this file would run beside it, and its thread, starting or
+/// ending, would change the count of this process's threads that test compares.
 fn bad_settings_in_the_environment_are_warned_about_once_each() {
     let out = child_report(&[
         ("TAPEGRAD_NUM_THREADS", "1000000"),
@@ -172,6 +173,8 @@ fn bad_settings_in_the_environment_are_warned_about_once_each() {
 
 #[test]
 fn the_thread_count_is_obeyed_and_one_thread_spawns_none() {
+    bad_settings_in_the_environment_are_warned_about_once_each();
+
     // The environment variable, read at first use; a value that is not a positive integer
     // is ignored (the count is then the cores this process may use).
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
