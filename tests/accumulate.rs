@@ -81,12 +81,7 @@ fn merged_per_step_the_running_statistics_are_those_of_the_whole_batch() {
             fusion.run(|| {
                 let model = model(batch_norm.clone());
                 let variables = model.init(0, &Tensor::constant(&x)).unwrap();
-                let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
-                let (_, whole) = model
-                    .apply(&variables, &Tensor::constant(&x), &train)
-                    .unwrap();
-                let mut expected = variables.clone();
-                expected.merge(whole).unwrap();
+                let expected = after_one_whole_batch_step(&model, &variables, &x);
                 for k in [2, 3, 4] {
                     let step = accumulated(&model, &variables, &x, k, StatsPolicy::MergedPerStep);
                     let mut got = variables.clone();
@@ -211,12 +206,7 @@ fn merged_per_step_a_first_batch_norm_matches_the_whole_batch_in_a_deeper_model(
     let x = batch();
     let model = Mlp::new(&[5, 4], 3).with_batch_norm(BatchNorm::new().momentum(0.8));
     let variables = model.init(0, &Tensor::constant(&x)).unwrap();
-    let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
-    let (_, whole) = model
-        .apply(&variables, &Tensor::constant(&x), &train)
-        .unwrap();
-    let mut expected = variables.clone();
-    expected.merge(whole).unwrap();
+    let expected = after_one_whole_batch_step(&model, &variables, &x);
     let n = 4;
     let step = accumulate(
         &variables,
@@ -283,4 +273,20 @@ fn a_step_with_two_forwards_merges_the_statistics_of_the_one_it_names() {
         wrong.collection("batch_stats"),
         once.collection("batch_stats")
     );
+}
+
+/// The variables after one training forward on the whole batch `x`, its statistics merged:
+/// what an accumulated step's merged statistics must reproduce.
+fn after_one_whole_batch_step(
+    model: &Mlp,
+    variables: &Variables<f64>,
+    x: &ArrayD<f64>,
+) -> Variables<f64> {
+    let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
+    let (_, whole) = model
+        .apply(variables, &Tensor::constant(x), &train)
+        .unwrap();
+    let mut expected = variables.clone();
+    expected.merge(whole).unwrap();
+    expected
 }
