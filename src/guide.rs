@@ -1,11 +1,12 @@
 //! The tapegrad guide: from a tape by hand to training with running statistics.
 //!
 //! Each chapter is a Markdown file in `docs/`, included here so that `cargo test` compiles
-//! and runs every code block in it (as clap does for its tutorial). The chapters link with
-//! rustdoc's paths, so they read best here; `mdbook serve docs` renders their text, without
-//! those links. (The build script embeds the chapters' pictures, so
-//! that they show here and on docs.rs too.) Read them in order; each uses only what the
-//! chapters before it taught (`tests/guide.rs` checks it):
+//! and runs every code block in it (as clap does for its tutorial). The same files are a
+//! book (`mdbook serve docs`) and read on the repository's page, so they link as files do: a
+//! chapter by its file name, an item by its docs.rs page. The build script embeds the
+//! pictures and turns those links into intra-doc links for this page, which `cargo doc`
+//! checks; `tests/guide_links.rs` checks them as files. Read the chapters in order; each uses
+//! only what the chapters before it taught (`tests/guide.rs` checks it):
 //!
 //! 0. [Start here: what is `register_buffer` in Flax?](ch00_start_here): one model with a buffer in PyTorch, Flax linen, NNX, Equinox and tapegrad.
 //! 1. [A tape by hand](ch01_a_tape_by_hand): a Wengert list, reverse mode, finite differences.
@@ -67,9 +68,18 @@ pub mod ch11_property_testing {}
 #[doc = include_str!(concat!(env!("OUT_DIR"), "/guide/12-exercises.md"))]
 pub mod ch12_exercises {}
 
+#[doc = include_str!(concat!(env!("OUT_DIR"), "/guide/13-state-updated-once.md"))]
+pub mod ch13_state_updated_once {}
+
+#[doc = include_str!(concat!(env!("OUT_DIR"), "/guide/14-higher-orders.md"))]
+pub mod ch14_higher_orders {}
+
+#[doc = include_str!(concat!(env!("OUT_DIR"), "/guide/15-solutions.md"))]
+pub mod ch15_solutions {}
+
 #[cfg(test)]
 mod tests {
-    /// Every chapter as rustdoc sees it: the build script's output.
+    /// A chapter as rustdoc sees it (the build script's output) and as a file.
     const CHAPTERS: [&str; 2] = [
         include_str!(concat!(env!("OUT_DIR"), "/guide/05-params-and-buffers.md")),
         include_str!("../docs/05-params-and-buffers.md"),
@@ -93,13 +103,27 @@ mod tests {
         // "<?xml" in base64 (the file starts with an XML declaration).
         assert!(embedded.starts_with("PD94bWw"));
     }
+
+    #[test]
+    fn links_become_intra_doc_links_of_the_items_kind() {
+        let [for_rustdoc, on_disk] = CHAPTERS;
+        for (file, rustdoc) in [
+            (
+                "https://docs.rs/tapegrad/latest/tapegrad/optim/trait.Optimizer.html",
+                "trait@crate::optim::Optimizer",
+            ),
+            (
+                "https://docs.rs/tapegrad/latest/tapegrad/trait.IntoArray.html",
+                "trait@crate::IntoArray",
+            ),
+            ("06-batchnorm.md", "mod@crate::guide::ch06_batchnorm"),
+        ] {
+            assert!(on_disk.contains(file), "{file}");
+            assert!(!for_rustdoc.contains(file), "{file} was left for rustdoc");
+            assert!(
+                for_rustdoc.contains(rustdoc),
+                "{file} did not become {rustdoc}"
+            );
+        }
+    }
 }
-
-#[doc = include_str!(concat!(env!("OUT_DIR"), "/guide/13-state-updated-once.md"))]
-pub mod ch13_state_updated_once {}
-
-#[doc = include_str!(concat!(env!("OUT_DIR"), "/guide/14-higher-orders.md"))]
-pub mod ch14_higher_orders {}
-
-#[doc = include_str!(concat!(env!("OUT_DIR"), "/guide/15-solutions.md"))]
-pub mod ch15_solutions {}
