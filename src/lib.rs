@@ -108,6 +108,7 @@ pub struct ReadmeDoctests;
 pub use autodiff::{ParamTensors, grad, value_and_grad, value_and_grad_with_aux};
 pub use backward::LeafGradients;
 pub use collection::{Collection, Iter, Params};
+pub use dot::Picture;
 pub use error::{Error, Result, Shape};
 pub use float::Float;
 pub use grads::Grads;

@@ -152,6 +152,15 @@ pub struct Tape<A: Float> {
     /// from by this id, not by a handle that would keep the tape's saved values alive.
     id: u64,
     nodes: Rc<RefCell<Vec<Node<A>>>>,
+    /// Which module recorded which nodes: each span starts at a node id and runs to the next
+    /// span's start. A module call opens a span and closes it by opening its caller's again.
+    modules: Rc<RefCell<Vec<ModuleSpan>>>,
+}
+
+/// The nodes from `first` on, up to the next span, were recorded by the module at `path`.
+struct ModuleSpan {
+    first: usize,
+    path: Rc<str>,
 }
 
 impl<A: Float> Clone for Tape<A> {
@@ -159,6 +168,7 @@ impl<A: Float> Clone for Tape<A> {
         Tape {
             id: self.id,
             nodes: Rc::clone(&self.nodes),
+            modules: Rc::clone(&self.modules),
         }
     }
 }
@@ -176,6 +186,24 @@ impl<A: Float> Tape<A> {
         Tape {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             nodes: Rc::new(RefCell::new(Vec::new())),
+            modules: Rc::new(RefCell::new(Vec::new())),
+        }
+    }
+
+    /// Nodes recorded from now on are recorded by the module at `path` (`""`: outside any
+    /// sub-module). [`Scope::call`](crate::Scope::call) says so around a sub-module's
+    /// `forward`; [`TapeEntry::module`] and the pictures read it.
+    pub(crate) fn enter_module(&self, path: &str) {
+        let first = self.len();
+        let mut modules = self.modules.borrow_mut();
+        match modules.last_mut() {
+            Some(last) if *last.path == *path => {}
+            // Nothing was recorded in the span being closed: it is replaced.
+            Some(last) if last.first == first => last.path = Rc::from(path),
+            _ => modules.push(ModuleSpan {
+                first,
+                path: Rc::from(path),
+            }),
         }
     }
 
@@ -204,25 +232,29 @@ impl<A: Float> Tape<A> {
     /// One entry per node, in recording order: what the node is, its inputs and its shape.
     #[must_use]
     pub fn entries(&self) -> Vec<TapeEntry> {
+        let modules = self.modules.borrow();
+        let mut spans = modules.iter().peekable();
+        let mut module: &str = "";
         self.nodes
             .borrow()
             .iter()
             .enumerate()
-            .map(|(id, node)| match &node.kind {
-                NodeKind::Leaf { name } => TapeEntry {
-                    id,
-                    op: "leaf",
-                    name: name.clone(),
-                    inputs: Vec::new(),
-                    shape: node.shape.slice().to_vec(),
-                },
-                NodeKind::Op { op, inputs, .. } => TapeEntry {
+            .map(|(id, node)| {
+                while let Some(span) = spans.next_if(|span| span.first <= id) {
+                    module = &span.path;
+                }
+                let (op, name, inputs) = match &node.kind {
+                    NodeKind::Leaf { name } => ("leaf", name.clone(), Vec::new()),
+                    NodeKind::Op { op, inputs, .. } => (*op, None, inputs.clone()),
+                };
+                TapeEntry {
                     id,
                     op,
-                    name: None,
-                    inputs: inputs.clone(),
+                    name,
+                    inputs,
                     shape: node.shape.slice().to_vec(),
-                },
+                    module: module.to_string(),
+                }
             })
             .collect()
     }
@@ -373,6 +405,10 @@ pub struct TapeEntry {
     pub inputs: Vec<Operand>,
     /// The shape of the node's value.
     pub shape: Vec<usize>,
+    /// The path of the module whose `forward` recorded the node (`"Dense_0"`, or
+    /// `"Block_0/Dense_1"` for a nested one); empty outside any sub-module, as for the
+    /// params' leaves, which are made before the model runs.
+    pub module: String,
 }
 
 impl fmt::Display for TapeEntry {

@@ -10,6 +10,7 @@ use crate::autodiff::{ParamTensors, is_under};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::replicas::ReplicaAxis;
+use crate::tape::Tape;
 use crate::variables::{Mutable, Variables};
 
 /// Whether the model is being initialised or applied, with what it reads in each case.
@@ -57,6 +58,14 @@ impl<'a, A: Float> Context<'a, A> {
             written: RefCell::new(Variables::new()),
             rng_draws: RefCell::new(BTreeMap::new()),
             recomputing: false,
+        }
+    }
+
+    /// The tape the params are leaves of, if this run records one.
+    pub(crate) fn tape(&self) -> Option<&'a Tape<A>> {
+        match self.phase {
+            Phase::Apply { params, .. } => params.tape(),
+            Phase::Init { .. } => None,
         }
     }
 

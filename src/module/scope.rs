@@ -330,7 +330,7 @@ impl<'a, A: Float> Scope<'a, A> {
         let counter = self.counters.entry(kind).or_insert(0);
         let name = format!("{kind}_{counter}");
         *counter += 1;
-        module.forward(&mut self.child(&name), input)
+        self.call_named(&name, module, input)
     }
 
     /// Runs `module` in a child scope named `name`.
@@ -344,7 +344,16 @@ impl<'a, A: Float> Scope<'a, A> {
         module: &M,
         input: &M::Input,
     ) -> Result<M::Output> {
-        module.forward(&mut self.child(name), input)
+        let mut child = self.child(name);
+        let tape = self.ctx.tape();
+        if let Some(tape) = tape {
+            tape.enter_module(&child.path);
+        }
+        let output = module.forward(&mut child, input);
+        if let Some(tape) = tape {
+            tape.enter_module(&self.path);
+        }
+        output
     }
 
     /// The replica axis `name`, if this run was given one
