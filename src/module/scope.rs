@@ -304,7 +304,9 @@ impl<'a, A: Float> Scope<'a, A> {
     }
 
     /// A sub-scope named `name`, for a sub-module called by hand. Two children of the same
-    /// name share their variables.
+    /// name share their variables. The tape counts what such a child records as its caller's
+    /// ([`TapeEntry::module`](crate::TapeEntry::module)); [`Scope::call_named`] runs a module
+    /// as a child that the tape and its pictures know by name.
     #[must_use]
     pub fn child(&mut self, name: &str) -> Scope<'a, A> {
         Scope {
@@ -333,7 +335,8 @@ impl<'a, A: Float> Scope<'a, A> {
         self.call_named(&name, module, input)
     }
 
-    /// Runs `module` in a child scope named `name`.
+    /// Runs `module` in a child scope named `name`; the nodes it records belong to that
+    /// path on the tape ([`TapeEntry::module`](crate::TapeEntry::module)).
     ///
     /// # Errors
     ///
