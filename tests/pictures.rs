@@ -32,8 +32,17 @@ fn recorded_tape(options: &ApplyOptions, fusion: Fusion) -> Tape<f64> {
     tape.expect("params are tracked")
 }
 
-/// The same model's backward pass, with the collections the step returned beside it.
-fn backward_picture(options: &ApplyOptions, fusion: Fusion) -> String {
+/// What a picture of the same model's loss draws over the tape.
+#[derive(Clone, Copy, PartialEq)]
+enum Drawn {
+    /// The collections the step returned, beside the tape.
+    Updates,
+    /// The backward pass too.
+    BackwardAndUpdates,
+}
+
+/// The same model's loss, drawn with `Tape::picture`.
+fn picture(options: &ApplyOptions, fusion: Fusion, drawn: Drawn) -> String {
     let model = Mlp::new(&[3], 2).with_batch_norm(BatchNorm::new().momentum(0.9));
     let x = Tensor::from_vec(&[4, 2], vec![0.5, -1.0, 2.0, 0.1, -0.3, 0.8, 1.5, -2.0])
         .unwrap()
@@ -46,12 +55,16 @@ fn backward_picture(options: &ApplyOptions, fusion: Fusion) -> String {
             .apply_tracked(&params, &variables, &x, options)
             .unwrap();
         let loss = tapegrad::softmax_cross_entropy(&logits, &[0, 1, 1, 0]).unwrap();
-        tape.picture()
-            .backward(&loss)
-            .unwrap()
-            .updates(&updates)
-            .to_dot()
+        let picture = match drawn {
+            Drawn::Updates => tape.picture(),
+            Drawn::BackwardAndUpdates => tape.picture().backward(&loss).unwrap(),
+        };
+        picture.updates(&updates).to_dot()
     })
+}
+
+fn backward_picture(options: &ApplyOptions, fusion: Fusion) -> String {
+    picture(options, fusion, Drawn::BackwardAndUpdates)
 }
 
 /// Each picture: its file name in `docs/img/` and its DOT text.
@@ -64,7 +77,7 @@ fn pictures() -> Vec<(&'static str, String)> {
         ),
         (
             "bn_train_tape_fused",
-            recorded_tape(&train, Fusion::On).to_dot(),
+            picture(&train, Fusion::On, Drawn::Updates),
         ),
         (
             "bn_train_tape_composite",
