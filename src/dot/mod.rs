@@ -28,6 +28,8 @@ const CONSTANT_STYLE: &str =
     "shape=box, style=\"filled,dashed\", fillcolor=\"#eeeeee\", fontcolor=\"#555555\"";
 const UPDATE_STYLE: &str =
     "shape=note, style=filled, fillcolor=\"#dbe9f6\", color=\"#1f4e79\", fontcolor=\"#1f4e79\"";
+/// The dotted edge from a module's box to what it returned.
+const UPDATE_EDGE_STYLE: &str = "style=dotted, color=\"#1f4e79\", arrowhead=vee";
 /// Gradients flowing back, and the edges that carry them.
 const GRADIENT_COLOR: &str = "#c0392b";
 /// The forward edges, when the backward pass is drawn over them.
@@ -212,7 +214,7 @@ impl<A: Float> Picture<'_, A> {
             if let Some((cluster, inside)) = enclosing_box(&named_boxes, module) {
                 let _ = writeln!(
                     body,
-                    "  {inside} -> u{index} [ltail={cluster}, style=dotted, color=\"#1f4e79\", arrowhead=vee];"
+                    "  {inside} -> u{index} [ltail={cluster}, {UPDATE_EDGE_STYLE}];"
                 );
             }
         }
@@ -242,11 +244,6 @@ impl<A: Float> Picture<'_, A> {
         entries: &[TapeEntry],
         columns: &Columns,
     ) -> (Vec<Vertex>, String) {
-        let mut vertices = Vec::new();
-        let mut edges = String::new();
-        // Labelled constants are drawn once each, where their first use puts them.
-        let mut labelled: Vec<String> = Vec::new();
-        let mut drawn = BTreeSet::new();
         let places: Vec<Place> = entries
             .iter()
             .map(|entry| match entry.op {
@@ -257,72 +254,66 @@ impl<A: Float> Picture<'_, A> {
                 _ => columns.of_op(entry),
             })
             .collect();
+        let mut vertices = Vec::new();
+        let mut edges = String::new();
+        let mut constants = Constants::default();
+        let mut drawn = BTreeSet::new();
         for entry in entries {
+            let style = if entry.op == "leaf" {
+                LEAF_STYLE
+            } else {
+                OP_STYLE
+            };
             vertices.push(Vertex {
                 name: format!("n{}", entry.id),
-                attributes: format!(
-                    "label={}, {}",
-                    vertex_label(entry),
-                    if entry.op == "leaf" {
-                        LEAF_STYLE
-                    } else {
-                        OP_STYLE
-                    }
-                ),
+                attributes: format!("label={}, {style}", vertex_label(entry)),
                 place: places[entry.id].clone(),
             });
+            let to = &places[entry.id];
             for (position, input) in entry.inputs.iter().enumerate() {
-                let to = &places[entry.id];
                 match input {
                     Operand::Node(id) => {
-                        let mut attributes = Vec::new();
-                        match self.gradient_along(*id, entry.id, &mut drawn) {
-                            Some(size) => attributes.extend([
-                                "dir=back".to_string(),
-                                format!("color=\"{GRADIENT_COLOR}\""),
-                                format!("fontcolor=\"{GRADIENT_COLOR}\""),
-                                format!("xlabel=\"{}\"", short(size)),
-                            ]),
-                            None if self.flows.is_some() => {
-                                attributes.push(format!("color=\"{FORWARD_COLOR}\""));
-                            }
-                            None => {}
-                        }
+                        let mut attributes = self.edge_colors(*id, entry.id, &mut drawn);
                         if enters_column(&places[*id], to) {
                             attributes.push("constraint=false".to_string());
                         }
                         let _ = writeln!(edges, "  n{id} -> n{}{};", entry.id, list(&attributes));
                     }
                     Operand::Constant(label) => {
-                        let (name, text) = match label {
-                            Some(label) => match labelled.iter().position(|l| **l == **label) {
-                                Some(index) => (format!("c{index}"), None),
-                                None => {
-                                    labelled.push(label.to_string());
-                                    (format!("c{}", labelled.len() - 1), Some(label.to_string()))
-                                }
-                            },
-                            None => (
-                                format!("c{}_{position}", entry.id),
-                                Some("const".to_string()),
-                            ),
+                        let name = match label {
+                            Some(label) => constants
+                                .labelled(label, || place_of_constant(Some(label), to, columns)),
+                            None => constants.unlabelled(entry.id, position, to.clone()),
                         };
-                        if let Some(text) = text {
-                            vertices.push(Vertex {
-                                name: name.clone(),
-                                attributes: format!(
-                                    "label=\"{}\", {CONSTANT_STYLE}",
-                                    escape(&text)
-                                ),
-                                place: place_of_constant(label.as_deref(), to, columns),
-                            });
-                        }
                         let _ = writeln!(edges, "  {name} -> n{} [style=dashed];", entry.id);
                     }
                 }
             }
+            // A constant is declared after the op that first reads it.
+            vertices.append(&mut constants.vertices);
         }
         (vertices, edges)
+    }
+
+    /// How the edge from node `input` to node `op` is drawn: red and turned back, labelled
+    /// with the gradient that flowed along it; grey under a backward pass that sent none
+    /// along it; plain without a backward pass.
+    fn edge_colors(
+        &self,
+        input: usize,
+        op: usize,
+        drawn: &mut BTreeSet<(usize, usize)>,
+    ) -> Vec<String> {
+        match self.gradient_along(input, op, drawn) {
+            Some(size) => vec![
+                "dir=back".to_string(),
+                format!("color=\"{GRADIENT_COLOR}\""),
+                format!("fontcolor=\"{GRADIENT_COLOR}\""),
+                format!("xlabel=\"{}\"", short(size)),
+            ],
+            None if self.flows.is_some() => vec![format!("color=\"{FORWARD_COLOR}\"")],
+            None => Vec::new(),
+        }
     }
 
     /// The size of the gradient that flowed back from node `op` into node `input`, the
@@ -335,6 +326,40 @@ impl<A: Float> Picture<'_, A> {
     ) -> Option<f64> {
         let size = *self.flows.as_ref()?.edges.get(&(op, input))?;
         drawn.insert((op, input)).then_some(size)
+    }
+}
+
+/// The constant vertices: one per label (`c0`, `c1`, …), where its first use puts it, and one
+/// per unlabelled use (`c{op}_{position}`), beside the op it feeds.
+#[derive(Default)]
+struct Constants {
+    labels: Vec<String>,
+    vertices: Vec<Vertex>,
+}
+
+impl Constants {
+    fn labelled(&mut self, label: &str, place: impl FnOnce() -> Place) -> String {
+        if let Some(index) = self.labels.iter().position(|l| l == label) {
+            return format!("c{index}");
+        }
+        let name = format!("c{}", self.labels.len());
+        self.labels.push(label.to_string());
+        self.push(&name, label, place());
+        name
+    }
+
+    fn unlabelled(&mut self, op: usize, position: usize, place: Place) -> String {
+        let name = format!("c{op}_{position}");
+        self.push(&name, "const", place);
+        name
+    }
+
+    fn push(&mut self, name: &str, text: &str, place: Place) {
+        self.vertices.push(Vertex {
+            name: name.to_string(),
+            attributes: format!("label=\"{}\", {CONSTANT_STYLE}", escape(text)),
+            place,
+        });
     }
 }
 
