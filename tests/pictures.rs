@@ -195,7 +195,8 @@ fn the_pictures_differ_where_the_guide_says_they_do() {
 /// The backward pictures show what chapter 6 says: in training mode the bias before
 /// BatchNorm receives round-off (BatchNorm's input gradient sums to zero over the batch, and
 /// the bias's gradient is that sum), while the kernel beside it receives an ordinary
-/// gradient; in evaluation mode the running statistics, constants, receive no edge.
+/// gradient, and so do the two edges whose sum cancels; in evaluation mode the running
+/// statistics, constants, receive no edge.
 #[test]
 fn the_backward_pictures_show_the_cancellation_and_the_constants() {
     let train = ApplyOptions::train().mutable(Mutable::only(["batch_stats"]));
@@ -204,7 +205,9 @@ fn the_backward_pictures_show_the_cancellation_and_the_constants() {
         let vertex = vertex_of(&composite, name);
         composite
             .lines()
-            .find(|l| l.contains("xlabel") && l.starts_with(&format!("  {vertex} ")))
+            .find(|l| {
+                l.starts_with(&format!("  {vertex} [xlabel=")) // not an edge out of it
+            })
             .expect("a leaf has a total")
             .to_string()
     };
@@ -218,6 +221,31 @@ fn the_backward_pictures_show_the_cancellation_and_the_constants() {
         "ordinary: {}",
         total("Dense_0/kernel")
     );
+    // The two contributions that cancel: the add that applies the bias receives an ordinary
+    // gradient along two edges from BatchNorm (through the centring and through the mean).
+    let bias = vertex_of(&composite, "Dense_0/bias");
+    let add = composite
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("  {bias} -> ")))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the bias feeds an add")
+        .to_string();
+    let batch_norm = vertices_in_box(&composite, "BatchNorm_0");
+    let received: Vec<f64> = composite
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("  {add} -> ")))
+        .filter(|rest| {
+            batch_norm
+                .iter()
+                .any(|v| rest.starts_with(&format!("{v} ")))
+        })
+        .map(|rest| {
+            let size = rest.split("xlabel=\"").nth(1).expect("a gradient flowed");
+            size.split('"').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    assert_eq!(received.len(), 2, "{received:?}");
+    assert!(received.iter().all(|&size| size > 0.01), "{received:?}");
 
     let eval = backward_picture(&ApplyOptions::eval(), Fusion::On);
     assert!(eval.contains("batch_stats/BatchNorm_0/mean"));
@@ -227,6 +255,16 @@ fn the_backward_pictures_show_the_cancellation_and_the_constants() {
             "a gradient into a constant: {line}"
         );
     }
+}
+
+/// The vertices declared directly inside the box labelled `module`.
+fn vertices_in_box(dot: &str, module: &str) -> Vec<String> {
+    dot.lines()
+        .skip_while(|l| !l.contains(&format!("{{ label=\"{module}\";")))
+        .skip(1)
+        .take_while(|l| l.trim() != "}")
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .collect()
 }
 
 /// The vertex (`nN`) whose label's first line is `name`.
