@@ -296,36 +296,27 @@ impl<A: Float> Picture<'_, A> {
     }
 
     /// How the edge from node `input` to node `op` is drawn: red and turned back, labelled
-    /// with the gradient that flowed along it; grey under a backward pass that sent none
-    /// along it; plain without a backward pass.
+    /// with the gradient that flowed along it (once: an op that reads a node twice has one
+    /// total for both edges); grey under a backward pass that sent none along it; plain
+    /// without a backward pass.
     fn edge_colors(
         &self,
         input: usize,
         op: usize,
         drawn: &mut BTreeSet<(usize, usize)>,
     ) -> Vec<String> {
-        match self.gradient_along(input, op, drawn) {
-            Some(size) => vec![
+        let Some(flows) = &self.flows else {
+            return Vec::new();
+        };
+        match flows.edges.get(&(op, input)) {
+            Some(size) if drawn.insert((op, input)) => vec![
                 "dir=back".to_string(),
                 format!("color=\"{GRADIENT_COLOR}\""),
                 format!("fontcolor=\"{GRADIENT_COLOR}\""),
-                format!("xlabel=\"{}\"", short(size)),
+                format!("xlabel=\"{}\"", short(*size)),
             ],
-            None if self.flows.is_some() => vec![format!("color=\"{FORWARD_COLOR}\"")],
-            None => Vec::new(),
+            _ => vec![format!("color=\"{FORWARD_COLOR}\"")],
         }
-    }
-
-    /// The size of the gradient that flowed back from node `op` into node `input`, the
-    /// first time the edge is drawn (an op that reads a node twice has one total for both).
-    fn gradient_along(
-        &self,
-        input: usize,
-        op: usize,
-        drawn: &mut BTreeSet<(usize, usize)>,
-    ) -> Option<f64> {
-        let size = *self.flows.as_ref()?.edges.get(&(op, input))?;
-        drawn.insert((op, input)).then_some(size)
     }
 }
 
