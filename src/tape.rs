@@ -160,7 +160,7 @@ pub struct Tape<A: Float> {
 /// The nodes from `first` on, up to the next span, were recorded by the module at `path`.
 struct ModuleSpan {
     first: usize,
-    path: Rc<str>,
+    path: String,
 }
 
 impl<A: Float> Clone for Tape<A> {
@@ -197,12 +197,12 @@ impl<A: Float> Tape<A> {
         let first = self.len();
         let mut modules = self.modules.borrow_mut();
         match modules.last_mut() {
-            Some(last) if *last.path == *path => {}
+            Some(last) if last.path == path => {}
             // Nothing was recorded in the span being closed: it is replaced.
-            Some(last) if last.first == first => last.path = Rc::from(path),
+            Some(last) if last.first == first => path.clone_into(&mut last.path),
             _ => modules.push(ModuleSpan {
                 first,
-                path: Rc::from(path),
+                path: path.to_string(),
             }),
         }
     }
@@ -229,7 +229,8 @@ impl<A: Float> Tape<A> {
         self.id
     }
 
-    /// One entry per node, in recording order: what the node is, its inputs and its shape.
+    /// One entry per node, in recording order: what the node is, its inputs, its shape and
+    /// the module that recorded it.
     #[must_use]
     pub fn entries(&self) -> Vec<TapeEntry> {
         let modules = self.modules.borrow();
